@@ -1,0 +1,295 @@
+"""Warm runner: runs INSIDE the jail (system python3, stdlib only, uid 65534, pid 1 of the jail's pid namespace).
+
+Scope: one program against many tests. The interpreter starts once; the program is compiled once (a syntax
+error reports ``compile_ok: false`` and runs nothing); every test is a ``fork()`` of this warm process, so a
+test pays a fork instead of a Python start-up.
+
+Protocol with the host (fd 0 in, fd 1 out; both moved to high fds at start so no child can touch them):
+
+- host -> runner, first frame: ``>I`` length + JSON setup ``{code, time_s, memory_bytes, max_output_bytes,
+  stderr_tail_bytes}``; runner answers with a result frame whose header is ``{compile_ok, message}``.
+- host -> runner, then one frame per test: ``>I`` length + the raw stdin bytes. The runner answers with one
+  result frame. The host closes the pipe to end the job.
+- result frame: ``>III`` (header, stdout, stderr lengths) + JSON header + stdout bytes + stderr bytes, header
+  ``{status, exit_code, signal, time_s, oom}`` where status is one of ``ok`` (exit 0), ``exit`` (non-zero
+  exit or killed by a signal), ``timeout`` (the runner killed it at the wall-clock limit), ``output_limit``,
+  ``runner_error`` (the fork itself failed).
+
+Invariants: each child gets its own stdin (a memfd holding the test input), stdout/stderr pipes, address
+space limit (memory + slack, set by the host in memory_bytes) and CPU limit; after every test the runner
+kills every other process in the jail (``kill(-1, SIGKILL)`` from pid 1 spares only itself), so nothing a
+test started survives into the next test. As pid 1 of the namespace the runner cannot be killed by its own
+children (the kernel drops SIGKILL/SIGSTOP sent to a namespace init from inside it).
+"""
+
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+
+# Pre-import what competitive programs and test harnesses use, so children find them warm.
+import bisect, collections, functools, heapq, io, itertools, math, re, string, traceback  # noqa: E401,F401
+
+CTRL_IN = os.dup(0)
+CTRL_OUT = os.dup(1)
+os.set_inheritable(CTRL_IN, False)
+os.set_inheritable(CTRL_OUT, False)
+READ_CHUNK = 1 << 16
+
+
+def read_exact(n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(CTRL_IN, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def read_frame():
+    head = read_exact(4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    return read_exact(n) if n else b""
+
+
+def write_all(data):
+    view = memoryview(data)
+    while view:
+        written = os.write(CTRL_OUT, view)
+        view = view[written:]
+
+
+def send_result(header, out=b"", err=b""):
+    head = json.dumps(header).encode()
+    write_all(struct.pack(">III", len(head), len(out), len(err)) + head + out + err)
+
+
+def kill_others():
+    """Kill every process in the jail except this one (pid 1), then reap them all.
+
+    Repeated until nothing is left: a process forked while the signal was being delivered is caught by the
+    next round instead of surviving.
+    """
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return
+        time.sleep(0.0002)
+
+
+def child_main(code_obj, stdin_fd, out_w, err_w, setup):
+    """In the forked child: wire fds, apply limits, run the program, exit like python3 would."""
+    os.dup2(stdin_fd, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    for fd in (stdin_fd, out_w, err_w, CTRL_IN, CTRL_OUT):
+        os.close(fd)
+    os.setpgid(0, 0)
+    cpu = int(setup["time_s"]) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    mem = setup["memory_bytes"]
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="surrogateescape")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="surrogateescape")
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  line_buffering=True)
+    sys.argv = ["main.py"]
+    module = type(sys)("__main__")
+    module.__file__ = "main.py"
+    module.__builtins__ = __builtins__
+    sys.modules["__main__"] = module
+    status = 0
+    try:
+        exec(code_obj, module.__dict__)
+    except SystemExit as exc:
+        status = exit_status(exc)
+    except BaseException as exc:  # the program's own error: report it the way python3 would
+        status = 1
+        print_exception(exc)
+    status = finish(status)
+    os._exit(status)
+
+
+def exit_status(exc):
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except BaseException:
+        pass
+    return 1
+
+
+def print_exception(exc):
+    tb = exc.__traceback__
+    # Drop the runner's own frame so the model sees only its program ("main.py").
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    try:
+        sys.stderr.write("".join(traceback.format_exception(type(exc), exc, tb)))
+        sys.stderr.flush()
+    except BaseException:
+        os.write(2, ("%s\n" % type(exc).__name__).encode())
+
+
+def finish(status):
+    """Flush and shut down like interpreter exit: non-daemon threads, atexit, stdout."""
+    try:
+        import threading
+        threading._shutdown()
+    except BaseException as exc:
+        print_exception(exc)
+    try:
+        import atexit
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException as exc:
+            if stream is sys.stdout and not isinstance(exc, BrokenPipeError):
+                print_exception(exc)
+                status = status or 1
+    return status
+
+
+def run_test(code_obj, setup, data):
+    max_out = setup["max_output_bytes"]
+    tail = setup["stderr_tail_bytes"]
+    stdin_fd = os.memfd_create("stdin", 0)
+    if data:
+        os.write(stdin_fd, data)
+    os.lseek(stdin_fd, 0, os.SEEK_SET)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    start = time.monotonic()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (stdin_fd, out_r, out_w, err_r, err_w):
+            os.close(fd)
+        kill_others()
+        return {"status": "runner_error", "error": "fork failed: %s" % exc}, b"", b""
+    if pid == 0:
+        try:
+            child_main(code_obj, stdin_fd, out_w, err_w, setup)
+        finally:
+            os._exit(70)
+    for fd in (stdin_fd, out_w, err_w):
+        os.close(fd)
+    deadline = start + setup["time_s"]
+    out, err = bytearray(), bytearray()
+    open_fds = [out_r, err_r]
+    pidfd = os.pidfd_open(pid)
+    verdict = None
+    exited = False
+
+    def take(fd, chunk):
+        nonlocal verdict
+        if fd == out_r:
+            out.extend(chunk)
+            if len(out) > max_out:
+                verdict = "output_limit"
+        else:
+            err.extend(chunk)
+            if len(err) > 2 * tail:
+                del err[: len(err) - tail]
+
+    while verdict is None and not exited:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            verdict = "timeout"
+            break
+        ready, _, _ = select.select(open_fds + [pidfd], [], [], remaining)
+        for fd in ready:
+            if fd == pidfd:
+                exited = True
+                continue
+            chunk = os.read(fd, READ_CHUNK)
+            if chunk:
+                take(fd, chunk)
+            else:
+                open_fds.remove(fd)
+    if exited:
+        # The program is gone: collect what it left in the pipes (a grandchild may still hold them open).
+        for fd in open_fds:
+            os.set_blocking(fd, False)
+            while verdict is None:
+                try:
+                    chunk = os.read(fd, READ_CHUNK)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                take(fd, chunk)
+    os.close(pidfd)
+    elapsed = time.monotonic() - start
+    if not exited:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, status, usage = os.wait4(pid, 0)
+    # Anything the test left behind (grandchildren, daemons) dies here.
+    kill_others()
+    os.close(out_r)
+    os.close(err_r)
+    header = {"time_s": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime, "exit_code": None, "signal": None}
+    if os.WIFEXITED(status):
+        header["exit_code"] = os.WEXITSTATUS(status)
+    elif os.WIFSIGNALED(status):
+        header["signal"] = os.WTERMSIG(status)
+    if verdict:
+        header["status"] = verdict
+    elif header["exit_code"] == 0:
+        header["status"] = "ok"
+    else:
+        header["status"] = "exit"
+    return header, bytes(out[: max_out]), bytes(err[-tail:])
+
+
+def main():
+    # Our own stdio now points nowhere useful: children get fresh fds per test.
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    raw = read_frame()
+    if raw is None:
+        return 0
+    setup = json.loads(raw)
+    try:
+        code_obj = compile(setup["code"], "main.py", "exec", dont_inherit=True)
+    except BaseException as exc:  # SyntaxError, ValueError (NUL bytes), RecursionError, MemoryError...
+        message = "".join(traceback.format_exception_only(type(exc), exc))
+        send_result({"compile_ok": False, "message": message})
+        return 0
+    send_result({"compile_ok": True, "message": ""})
+    while True:
+        data = read_frame()
+        if data is None:
+            return 0
+        header, out, err = run_test(code_obj, setup, data)
+        send_result(header, out, err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

