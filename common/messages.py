@@ -5,6 +5,14 @@ allocates anything, checks the schema name and version, validates every field st
 one error type, :class:`MessageError`, for anything malformed, so a receiver's loop is
 ``try: decode(...) except MessageError: count, log once, continue``.
 
+Allocation bound: no string, bin, array or map may declare more than the frame's own length (each element
+costs at least one byte), and msgpack pre-allocates a list for an array's declared length, so nested
+arrays could otherwise make a few kilobytes allocate tens of megabytes before failing. The first decoding
+pass therefore admits only containers of at most ``MAX_NESTED_LEN`` entries (every schema's maps and
+nested lists fit); a frame with a longer top-level list (inline tests, tensor specs) is decoded again by a
+streaming pass that reads each element of that list separately under the same small limits. Memory used
+while rejecting a frame stays within a small multiple of the frame's length.
+
 Token ids travel as little-endian int32 bytes and log-probabilities as little-endian float32 bytes: four
 bytes a token instead of msgpack's up-to-nine, and decoding is a length check instead of a per-element walk.
 Use :func:`pack_ids` / :func:`unpack_ids` and :func:`pack_floats` / :func:`unpack_floats`.
@@ -12,7 +20,8 @@ Use :func:`pack_ids` / :func:`unpack_ids` and :func:`pack_floats` / :func:`unpac
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, TypeVar
+import math
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgpack
 import numpy as np
@@ -28,6 +37,10 @@ MAX_STR_BYTES = 64 << 20
 MAX_BIN_BYTES = 256 << 20
 MAX_ARRAY_LEN = 1 << 20
 MAX_MAP_LEN = 1 << 16
+# Longest map or nested list any schema admits (turns, rewards, timings, info, capabilities, shape); only a
+# message's top-level lists (ExecutionJob/ExecutionResult.tests, WeightsManifest.tensors) may be longer.
+MAX_NESTED_LEN = 64
+MAX_ERROR_CHARS = 300  # Error texts quote at most this much of what the peer sent.
 
 MAX_CODE_BYTES = 1 << 20
 MAX_TEST_IO_BYTES = 64 << 20
@@ -45,7 +58,8 @@ ID = Field(min_length=1, max_length=MAX_ID_LEN)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: no field of any message has a meaning for NaN or infinity.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class Message(_Strict):
@@ -114,6 +128,12 @@ class ExecutionResult(Message):
     attempts: int = Field(1, ge=1)
     seconds: float = Field(0.0, ge=0)
 
+    @model_validator(mode="after")
+    def _tests_within_total(self) -> "ExecutionResult":
+        if len(self.tests) > self.tests_total:
+            raise ValueError(f"{len(self.tests)} test results for tests_total={self.tests_total}")
+        return self
+
     @property
     def passed(self) -> bool:
         return self.compile_ok and not self.error and len(self.tests) == self.tests_total and all(
@@ -147,6 +167,12 @@ class TurnOutcome(_Strict):
     public_passed: int = Field(0, ge=0)
     public_total: int = Field(0, ge=0)
 
+    @model_validator(mode="after")
+    def _passed_within_total(self) -> "TurnOutcome":
+        if self.public_passed > self.public_total:
+            raise ValueError(f"public_passed {self.public_passed} > public_total {self.public_total}")
+        return self
+
 
 class Turn(_Strict):
     prompt_ids: bytes = Field(max_length=MAX_BIN_BYTES, description="int32 LE: the new prompt segment of this turn.")
@@ -179,6 +205,12 @@ class FinalOutcome(_Strict):
     tests_passed: int = Field(ge=0)
     tests_total: int = Field(ge=0)
 
+    @model_validator(mode="after")
+    def _passed_within_total(self) -> "FinalOutcome":
+        if self.tests_passed > self.tests_total:
+            raise ValueError(f"tests_passed {self.tests_passed} > tests_total {self.tests_total}")
+        return self
+
 
 class Rollout(Message):
     KIND: ClassVar[str] = "rollout"
@@ -195,8 +227,7 @@ class Rollout(Message):
     def _rewards_per_turn(self) -> "Rollout":
         if len(self.rewards) != len(self.turns):
             raise ValueError(f"{len(self.rewards)} rewards for {len(self.turns)} turns")
-        if not all(np.isfinite(self.rewards)):
-            raise ValueError("rewards must be finite")
+        # Finiteness of rewards is enforced by allow_inf_nan=False.
         return self
 
     @property
@@ -211,20 +242,31 @@ class Rollout(Message):
 # ---------------------------------------------------------------- weights
 
 
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "int32": 4, "uint8": 1, "bool": 1}
+MAX_WEIGHTS_BYTES = 1 << 40  # 1 TiB: a 70B model in float32 is 280 GB.
+
+
 class TensorSpec(_Strict):
     name: str = Field(min_length=1, max_length=1024)
-    shape: list[int] = Field(max_length=16)
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=16)
     dtype: Literal["float32", "bfloat16", "float16", "int64", "int32", "uint8", "bool"]
     offset: int = Field(ge=0, description="Byte offset in the version's flat payload.")
-    nbytes: int = Field(ge=0)
+    nbytes: int = Field(ge=0, description="Always prod(shape) * itemsize(dtype).")
+
+    @model_validator(mode="after")
+    def _nbytes_match_shape(self) -> "TensorSpec":
+        expected = math.prod(self.shape) * DTYPE_BYTES[self.dtype]
+        if self.nbytes != expected:
+            raise ValueError(f"tensor {self.name[:80]} of shape {self.shape} {self.dtype} has nbytes {self.nbytes}, expected {expected}")
+        return self
 
 
 class WeightsManifest(Message):
     KIND: ClassVar[str] = "weights_manifest"
     version: int = Field(ge=0)
     tensors: list[TensorSpec] = Field(max_length=1 << 16)
-    total_bytes: int = Field(ge=0)
-    chunk_bytes: int = Field(gt=0)
+    total_bytes: int = Field(ge=0, le=MAX_WEIGHTS_BYTES)
+    chunk_bytes: int = Field(gt=0, le=MAX_BIN_BYTES, description="Every chunk but the last carries exactly this many bytes.")
     num_chunks: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the whole flat payload.")
 
@@ -235,7 +277,7 @@ class WeightsManifest(Message):
         end = 0
         for spec in self.tensors:
             if spec.offset < end or spec.offset + spec.nbytes > self.total_bytes:
-                raise ValueError(f"tensor {spec.name} has byte range outside the payload or overlapping")
+                raise ValueError(f"tensor {spec.name[:80]} has byte range outside the payload or overlapping")
             end = spec.offset + spec.nbytes
         return self
 
@@ -279,25 +321,75 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(payload, use_bin_type=True)
 
 
+_ARRAY_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}  # fixarray, array16, array32
+_UNPACK_ERRORS = (msgpack.UnpackException, ValueError, TypeError, OverflowError, RecursionError, MemoryError)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+
+
+def _limits(size: int, nested: int) -> dict[str, int]:
+    # A declared length longer than the frame itself can never be satisfied: reject it before allocating.
+    return {
+        "max_str_len": min(MAX_STR_BYTES, size),
+        "max_bin_len": min(MAX_BIN_BYTES, size),
+        "max_array_len": min(nested, size),
+        "max_map_len": min(nested, size),
+        "max_ext_len": 0,
+    }
+
+
+def _unpack_error(exc: BaseException) -> MessageError:
+    # ExtraData's text quotes the whole decoded object: name the class only.
+    detail = "" if isinstance(exc, msgpack.ExtraData) else f": {exc}"
+    return MessageError(_clip(f"not a msgpack message: {type(exc).__name__}{detail}"))
+
+
+def _unpack_long_lists(frame: bytes | bytearray | memoryview, size: int) -> dict[str, Any]:
+    """Second pass for a top-level map holding a list longer than MAX_NESTED_LEN: each element of such a
+    list is unpacked on its own under the small limits, so the list grows only with bytes actually read."""
+    limits = _limits(size, MAX_NESTED_LEN)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=size, **limits)
+    unpacker.feed(frame)
+    entries = unpacker.read_map_header()
+    if entries > MAX_NESTED_LEN:
+        raise MessageError(f"top-level map of {entries} entries exceeds {MAX_NESTED_LEN}")
+    out: dict[str, Any] = {}
+    for _ in range(entries):
+        key = unpacker.unpack()
+        if not isinstance(key, str):
+            raise MessageError(f"top-level key is a msgpack {type(key).__name__}, not a string")
+        position = unpacker.tell()
+        if position < size and frame[position] in _ARRAY_HEADERS:
+            length = unpacker.read_array_header()
+            if length > min(MAX_ARRAY_LEN, size - unpacker.tell()):
+                raise MessageError(f"list of {length} elements exceeds the frame or the {MAX_ARRAY_LEN}-element limit", field=_clip(key))
+            out[key] = [unpacker.unpack() for _ in range(length)]
+        else:
+            out[key] = unpacker.unpack()
+    if unpacker.tell() != size:
+        raise MessageError(f"{size - unpacker.tell()} bytes of trailing data after the message")
+    return out
+
+
 def _unpack(frame: bytes, max_frame: int) -> Any:
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise MessageError(f"frame is {type(frame).__name__}, not bytes")
-    if len(frame) > max_frame:
-        raise MessageError(f"frame of {len(frame)} bytes exceeds the {max_frame}-byte limit")
+    size = frame.nbytes if isinstance(frame, memoryview) else len(frame)
+    if size > max_frame:
+        raise MessageError(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
     try:
-        return msgpack.unpackb(
-            frame,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=MAX_STR_BYTES,
-            max_bin_len=MAX_BIN_BYTES,
-            max_array_len=MAX_ARRAY_LEN,
-            max_map_len=MAX_MAP_LEN,
-            max_ext_len=0,
-        )
-    except (msgpack.UnpackException, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
-        raise MessageError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, **_limits(size, MAX_NESTED_LEN))
+    except ValueError as exc:
+        if "exceeds max_array_len" not in str(exc):
+            raise _unpack_error(exc) from None
+    except _UNPACK_ERRORS as exc:
+        raise _unpack_error(exc) from None
+    try:
+        return _unpack_long_lists(frame, size)
+    except _UNPACK_ERRORS as exc:
+        raise _unpack_error(exc) from None
 
 
 def decode(
@@ -307,8 +399,15 @@ def decode(
     sender: str | None = None,
     max_frame: int = MAX_FRAME_BYTES,
 ) -> M:
-    """Decode and validate one frame; raise MessageError (naming sender, kind and field) on anything wrong."""
-    payload = _unpack(frame, max_frame)
+    """Decode and validate one frame; raise MessageError (naming sender, kind and field) on anything wrong.
+
+    ``expected`` restricts the accepted kinds (checked before the costly validation); ``max_frame`` lowers
+    the size cap for a channel whose messages are known to be small.
+    """
+    try:
+        payload = _unpack(frame, max_frame)
+    except MessageError as exc:
+        raise exc.with_sender(sender) if sender else exc from None
     if not isinstance(payload, dict):
         raise MessageError(f"message is a msgpack {type(payload).__name__}, not a map", sender=sender)
     schema = payload.pop("schema", None)
@@ -330,11 +429,12 @@ def decode(
     try:
         return cls.model_validate(payload)  # type: ignore[return-value]
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise MessageError(f"invalid {kind}: {first['msg']} ({exc.error_count()} errors)", sender=sender, field=field, kind=kind) from None
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = _clip(".".join(str(p) for p in first["loc"])) or None
+        reason = _clip(f"invalid {kind}: {first['msg']}") + f" ({exc.error_count()} errors)"
+        raise MessageError(reason, sender=sender, field=field, kind=kind) from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise MessageError(f"invalid {kind}: {exc}", sender=sender, kind=kind) from None
+        raise MessageError(_clip(f"invalid {kind}: {exc}"), sender=sender, kind=kind) from None
 
 
 # ---------------------------------------------------------------- packed arrays
@@ -344,16 +444,24 @@ _F32 = np.dtype("<f4")
 
 
 def pack_ids(ids: Any) -> bytes:
+    """Token ids (any int sequence or array) as little-endian int32 bytes."""
     return np.asarray(ids, dtype=_I32).tobytes()
 
 
 def unpack_ids(data: bytes) -> np.ndarray:
+    """A read-only int32 view of ``data`` (no copy); MessageError if its length is not a multiple of 4."""
+    if len(data) % 4:
+        raise MessageError(f"{len(data)} bytes is not a whole number of int32 token ids")
     return np.frombuffer(data, dtype=_I32)
 
 
 def pack_floats(values: Any) -> bytes:
+    """Floats (e.g. log-probabilities) as little-endian float32 bytes."""
     return np.asarray(values, dtype=_F32).tobytes()
 
 
 def unpack_floats(data: bytes) -> np.ndarray:
+    """A read-only float32 view of ``data`` (no copy); MessageError if its length is not a multiple of 4."""
+    if len(data) % 4:
+        raise MessageError(f"{len(data)} bytes is not a whole number of float32 values")
     return np.frombuffer(data, dtype=_F32)
