@@ -1,0 +1,144 @@
+"""`rlef launch`: one RLEF run on one machine, every role a separate supervised process.
+
+Scope: prepare the run directory (``config.yaml`` = the resolved config every role reads, ``logs/``,
+``prometheus/targets.json``), optionally start a local Prometheus, supervise the roles
+(:mod:`rlef.deploy.supervisor`) while showing progress, and at the end write ``launch.json`` and run
+``rlef report RUN_DIR`` when the monitoring role provides it. The run ends when the learner exits: it stops
+by itself after ``deploy.max_batches`` batches (or ``learner.total_updates``), and its exit code is the
+launcher's. Non-goals: multi-machine runs (SLURM and Kubernetes recipes in deploy/slurm, deploy/k8s).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from rlef.common.config import RlefConfig, dump_config
+from rlef.deploy.process import Backoff, ProcessSpec
+from rlef.deploy.specs import metrics_targets, rlef_command, role_specs
+from rlef.deploy.supervisor import Supervisor, summary
+
+log = logging.getLogger(__name__)
+
+PROMETHEUS_BIN = "/usr/bin/prometheus"
+
+
+def prepare_run_dir(config: RlefConfig) -> Path:
+    """Create the run directory and write the resolved config; returns the config file's path."""
+    run_dir = config.run.run_dir
+    for sub in ("logs", "metrics", "prometheus"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(dump_config(config))
+    return path
+
+
+def write_prometheus_targets(config: RlefConfig) -> Path:
+    from rlef.monitoring.targets import write_targets
+
+    return write_targets(config.run.run_dir / "prometheus" / "targets.json", metrics_targets(config))
+
+
+def prometheus_spec(config: RlefConfig, targets: Path) -> ProcessSpec:
+    """A local Prometheus scraping the file_sd targets (Debian's binary; its TSDB lives in the run dir)."""
+    binary = shutil.which("prometheus") or PROMETHEUS_BIN
+    prom_dir = config.run.run_dir / "prometheus"
+    prom_config = {
+        "global": {"scrape_interval": f"{config.monitoring.scrape_interval_s:g}s", "evaluation_interval": f"{config.monitoring.scrape_interval_s:g}s"},
+        "scrape_configs": [{"job_name": "rlef", "file_sd_configs": [{"files": [str(targets.resolve())], "refresh_interval": "5s"}]}],
+    }
+    rules = _monitoring_rule_files()
+    if rules:
+        prom_config["rule_files"] = [str(r) for r in rules]
+    config_path = prom_dir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(prom_config, sort_keys=False))
+    argv = (
+        binary, f"--config.file={config_path.resolve()}", f"--storage.tsdb.path={(prom_dir / 'data').resolve()}",
+        f"--web.listen-address=127.0.0.1:{config.monitoring.prometheus_port}",
+    )  # fmt: skip
+    return ProcessSpec("prometheus-0", "prometheus", argv)
+
+
+def _monitoring_rule_files() -> list[Path]:
+    """Recording/alert rule files the monitoring role ships (monitoring/prometheus/rules/*.yml), if any."""
+    import rlef.monitoring
+
+    rules_dir = Path(rlef.monitoring.__file__).parent / "prometheus" / "rules"
+    return sorted(p.resolve() for p in rules_dir.glob("*.yml")) if rules_dir.is_dir() else []
+
+
+def _report_available() -> bool:
+    from rlef.common.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return "report" in sub.choices  # type: ignore[attr-defined]
+
+
+def run_report(run_dir: Path, timeout_s: float = 600) -> int | None:
+    """``rlef report RUN_DIR`` (monitoring role) if installed; its output goes to logs/report.log."""
+    if not _report_available():
+        log.info("no `rlef report` command installed: skipping the report")
+        return None
+    with open(run_dir / "logs" / "report.log", "ab") as out:
+        try:
+            return subprocess.run(rlef_command("report", str(run_dir)), stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            log.error("rlef report %s did not finish within %.0f s (see logs/report.log)", run_dir, timeout_s)
+            return None
+
+
+def launch(
+    config: RlefConfig,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    report: bool = True,
+    backoff: Backoff | None = None,
+    grace_s: float = 15.0,
+) -> int:
+    """Run everything until the learner exits or a signal comes; returns the learner's exit code (or 128+sig)."""
+    config_path = prepare_run_dir(config)
+    run_dir = config.run.run_dir
+    specs = role_specs(config, config_path.resolve(), resume=resume)
+    if config.monitoring.enabled:
+        targets = write_prometheus_targets(config)
+        if config.monitoring.start_prometheus:
+            specs.insert(0, prometheus_spec(config, targets))
+    sup = Supervisor(specs, run_dir / "logs", backoff=backoff, grace_s=grace_s)
+    sup.install_signal_handlers()
+    log.info("run directory %s; logs in %s", run_dir, run_dir / "logs")
+    started = time.time()
+    code = _supervise(sup, run_dir, sys.stdout.isatty() if progress is None else progress)
+    status = {"exit_code": code, "ended_by": sup.ended_by, "signal": sup.stop_signal, "started": started,
+              "finished": time.time(), "processes": summary(sup)}  # fmt: skip
+    (run_dir / "launch.json").write_text(json.dumps(status, indent=2) + "\n")
+    log.info("run ended with exit code %d (%s)", code, sup.ended_by or "signal")
+    if report and sup.stop_signal is None:
+        run_report(run_dir)
+    return code
+
+
+def _supervise(sup: Supervisor, run_dir: Path, live: bool) -> int:
+    from rlef.deploy.progress import status_line, status_table
+
+    if live:
+        from rich.live import Live
+
+        with Live(status_table(sup, run_dir), refresh_per_second=1) as view:
+            return sup.run(on_tick=lambda s: view.update(status_table(s, run_dir)))
+    last = [0.0]
+
+    def tick(s: Supervisor) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 30:
+            last[0] = now
+            log.info("%s", status_line(s, run_dir))
+
+    return sup.run(on_tick=tick)

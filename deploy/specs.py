@@ -1,0 +1,125 @@
+"""The local launcher's process specs: which commands make one RLEF run on one machine, and their ports.
+
+Scope: turn a resolved :class:`RlefConfig` into :class:`ProcessSpec` s (learner via torchrun, executor broker,
+executors, actors, optionally Prometheus) and into Prometheus file_sd targets. Every role reads the same
+resolved config file; only its index comes from the command line, so ports follow the config's rule
+(``<role>.metrics_port + index``; the broker at ``executor.metrics_port - 1``).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from rlef.common.config import RlefConfig
+from rlef.deploy.process import ProcessSpec
+
+#: Environment every role gets: never reach a model hub, keep tokenizers from forking thread pools.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def rlef_command(*args: str) -> tuple[str, ...]:
+    """``rlef ARGS`` through this interpreter (works without the console script on PATH)."""
+    return (sys.executable, "-m", "rlef.common.cli", *args)
+
+
+def learner_command(config: RlefConfig, config_path: Path, resume: bool) -> tuple[str, ...]:
+    """torchrun on this node only (``--standalone`` picks a free rendezvous port), N ranks of ``rlef learner``."""
+    args = ["learner", "--config", str(config_path)]
+    if resume:
+        args += ["--resume", "auto"]
+    return (
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc-per-node", str(config.deploy.learner_ranks), "-m", "rlef.common.cli", *args,
+    )  # fmt: skip
+
+
+def role_specs(config: RlefConfig, config_path: Path, *, resume: bool = False, cwd: str | None = None) -> list[ProcessSpec]:
+    """Broker, executors, learner, actors: start order only matters for how soon the first rollout comes."""
+    cfg = str(config_path)
+    env = dict(OFFLINE_ENV)
+    specs = [ProcessSpec("executor-broker-0", "executor-broker", rlef_command("executor-broker", "--config", cfg), env, cwd)]
+    specs += [
+        ProcessSpec(f"executor-{i}", "executor", rlef_command("executor", "--config", cfg, "--executor-index", str(i)), env, cwd, index=i)
+        for i in range(config.deploy.executors)
+    ]
+    specs.append(ProcessSpec("learner-0", "learner", learner_command(config, config_path, resume), env, cwd, restart=False))
+    specs += [
+        ProcessSpec(f"actor-{i}", "actor", rlef_command("actor", "--config", cfg, "--actor-index", str(i)), env, cwd, index=i)
+        for i in range(config.deploy.actors)
+    ]
+    return specs
+
+
+def metrics_targets(config: RlefConfig, host: str = "127.0.0.1") -> list[tuple[str, str, dict[str, str]]]:
+    """(job, host:port, labels) for every process that serves /metrics (port 0 disables a role's server)."""
+    out: list[tuple[str, str, dict[str, str]]] = []
+    ranks = config.deploy.learner_ranks * config.deploy.learner_nodes
+    if config.learner.metrics_port > 0:
+        out += [("learner", f"{host}:{config.learner.metrics_port + r}", {"rank": str(r)}) for r in range(ranks)]
+    if config.executor.metrics_port > 1:
+        out.append(("executor-broker", f"{host}:{config.executor.metrics_port - 1}", {"id": "0"}))
+        out += [("executor", f"{host}:{config.executor.metrics_port + i}", {"id": str(i)}) for i in range(config.deploy.executors)]
+    if config.actor.metrics_port > 0:
+        out += [("actor", f"{host}:{config.actor.metrics_port + i}", {"id": str(i)}) for i in range(config.deploy.actors)]
+    return out
+
+
+def _port_block_free(base: int, count: int) -> bool:
+    sockets = []
+    try:
+        for port in range(base, base + count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port_block(count: int, taken: set[int], start: int = 20000, stop: int = 60000) -> int:
+    """First port of ``count`` consecutive free TCP ports on loopback, avoiding ``taken`` (then marked taken)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(start, stop - count)
+        block = set(range(base, base + count))
+        if not block & taken and _port_block_free(base, count):
+            taken |= block
+            return base
+    raise OSError(f"no block of {count} free ports found in [{start}, {stop})")
+
+
+def with_free_ports(config: RlefConfig) -> RlefConfig:
+    """A copy of ``config`` whose endpoints and metrics ports are free on this machine (tests, parallel runs).
+
+    Ports are probed, not held, so another program could take one before a role binds it: acceptable for
+    a local run, and the role then fails loudly with the port in its log.
+    """
+    cfg = config.model_copy(deep=True)
+    taken: set[int] = set()
+    ep = cfg.endpoints
+    for name in ("rollout_port", "weights_port", "control_port", "broker_frontend_port", "broker_backend_port"):
+        setattr(ep, name, free_port_block(1, taken))
+    if cfg.learner.metrics_port > 0:
+        cfg.learner.metrics_port = free_port_block(cfg.deploy.learner_ranks * cfg.deploy.learner_nodes, taken)
+    if cfg.executor.metrics_port > 0:
+        cfg.executor.metrics_port = free_port_block(cfg.deploy.executors + 1, taken) + 1
+    if cfg.actor.metrics_port > 0:
+        cfg.actor.metrics_port = free_port_block(cfg.deploy.actors, taken)
+    if cfg.monitoring.start_prometheus:
+        cfg.monitoring.prometheus_port = free_port_block(1, taken)
+    if cfg.weights.type == "collective":
+        cfg.weights.init_port = free_port_block(1, taken)
+    return cfg
