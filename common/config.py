@@ -152,6 +152,8 @@ class ZmqWeights(Section):
     type: Literal["zmq"] = "zmq"
     chunk_bytes: int = Field(4 << 20, gt=0, description="Bytes per weights chunk (memory stays bounded by a few chunks).")
     credit: int = Field(8, ge=1, description="Chunks in flight per receiver (ZeroMQ guide's credit-based flow control).")
+    poll_interval_s: float = Field(0.5, gt=0, description="An idle receiver asks the hub for a newer version this often.")
+    stall_timeout_s: float = Field(10.0, gt=0, description="A transfer without progress for this long is restarted.")
 
 
 class CollectiveWeights(Section):
@@ -159,6 +161,8 @@ class CollectiveWeights(Section):
     backend: Literal["gloo", "nccl"] = "gloo"
     init_port: int = Field(29600, gt=0, description="TCP port of the learner-actors process group's rendezvous.")
     bucket_bytes: int = Field(64 << 20, gt=0)
+    actors: int | None = Field(None, ge=1, description="Actors in the broadcast group, fixed at start (None = deploy.actors); elasticity needs zmq.")
+    timeout_s: float = Field(600.0, gt=0, description="Rendezvous and per-broadcast timeout of the learner-actors group.")
 
 
 class FilesystemWeights(Section):

@@ -289,6 +289,19 @@ class WeightsChunk(Message):
     data: bytes = Field(max_length=MAX_BIN_BYTES)
 
 
+class WeightsRequest(Message):
+    """Receiver -> hub on the zmq weights channel (see rlef.common.weights.zmq): ``get`` asks for a version
+    newer than ``version`` (the hub answers with its manifest, or a control ack naming its current version);
+    ``fetch`` asks for chunk ``index`` of ``version`` (answered with the chunk, or the newer manifest that
+    superseded it)."""
+
+    KIND: ClassVar[str] = "weights_request"
+    op: Literal["get", "fetch"]
+    receiver_id: str = ID
+    version: int = Field(-1, ge=-1)
+    index: int = Field(0, ge=0)
+
+
 # ---------------------------------------------------------------- control
 
 
@@ -305,7 +318,7 @@ class Control(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (ExecutionJob, ExecutionResult, Rollout, WeightsManifest, WeightsChunk, Control)
+    cls.KIND: cls for cls in (ExecutionJob, ExecutionResult, Rollout, WeightsManifest, WeightsChunk, WeightsRequest, Control)
 }
 
 M = TypeVar("M", bound=Message)

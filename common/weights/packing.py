@@ -1,0 +1,155 @@
+"""The flat payload of one weights version: layout, packing (copy + sha256 once) and zero-copy unpacking.
+
+Layout (the meaning of :class:`~rlef.common.messages.WeightsManifest`): tensors in the state dict's order,
+each tensor's raw little-endian bytes at ``offset`` (aligned to :data:`ALIGN` bytes so every tensor view of
+the received buffer is aligned for its dtype), zero padding between them. ``sha256`` is the SHA-256 of the
+whole flat payload, padding included. SHA-256 was measured at about 1.7 GB/s on this machine (SHA-NI), as
+fast as one memcpy and faster than blake2b (0.9 GB/s), so the learner hashes while it packs (one pass) and a
+receiver hashes each chunk as the in-order prefix of the payload grows: neither side pays a separate pass,
+and the manifest keeps the plain, independently checkable meaning "sha256 of the payload".
+
+Invariants: a :class:`PackedVersion` is immutable once built (chunks are read-only memoryviews of its one
+buffer, shared by every receiver); :func:`unpack` returns tensors that are views of one buffer owned by the
+result (no per-tensor copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from rlef.common.errors import WeightsError
+from rlef.common.messages import TensorSpec, WeightsManifest
+
+ALIGN = 64
+HASH_BLOCK = 16 << 20  # bytes hashed per hashlib call (hashlib releases the GIL on large updates)
+
+if sys.byteorder != "little":  # the wire format is little-endian and tensors are copied as raw bytes
+    raise ImportError("rlef.common.weights needs a little-endian host")
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw bytes of a CPU tensor (a copy only when it is not contiguous)."""
+    flat = tensor.detach().reshape(-1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+def layout(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[TensorSpec], int]:
+    """Tensor specs (names, shapes, dtypes, aligned byte ranges) and the payload's total size."""
+    specs: list[TensorSpec] = []
+    offset = 0
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise WeightsError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        if tensor.device.type != "cpu":
+            raise WeightsError(f"state dict entry {name!r} is on {tensor.device}; publish CPU tensors")
+        dtype = DTYPE_NAMES.get(tensor.dtype)
+        if dtype is None:
+            raise WeightsError(f"state dict entry {name!r} has unsupported dtype {tensor.dtype}")
+        offset = _align(offset)
+        nbytes = tensor.numel() * tensor.element_size()
+        specs.append(TensorSpec(name=name, shape=list(tensor.shape), dtype=dtype, offset=offset, nbytes=nbytes))
+        offset += nbytes
+    return specs, offset
+
+
+@dataclass(frozen=True)
+class PackedVersion:
+    """One version, packed once: its manifest (and encoded form) and the flat payload it describes."""
+
+    manifest: WeightsManifest
+    payload: torch.Tensor  # uint8, total_bytes long
+    view: memoryview  # read-only bytes of ``payload``
+
+    def chunk(self, index: int) -> memoryview:
+        size = self.manifest.chunk_bytes
+        return self.view[index * size : min((index + 1) * size, self.manifest.total_bytes)]
+
+
+def pack(version: int, state_dict: Mapping[str, torch.Tensor], chunk_bytes: int) -> PackedVersion:
+    """Copy ``state_dict`` into one flat buffer, hashing as it goes (one pass over the bytes)."""
+    specs, total = layout(state_dict)
+    payload = torch.zeros(total, dtype=torch.uint8) if total else torch.empty(0, dtype=torch.uint8)
+    view = memoryview(payload.numpy()).cast("B")
+    hasher = hashlib.sha256()
+    hashed = 0
+    for spec, tensor in zip(specs, state_dict.values()):
+        if spec.nbytes:
+            payload[spec.offset : spec.offset + spec.nbytes].copy_(
+                tensor.detach().reshape(-1).contiguous().view(torch.uint8)
+            )
+        # Hash everything up to the end of this tensor (padding included) while it is hot in cache.
+        end = spec.offset + spec.nbytes
+        while hashed < end:
+            step = min(HASH_BLOCK, end - hashed)
+            hasher.update(view[hashed : hashed + step])
+            hashed += step
+    if hashed < total:
+        hasher.update(view[hashed:total])
+    manifest = WeightsManifest(
+        version=version,
+        tensors=specs,
+        total_bytes=total,
+        chunk_bytes=chunk_bytes,
+        num_chunks=-(-total // chunk_bytes),
+        sha256=hasher.hexdigest(),
+    )
+    return PackedVersion(manifest=manifest, payload=payload, view=view.toreadonly())
+
+
+def unpack(manifest: WeightsManifest, payload: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Tensors as views of ``payload`` (uint8, manifest.total_bytes long); raises WeightsError on misfit."""
+    if payload.dtype != torch.uint8 or payload.numel() != manifest.total_bytes:
+        raise WeightsError(
+            f"weights version {manifest.version}: payload of {payload.numel()} bytes for a manifest of {manifest.total_bytes}"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for spec in manifest.tensors:
+        if spec.name in out:
+            raise WeightsError(f"weights version {manifest.version}: tensor {spec.name!r} listed twice")
+        dtype = DTYPES[spec.dtype]
+        raw = payload[spec.offset : spec.offset + spec.nbytes]
+        out[spec.name] = raw.view(dtype).reshape(spec.shape) if spec.nbytes else torch.empty(spec.shape, dtype=dtype)
+    return out
+
+
+def sha256_stream(data: memoryview, hasher: "hashlib._Hash | None" = None) -> "hashlib._Hash":
+    """Feed ``data`` to ``hasher`` (a new sha256 when None) in GIL-releasing blocks."""
+    hasher = hasher or hashlib.sha256()
+    for start in range(0, len(data), HASH_BLOCK):
+        hasher.update(data[start : start + HASH_BLOCK])
+    return hasher
+
+
+def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A canonical digest of a state dict, independent of any transport's layout: over tensors sorted by
+    name, sha256 of (name, dtype, shape, raw bytes). Equal digests <=> equal names, dtypes, shapes, bits."""
+    hasher = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        header = f"{name}\0{DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype))}\0{list(tensor.shape)}\0"
+        hasher.update(header.encode())
+        if tensor.numel():
+            sha256_stream(tensor_bytes(tensor.cpu()), hasher)
+    return hasher.hexdigest()

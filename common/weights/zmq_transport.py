@@ -1,0 +1,441 @@
+"""The default weights transport: chunked, checksummed, credit-flow-controlled transfer over ZeroMQ.
+
+Protocol (ROUTER bound on the hub at ``endpoints.weights_port``, one DEALER per receiver; every frame one
+message of rlef.common.messages):
+
+    receiver -> hub   WeightsRequest(op="get", version=<newest version the receiver holds, -1 none>)
+    hub -> receiver   WeightsManifest of the current version when it is newer,
+                      else Control(op="ack", version=<hub's current version, -1 none>)
+    receiver -> hub   WeightsRequest(op="fetch", version=v, index=i)        (``credit`` of them in flight)
+    hub -> receiver   WeightsChunk(v, i, bytes)   or, when v was superseded meanwhile, the newer manifest
+
+This is the ZeroMQ guide's "file transfer" model 3: the receiver pulls, keeping ``credit`` chunk requests
+in flight, so the hub holds no per-receiver state or queue beyond ``credit`` chunks and serves any number of
+receivers from one packed copy of the version. Late joiners simply ``get`` the current version; a new
+version supersedes a transfer in progress (the next fetch of the old version is answered with the new
+manifest, and chunks of the old one still in flight are ignored).
+
+How receivers learn of new versions: an idle receiver sends ``get`` every ``weights.poll_interval_s`` (a
+few bytes); ``notify(v)`` (wired to the control channel's version messages by the actor) makes it ask at
+once. The receiver verifies the sha256 of the whole payload (hashed chunk by chunk as the in-order prefix
+grows), hands out a version only whole and verified, and on a mismatch counts it, logs the sender and
+version, and requests the version again (with back-off when it keeps failing). A transfer without progress
+for ``weights.stall_timeout_s`` (hub restarted, chunk lost) is restarted.
+
+Threads: the hub serves from a background thread (training never waits on receivers; ``publish`` only packs
+and hashes, once per version); each receiver transfers in a background thread (the actor never waits
+either; ``poll`` just takes the finished version). Each socket is used by exactly one thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import zmq
+
+from rlef.common.errors import MessageError, WeightsError
+from rlef.common.messages import Control, Message, WeightsChunk, WeightsManifest, WeightsRequest, decode, encode
+from rlef.common.transport import Transport
+from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
+from rlef.common.weights.packing import HASH_BLOCK, PackedVersion, pack, unpack
+from rlef.monitoring import metrics_weights as M
+
+log = logging.getLogger(__name__)
+
+NAME = "zmq"
+_POLL_MS = 50
+_RECEIVER_WINDOW_S = 60.0
+_ZERO_COPY_BYTES = 64 << 10
+
+
+def encode_chunk(version: int, index: int, data: memoryview | bytes) -> bytes:
+    """``encode(WeightsChunk(...))`` without the intermediate copies (one copy of ``data``): the msgpack map
+    is written by hand, byte for byte what ``encode`` produces for the same fields (a test checks that)."""
+    head = encode(WeightsChunk(version=version, index=index, data=b""))
+    # encode() writes the fields in declaration order, "schema" last; ``data`` is the last field before it,
+    # so splice the real bin header + bytes in place of the empty bin (0xc4 0x00).
+    empty_bin = b"\xa4data\xc4\x00"
+    cut = head.index(empty_bin) + len(b"\xa4data")
+    n = len(data)
+    if n < 1 << 8:
+        bin_header = b"\xc4" + n.to_bytes(1, "big")
+    elif n < 1 << 16:
+        bin_header = b"\xc5" + n.to_bytes(2, "big")
+    else:
+        bin_header = b"\xc6" + n.to_bytes(4, "big")
+    return b"".join((head[:cut], bin_header, data, head[cut + 2 :]))
+
+
+class ZmqPublisher(WeightPublisher):
+    """Hub side: packs each version once and serves manifests and chunks from a background thread."""
+
+    transport_name = NAME
+
+    def __init__(self, transport: Transport, endpoint: str, *, chunk_bytes: int, hub_id: str = "learner-0"):
+        self.endpoint = endpoint
+        self.chunk_bytes = chunk_bytes
+        self.hub_id = hub_id
+        self._sock = transport.server(zmq.ROUTER, endpoint, router_handover=1)
+        self._current: tuple[PackedVersion, bytes] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._receivers: dict[bytes, float] = {}
+        self._bad_logged: set[bytes] = set()
+        self.bad_messages = 0
+        self.chunks_sent = 0
+        self._thread = threading.Thread(target=self._serve, name="weights-hub", daemon=True)
+        self._thread.start()
+
+    @property
+    def version(self) -> int:
+        current = self._current
+        return -1 if current is None else current[0].manifest.version
+
+    def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> None:
+        if version <= self.version:
+            raise WeightsError(f"weights version {version} published after version {self.version}: versions must increase")
+        start = time.perf_counter()
+        packed = pack(version, state_dict, self.chunk_bytes)
+        manifest_frame = encode(packed.manifest)
+        with self._lock:
+            self._current = (packed, manifest_frame)
+        seconds = time.perf_counter() - start
+        M.PUBLISH_SECONDS.labels(NAME).observe(seconds)
+        M.PUBLISHED_BYTES.labels(NAME).inc(packed.manifest.total_bytes)
+        M.PUBLISHED_VERSION.labels(NAME).set(version)
+        log.info("weights hub: version %d packed (%d bytes, %d chunks) in %.2fs", version,
+                 packed.manifest.total_bytes, packed.manifest.num_chunks, seconds)
+
+    def receivers(self, within_s: float = _RECEIVER_WINDOW_S) -> int:
+        """Distinct receivers that sent a request within the last ``within_s`` seconds."""
+        now = time.monotonic()
+        return sum(1 for seen in list(self._receivers.values()) if now - seen <= within_s)
+
+    # ------------------------------------------------------------------ serving thread
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        last_gauge = 0.0
+        try:
+            while not self._stop.is_set():
+                if poller.poll(_POLL_MS):
+                    # Drain what is queued so one busy receiver does not starve the stop check.
+                    for _ in range(1000):
+                        try:
+                            frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._handle(frames)
+                now = time.monotonic()
+                if now - last_gauge > 1.0:
+                    last_gauge = now
+                    M.RECEIVERS.labels(NAME).set(self.receivers())
+        finally:
+            self._sock.close(0)
+
+    def _bad(self, identity: bytes, reason: str) -> None:
+        self.bad_messages += 1
+        M.HUB_BAD_MESSAGES.labels(NAME).inc()
+        if identity not in self._bad_logged:  # log once per peer, count every time
+            self._bad_logged.add(identity)
+            log.warning("weights hub: dropped a bad message from %r: %s", identity[:64], reason)
+
+    def _send(self, identity: bytes, frame: bytes) -> bool:
+        try:
+            self._sock.send_multipart([identity, frame], copy=len(frame) < _ZERO_COPY_BYTES)
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the receiver went away (ROUTER_MANDATORY)
+            log.info("weights hub: cannot reach receiver %r: %s", identity[:64], exc)
+            return False
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._bad(frames[0] if frames else b"?", f"{len(frames)} frames, expected identity + message")
+            return
+        identity, frame = frames
+        try:
+            request = decode(frame, WeightsRequest, sender=identity[:64].decode(errors="replace"), max_frame=4096)
+        except MessageError as exc:
+            self._bad(identity, str(exc))
+            return
+        self._receivers[identity] = time.monotonic()
+        current = self._current
+        if current is None:
+            self._send(identity, encode(Control(op="ack", sender_id=self.hub_id, role="learner", version=-1)))
+            return
+        packed, manifest_frame = current
+        manifest = packed.manifest
+        if request.op == "get":
+            if manifest.version > request.version:
+                self._send(identity, manifest_frame)
+            else:
+                self._send(identity, encode(Control(op="ack", sender_id=self.hub_id, role="learner", version=manifest.version)))
+            return
+        if request.version != manifest.version:
+            self._send(identity, manifest_frame)  # superseded (or unknown): here is the current version
+            return
+        if request.index >= manifest.num_chunks:
+            self._bad(identity, f"fetch of chunk {request.index} of version {request.version} ({manifest.num_chunks} chunks)")
+            return
+        data = packed.chunk(request.index)
+        if self._send(identity, encode_chunk(manifest.version, request.index, data)):
+            self.chunks_sent += 1
+            M.SENT_BYTES.labels(NAME).inc(len(data))
+
+    def close(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+
+
+@dataclass
+class _Transfer:
+    manifest: WeightsManifest
+    payload: torch.Tensor
+    view: memoryview
+    received: list[bool]
+    started: float
+    last_progress: float
+    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    next_request: int = 0
+    next_hash: int = 0
+    count: int = 0
+
+    def chunk_range(self, index: int) -> tuple[int, int]:
+        size = self.manifest.chunk_bytes
+        return index * size, min((index + 1) * size, self.manifest.total_bytes)
+
+
+class ZmqReceiver(WeightReceiver):
+    """Actor side: a background thread pulls versions from the hub; ``poll`` hands out finished ones."""
+
+    transport_name = NAME
+
+    def __init__(
+        self,
+        transport: Transport,
+        endpoint: str,
+        receiver_id: str,
+        *,
+        credit: int = 8,
+        poll_interval_s: float = 0.5,
+        stall_timeout_s: float = 10.0,
+    ):
+        self.endpoint = endpoint
+        self.receiver_id = receiver_id
+        self.credit = credit
+        self.poll_interval_s = poll_interval_s
+        self.stall_timeout_s = stall_timeout_s
+        identity = f"{receiver_id}/{uuid.uuid4().hex[:8]}".encode()
+        self._sock = transport.client(zmq.DEALER, endpoint, identity=identity)
+        self._cond = threading.Condition()
+        self._ready: ReceivedWeights | None = None
+        self._version = -1
+        self._have = -1  # newest complete version received (returned by poll or waiting in _ready)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.hub_version = -1
+        self.checksum_failures = 0
+        self.bad_messages = 0
+        self.restarts = 0
+        self._failures_in_a_row = 0
+        self._transfer: _Transfer | None = None
+        self._next_get = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"weights-recv-{receiver_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def poll(self, timeout_s: float = 0.0) -> ReceivedWeights | None:
+        with self._cond:
+            if self._ready is None and timeout_s > 0:
+                self._cond.wait_for(lambda: self._ready is not None or self._stop.is_set(), timeout_s)
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            self._version = ready.version
+            M.VERSIONS_APPLIED.labels(NAME).inc()
+        return ready
+
+    def notify(self, hub_version: int) -> None:
+        if hub_version > self._have:
+            self._wake.set()
+
+    def close(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            with self._cond:
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ transfer thread
+
+    def _send(self, request: WeightsRequest) -> None:
+        try:
+            self._sock.send(encode(request), zmq.NOBLOCK)
+        except zmq.Again:  # not connected yet / HWM: the stall timer or next poll retries
+            pass
+
+    def _get(self) -> None:
+        self._send(WeightsRequest(op="get", receiver_id=self.receiver_id, version=self._have))
+        self._next_get = time.monotonic() + self.poll_interval_s
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                transfer = self._transfer
+                if transfer is None and (now >= self._next_get or self._wake.is_set()):
+                    self._wake.clear()
+                    self._get()
+                elif transfer is not None and now - transfer.last_progress > self.stall_timeout_s:
+                    log.warning("weights receiver %s: version %d stalled at %d/%d chunks from %s; restarting",
+                                self.receiver_id, transfer.manifest.version, transfer.count,
+                                transfer.manifest.num_chunks, self.endpoint)
+                    self._restart("stall")
+                    self._get()
+                if poller.poll(_POLL_MS):
+                    for _ in range(1000):
+                        try:
+                            frame = self._sock.recv(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(frame.buffer)
+        finally:
+            self._sock.close(0)
+
+    def _restart(self, reason: str) -> None:
+        self.restarts += 1
+        M.RECEIVER_RESTARTS.labels(NAME, reason).inc()
+        self._transfer = None
+
+    def _bad(self, reason: str) -> None:
+        self.bad_messages += 1
+        M.RECEIVER_BAD_MESSAGES.labels(NAME).inc()
+        if self.bad_messages == 1 or self.bad_messages % 1000 == 0:
+            log.warning("weights receiver %s: dropped a bad message from %s (%d so far): %s",
+                        self.receiver_id, self.endpoint, self.bad_messages, reason)
+
+    def _handle(self, frame: memoryview) -> None:
+        try:
+            message: Message = decode(frame, (WeightsManifest, WeightsChunk, Control), sender=self.endpoint)
+        except MessageError as exc:
+            self._bad(str(exc))
+            return
+        if isinstance(message, WeightsChunk):
+            self._on_chunk(message)
+        elif isinstance(message, WeightsManifest):
+            self._on_manifest(message)
+        elif isinstance(message, Control):
+            if message.op != "ack":
+                self._bad(f"unexpected control op {message.op} on the weights channel")
+            else:
+                self.hub_version = message.version
+
+    def _on_manifest(self, manifest: WeightsManifest) -> None:
+        self.hub_version = max(self.hub_version, manifest.version)
+        if manifest.version <= self._have:
+            return  # stale answer to an earlier request
+        current = self._transfer
+        if current is not None:
+            if current.manifest.version == manifest.version:
+                return  # duplicate answer (a get crossed our fetches)
+            self._restart("superseded")
+        now = time.monotonic()
+        payload = torch.empty(manifest.total_bytes, dtype=torch.uint8)
+        transfer = _Transfer(
+            manifest=manifest,
+            payload=payload,
+            view=memoryview(payload.numpy()).cast("B"),
+            received=[False] * manifest.num_chunks,
+            started=now,
+            last_progress=now,
+        )
+        self._transfer = transfer
+        if manifest.num_chunks == 0:
+            self._finish(transfer)
+            return
+        while transfer.next_request < min(self.credit, manifest.num_chunks):
+            self._fetch(transfer)
+
+    def _fetch(self, transfer: _Transfer) -> None:
+        self._send(WeightsRequest(op="fetch", receiver_id=self.receiver_id, version=transfer.manifest.version,
+                                  index=transfer.next_request))
+        transfer.next_request += 1
+
+    def _on_chunk(self, chunk: WeightsChunk) -> None:
+        transfer = self._transfer
+        if transfer is None or chunk.version != transfer.manifest.version:
+            return  # a chunk of a superseded or abandoned transfer still in flight
+        manifest = transfer.manifest
+        if chunk.index >= manifest.num_chunks or transfer.received[chunk.index]:
+            self._bad(f"chunk {chunk.index} of version {chunk.version} is out of range or a duplicate")
+            return
+        start, end = transfer.chunk_range(chunk.index)
+        if len(chunk.data) != end - start:
+            self._corrupt(transfer, f"chunk {chunk.index} has {len(chunk.data)} bytes, expected {end - start}")
+            return
+        transfer.view[start:end] = chunk.data
+        transfer.received[chunk.index] = True
+        transfer.count += 1
+        transfer.last_progress = time.monotonic()
+        M.RECEIVED_BYTES.labels(NAME).inc(end - start)
+        # Hash the in-order prefix as it grows (chunks arrive in request order on one connection).
+        while transfer.next_hash < manifest.num_chunks and transfer.received[transfer.next_hash]:
+            a, b = transfer.chunk_range(transfer.next_hash)
+            for block in range(a, b, HASH_BLOCK):
+                transfer.hasher.update(transfer.view[block : min(block + HASH_BLOCK, b)])
+            transfer.next_hash += 1
+        if transfer.next_request < manifest.num_chunks:
+            self._fetch(transfer)
+        if transfer.count == manifest.num_chunks:
+            self._finish(transfer)
+
+    def _corrupt(self, transfer: _Transfer, reason: str) -> None:
+        self.checksum_failures += 1
+        self._failures_in_a_row += 1
+        M.CHECKSUM_FAILURES.labels(NAME).inc()
+        log.warning("weights receiver %s: version %d from %s is corrupt (%s); not applied, requesting it again",
+                    self.receiver_id, transfer.manifest.version, self.endpoint, reason)
+        self._restart("corrupt")
+        # Re-request at once the first time, then back off so a persistently broken hub is not hammered.
+        delay = 0.0 if self._failures_in_a_row <= 1 else min(0.1 * 2 ** self._failures_in_a_row, 5.0)
+        self._next_get = time.monotonic() + delay
+        self._wake.clear()
+
+    def _finish(self, transfer: _Transfer) -> None:
+        manifest = transfer.manifest
+        digest = transfer.hasher.hexdigest()
+        if digest != manifest.sha256:
+            self._corrupt(transfer, f"sha256 {digest[:16]}... != manifest {manifest.sha256[:16]}...")
+            return
+        try:
+            tensors = unpack(manifest, transfer.payload)
+        except WeightsError as exc:
+            self._corrupt(transfer, str(exc))
+            return
+        seconds = time.monotonic() - transfer.started
+        self._transfer = None
+        self._failures_in_a_row = 0
+        self._have = manifest.version
+        received = ReceivedWeights(version=manifest.version, tensors=tensors, sha256=manifest.sha256,
+                                   nbytes=manifest.total_bytes, seconds=seconds)
+        with self._cond:
+            self._ready = received  # a newer whole version replaces one not yet taken
+            self._cond.notify_all()
+        M.RECEIVE_SECONDS.labels(NAME).observe(seconds)
+        M.RECEIVED_VERSION.labels(NAME).set(manifest.version)
+        log.info("weights receiver %s: version %d complete (%d bytes in %.2fs)", self.receiver_id,
+                 manifest.version, manifest.total_bytes, seconds)
+        self._next_get = time.monotonic()  # ask at once whether an even newer one is there
