@@ -1,0 +1,121 @@
+"""`rlef launch` pieces: specs and ports from a config, progress from the metrics log, and the real CLI stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlef.common.config import load_config
+from rlef.deploy.process import descendants
+from rlef.deploy.progress import learner_progress
+from rlef.deploy.specs import metrics_targets, role_specs, with_free_ports
+from rlef.monitoring.targets import read_targets
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "tiny-cpu.yaml"
+
+
+def test_role_specs_follow_the_config(tmp_path: Path) -> None:
+    cfg = load_config(TINY, ["deploy.actors=3", "deploy.executors=2", "deploy.learner_ranks=2"])
+    specs = role_specs(cfg, tmp_path / "config.yaml")
+    names = [s.name for s in specs]
+    assert names == ["executor-broker-0", "executor-0", "executor-1", "learner-0", "actor-0", "actor-1", "actor-2"]
+    learner = specs[3]
+    assert not learner.restart and all(s.restart for s in specs if s is not learner)
+    argv = list(learner.argv)
+    assert argv[1:3] == ["-m", "torch.distributed.run"] and argv[argv.index("--nproc-per-node") + 1] == "2"
+    assert argv[-4:] == ["rlef.common.cli", "learner", "--config", str(tmp_path / "config.yaml")]
+    assert list(specs[-1].argv[-5:]) == ["actor", "--config", str(tmp_path / "config.yaml"), "--actor-index", "2"]
+    assert list(specs[2].argv[-2:]) == ["--executor-index", "1"]
+    assert "--resume" in role_specs(cfg, tmp_path / "c.yaml", resume=True)[3].argv
+
+
+def test_metrics_targets_follow_the_port_rule() -> None:
+    cfg = load_config(TINY, ["deploy.actors=2", "deploy.executors=2", "learner.metrics_port=7100",
+                             "executor.metrics_port=7200", "actor.metrics_port=7300"])  # fmt: skip
+    got = {(job, addr, tuple(sorted(labels.items()))) for job, addr, labels in metrics_targets(cfg)}
+    assert got == {
+        ("learner", "127.0.0.1:7100", (("rank", "0"),)), ("learner", "127.0.0.1:7101", (("rank", "1"),)),
+        ("executor-broker", "127.0.0.1:7199", (("id", "0"),)),
+        ("executor", "127.0.0.1:7200", (("id", "0"),)), ("executor", "127.0.0.1:7201", (("id", "1"),)),
+        ("actor", "127.0.0.1:7300", (("id", "0"),)), ("actor", "127.0.0.1:7301", (("id", "1"),)),
+    }  # fmt: skip
+    assert not [t for t in metrics_targets(load_config(TINY, ["actor.metrics_port=0"])) if t[0] == "actor"]
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    cfg = with_free_ports(load_config(TINY, ["deploy.actors=2", "deploy.executors=2"]))
+    ep = cfg.endpoints
+    ports = [ep.rollout_port, ep.weights_port, ep.control_port, ep.broker_frontend_port, ep.broker_backend_port]
+    ports += [int(a.rsplit(":", 1)[1]) for _, a, _ in metrics_targets(cfg)]
+    assert len(set(ports)) == len(ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_learner_progress_reads_the_last_complete_line(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    assert learner_progress(tmp_path).step is None
+    lines = [
+        {"schema": "rlef.metrics_log/1", "time": 1.0, "step": 4, "role": "learner", "id": "0", "values": {"reward/mean": -1.0}},
+        {"schema": "rlef.metrics_log/1", "time": 2.0, "step": 8, "role": "learner", "id": "0",
+         "values": {"reward/mean": -0.5, "rlef_policy_version": 2.0}},
+    ]  # fmt: skip
+    text = "".join(json.dumps(line) + "\n" for line in lines) + '{"schema": "rlef.metrics_log/1", "ti'  # torn last line
+    (metrics / "learner-0.jsonl").write_text(text)
+    prog = learner_progress(tmp_path)
+    assert (prog.step, prog.version, prog.reward, prog.updated) == (8, 2.0, -0.5, 2.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+@pytest.mark.slow
+def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: Path) -> None:
+    """The real CLI with the real role commands (whatever state they are in): run dir, logs, clean stop."""
+    cmd = [sys.executable, "-m", "rlef.common.cli", "launch", "--config", str(TINY), "--free-ports", "--progress", "log",
+           "--no-report", "--grace", "5", f"run.output_dir={tmp_path}", "run.name=sigterm", "deploy.actors=2",
+           f"model.path={ROOT / 'artifacts' / 'tiny-model'}"]  # fmt: skip
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "sigterm"
+    seen: set[int] = set()
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and len(list((run_dir / "logs").glob("*.log"))) < 5:
+            time.sleep(0.2)
+        for _ in range(10):  # collect the tree for a few seconds: torchrun starts its workers a bit later
+            seen |= descendants(launcher.pid)
+            time.sleep(0.3)
+        assert launcher.poll() is None, launcher.communicate()[1]
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM, err
+    assert sorted(p.name for p in (run_dir / "logs").glob("*.log")) == [
+        "actor-0.log", "actor-1.log", "executor-0.log", "executor-broker-0.log", "learner-0.log"]
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.deploy.actors == 2 and cfg.run.run_dir == run_dir
+    assert {job for job, _, _ in read_targets(run_dir / "prometheus" / "targets.json")} == {
+        "learner", "executor-broker", "executor", "actor"}
+    status = json.loads((run_dir / "launch.json").read_text())
+    assert status["signal"] == signal.SIGTERM and set(status["processes"]) >= {"learner-0", "actor-1"}
+    assert seen, "no child process was ever seen"
+    assert not [pid for pid in seen if _alive(pid)], err
+    assert os.path.exists(run_dir / "logs" / "learner-0.log")
