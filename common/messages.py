@@ -290,7 +290,7 @@ class WeightsChunk(Message):
 
 
 class WeightsRequest(Message):
-    """Receiver -> hub on the zmq weights channel (see rlef.common.weights.zmq): ``get`` asks for a version
+    """Receiver -> hub on the zmq weights channel (see rlef.common.weights.zmq_transport): ``get`` asks for a version
     newer than ``version`` (the hub answers with its manifest, or a control ack naming its current version);
     ``fetch`` asks for chunk ``index`` of ``version`` (answered with the chunk, or the newer manifest that
     superseded it)."""
