@@ -1,0 +1,162 @@
+"""Requester side of the executor broker, used by actors, evaluation scripts and tests.
+
+One DEALER socket carries many jobs at once; replies are matched to callers by ``job_id`` (make them unique,
+e.g. uuid4). No call ever hangs: after ``timeout_s`` a job is answered locally with a sandbox_error result
+(``error="timed out waiting for an executor"``) and counted; a late reply for it is dropped.
+
+- ``await run(job)`` / ``await run_many(jobs)``: with a ``Transport(config, asyncio=True)``.
+- ``run_sync(job)`` / ``run_many_sync(jobs)``: with a plain ``Transport(config)``, for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+
+import zmq
+import zmq.asyncio
+
+from rlef.common.errors import MessageError
+from rlef.common.messages import ExecutionJob, ExecutionResult, decode, encode
+from rlef.common.transport import Transport
+from rlef.monitoring import metrics_execution_client as m
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_ERROR = "timed out waiting for an executor"
+
+
+def timeout_result(job: ExecutionJob, timeout_s: float) -> ExecutionResult:
+    return ExecutionResult(
+        job_id=job.job_id, compile_ok=True, tests_total=len(job.tests or []), error=TIMEOUT_ERROR, seconds=timeout_s
+    )
+
+
+class ExecutionClient:
+    def __init__(self, transport: Transport, endpoint: str, *, client_id: str, timeout_s: float):
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self.timeout_s = timeout_s
+        identity = f"{client_id}/{uuid.uuid4().hex[:8]}".encode()
+        self.sock = transport.client(zmq.DEALER, endpoint, identity=identity)
+        self.is_async = isinstance(self.sock, zmq.asyncio.Socket)
+        self.timeouts = 0
+        self.bad_replies = 0
+        self._pending: dict[str, asyncio.Future] = {}
+        self._receiver: asyncio.Task | None = None
+        self._logged_bad = False
+
+    # ------------------------------------------------------------ asyncio
+
+    async def run(self, job: ExecutionJob) -> ExecutionResult:
+        """Submit ``job`` and wait for its result (at most ``timeout_s``)."""
+        if not self.is_async:
+            raise TypeError("ExecutionClient.run needs Transport(config, asyncio=True); use run_sync otherwise")
+        if job.job_id in self._pending:
+            raise ValueError(f"job_id {job.job_id} is already in flight on this client")
+        loop = asyncio.get_running_loop()
+        if self._receiver is None or self._receiver.done():
+            self._receiver = loop.create_task(self._receive())
+        future: asyncio.Future = loop.create_future()
+        self._pending[job.job_id] = future
+        m.CLIENT_PENDING.inc()
+        start = time.monotonic()
+        try:
+            await self.sock.send(encode(job))
+            result = await asyncio.wait_for(future, self.timeout_s)
+        except asyncio.TimeoutError:
+            result = self._timed_out(job)
+        finally:
+            self._pending.pop(job.job_id, None)
+            m.CLIENT_PENDING.dec()
+        self._account(result, start)
+        return result
+
+    async def run_many(self, jobs: Iterable[ExecutionJob]) -> list[ExecutionResult]:
+        return list(await asyncio.gather(*(self.run(job) for job in jobs)))
+
+    async def _receive(self) -> None:
+        while True:
+            frame = await self.sock.recv()
+            result = self._decode(frame)
+            if result is None:
+                continue
+            future = self._pending.get(result.job_id)
+            if future is None or future.done():
+                self._bad(f"reply for job {result.job_id} which is not waiting (late or unknown)")
+                continue
+            future.set_result(result)
+
+    # ------------------------------------------------------------ blocking
+
+    def run_sync(self, job: ExecutionJob) -> ExecutionResult:
+        return self.run_many_sync([job])[0]
+
+    def run_many_sync(self, jobs: Iterable[ExecutionJob]) -> list[ExecutionResult]:
+        """Submit all ``jobs`` at once and collect their results (each bounded by ``timeout_s``)."""
+        if self.is_async:
+            raise TypeError("ExecutionClient.run_sync needs a plain Transport(config); use await run() otherwise")
+        jobs = list(jobs)
+        start = time.monotonic()
+        waiting = {job.job_id: job for job in jobs}
+        if len(waiting) != len(jobs):
+            raise ValueError("job_ids in one batch must be unique")
+        for job in jobs:
+            self.sock.send(encode(job))
+        results: dict[str, ExecutionResult] = {}
+        deadline = start + self.timeout_s
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.sock.poll(remaining * 1000, zmq.POLLIN):
+                break
+            result = self._decode(self.sock.recv())
+            if result is None:
+                continue
+            if result.job_id not in waiting:
+                self._bad(f"reply for job {result.job_id} which is not waiting (late or unknown)")
+                continue
+            del waiting[result.job_id]
+            results[result.job_id] = result
+            self._account(result, start)
+        for job in waiting.values():
+            results[job.job_id] = self._timed_out(job)
+            self._account(results[job.job_id], start)
+        return [results[job.job_id] for job in jobs]
+
+    # ------------------------------------------------------------ shared
+
+    def _decode(self, frame: bytes) -> ExecutionResult | None:
+        try:
+            return decode(frame, ExecutionResult, sender=self.endpoint)
+        except MessageError as exc:
+            self._bad(str(exc))
+            return None
+
+    def _bad(self, reason: str) -> None:
+        self.bad_replies += 1
+        m.CLIENT_BAD_REPLIES.inc()
+        if not self._logged_bad:
+            self._logged_bad = True
+            log.warning("execution client %s dropped a reply: %s (further drops are only counted)", self.client_id, reason)
+
+    def _timed_out(self, job: ExecutionJob) -> ExecutionResult:
+        self.timeouts += 1
+        m.CLIENT_TIMEOUTS.inc()
+        log.warning("job %s: no executor answered within %.1f s", job.job_id, self.timeout_s)
+        return timeout_result(job, self.timeout_s)
+
+    def _account(self, result: ExecutionResult, start: float) -> None:
+        m.CLIENT_JOBS.labels(result.status).inc()
+        m.CLIENT_LATENCY.observe(time.monotonic() - start)
+
+    def close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.cancel()
+            self._receiver = None
+        for future in self._pending.values():
+            if not future.done():
+                future.cancel()
+        self.sock.close(0)

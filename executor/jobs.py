@@ -1,0 +1,108 @@
+"""One execution job, end to end inside an executor: resolve its tests, check its size, run it in a sandbox,
+turn every failure of ours into a job-level ``error`` (sandbox_error) instead of blaming the program.
+
+Tests given by reference (``tests_ref``) are looked up with ``rlef.common.data.find_problem`` (cached per
+process). For a function-style problem (HumanEval) the executor runs ``problem.program(code)``, i.e. the code
+plus the stdin test harness, unless the code already ends with that harness.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+from rlef.common.config import ExecutorConfig
+from rlef.common.errors import DataError, SandboxError
+from rlef.common.messages import ExecutionJob, ExecutionResult, TestCase
+from rlef.common.problems import FUNCTION_HARNESS, Problem
+from rlef.executor.sandbox import JailDied, Sandbox
+from rlef.monitoring import metrics_executor as m
+
+log = logging.getLogger(__name__)
+
+JAIL_ATTEMPTS = 2
+
+
+class JobRejected(Exception):
+    """The job cannot be run as sent (too big, unknown problem); the reason goes back as its error."""
+
+
+@functools.lru_cache(maxsize=8192)
+def _problem(dataset: str, split: str, problem_id: str, path: str | None) -> Problem:
+    from rlef.common.data import find_problem
+
+    return find_problem(dataset, split, problem_id, path=path)
+
+
+def resolve(job: ExecutionJob, config: ExecutorConfig) -> tuple[str, list[TestCase]]:
+    """The program to run and its tests; raises JobRejected when the job is unusable."""
+    code_bytes = len(job.code.encode("utf-8", errors="surrogatepass"))
+    if code_bytes > config.max_code_bytes:
+        raise JobRejected(f"code is {code_bytes} bytes, more than executor.max_code_bytes={config.max_code_bytes}")
+    code = job.code
+    if job.tests is not None:
+        tests = job.tests
+    else:
+        ref = job.tests_ref
+        assert ref is not None  # the message schema guarantees exactly one source
+        try:
+            problem = _problem(ref.dataset, ref.split, ref.problem_id, ref.path)
+            tests = problem.tests(ref.test_set)
+        except (DataError, KeyError, LookupError, OSError) as exc:
+            raise JobRejected(
+                f"cannot resolve tests {ref.dataset}/{ref.split}/{ref.problem_id}/{ref.test_set}: {exc}"
+            ) from None
+        if problem.kind == "function" and not code.endswith(FUNCTION_HARNESS):
+            code = problem.program(code)
+    if len(tests) > config.max_tests_per_job:
+        raise JobRejected(f"job has {len(tests)} tests, more than executor.max_tests_per_job={config.max_tests_per_job}")
+    return code, tests
+
+
+def _failed(job: ExecutionJob, worker_id: str, error: str, tests_total: int, start: float) -> ExecutionResult:
+    return ExecutionResult(
+        job_id=job.job_id, worker_id=worker_id, compile_ok=True, tests=[], tests_total=tests_total,
+        error=error, seconds=time.monotonic() - start,
+    )
+
+
+def execute(job: ExecutionJob, sandbox: Sandbox, config: ExecutorConfig, worker_id: str = "") -> ExecutionResult:
+    """Run ``job``; never raises for anything the job or the sandbox did (it becomes the result)."""
+    start = time.monotonic()
+    try:
+        code, tests = resolve(job, config)
+    except JobRejected as exc:
+        m.SANDBOX_ERRORS.labels("rejected").inc()
+        result = _failed(job, worker_id, str(exc), len(job.tests or []), start)
+        m.JOBS.labels(result.status).inc()
+        return result
+    result = None
+    for attempt in range(JAIL_ATTEMPTS):
+        try:
+            outcome = sandbox.run(code, tests, job.limits, job.stop_on_first_failure)
+        except JailDied as exc:
+            m.SANDBOX_ERRORS.labels("jail_died").inc()
+            log.warning("job %s: %s (attempt %d of %d)", job.job_id, exc, attempt + 1, JAIL_ATTEMPTS)
+            result = _failed(job, worker_id, f"sandbox failed: {exc}", len(tests), start)
+            if attempt + 1 < JAIL_ATTEMPTS:
+                m.JAIL_RESTARTS.inc()
+            continue
+        except SandboxError as exc:
+            m.SANDBOX_ERRORS.labels("sandbox").inc()
+            log.error("job %s: %s", job.job_id, exc)
+            result = _failed(job, worker_id, f"sandbox failed: {exc}", len(tests), start)
+            break
+        result = ExecutionResult(
+            job_id=job.job_id, worker_id=worker_id, compile_ok=outcome.compile_ok,
+            compile_message=outcome.compile_message, tests=outcome.tests, tests_total=len(tests),
+            seconds=time.monotonic() - start,
+        )
+        break
+    assert result is not None
+    m.JOBS.labels(result.status).inc()
+    m.JOB_SECONDS.observe(result.seconds)
+    for test in result.tests:
+        m.TESTS.labels(test.status).inc()
+        m.TEST_SECONDS.observe(test.time_s)
+    return result

@@ -1,0 +1,149 @@
+"""The executor process: a pool of W sandbox slots, each a Paranoid Pirate worker of the broker.
+
+Each slot owns one :class:`Sandbox` and one DEALER socket to the broker backend, announces itself with
+``Control(op="register")``, heartbeats every ``heartbeat_interval_s`` (also while busy, with
+``info.busy``), runs one job at a time on a thread (the sandbox is subprocess-bound, so W threads keep W
+jails busy), and sends the result back. A slot that hears nothing from the broker for ``heartbeat_liveness``
+intervals reconnects under a fresh identity (a running job's result is still sent on the new socket; the
+broker matches it by job_id). On shutdown every slot says ``Control(op="stop")`` so the broker requeues at
+once instead of waiting for the silence.
+
+Start-up runs the sandbox self-check: nsjail missing or failing is a SandboxError before any job is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import zmq
+
+from rlef.common.config import ExecutorConfig
+from rlef.common.errors import MessageError
+from rlef.common.messages import Control, ExecutionJob, ExecutionResult, decode, encode
+from rlef.common.transport import Transport
+from rlef.executor.dropped import DropLog
+from rlef.executor.jobs import execute
+from rlef.executor.sandbox import Sandbox
+from rlef.monitoring import metrics_executor as m
+from rlef.monitoring.metrics import beat
+
+log = logging.getLogger(__name__)
+
+
+class ExecutorPool:
+    """W slots connected to ``backend``; :meth:`serve` runs until :meth:`stop`."""
+
+    def __init__(self, transport: Transport, backend: str, config: ExecutorConfig, executor_id: str):
+        self.transport = transport
+        self.backend = backend
+        self.config = config
+        self.executor_id = executor_id
+        self.size = config.workers or os.cpu_count() or 1
+        self.sandboxes = [Sandbox(config) for _ in range(self.size)]
+        self.sandboxes[0].self_check()
+        self.threads = ThreadPoolExecutor(self.size, thread_name_prefix="sandbox")
+        self.drops = DropLog("executor", log)
+        self._stop = asyncio.Event()
+        self._connections = itertools.count()
+        m.SANDBOXES.set(self.size)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        slots = [asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.size)]
+        log.info("executor %s: %d sandboxes serving %s", self.executor_id, self.size, self.backend)
+        await self._stop.wait()
+        for task in slots:
+            task.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+    def _connect(self, index: int) -> tuple[zmq.Socket, str]:
+        identity = f"{self.executor_id}/{index}/{next(self._connections)}"
+        sock = self.transport.client(zmq.DEALER, self.backend, identity=identity.encode())
+        return sock, identity
+
+    def _control(self, op: str, identity: str, busy: bool = False) -> bytes:
+        return encode(Control(op=op, sender_id=identity, role="executor", info={"busy": busy}))
+
+    async def _slot(self, index: int) -> None:
+        """One worker: (re)connect, register, then heartbeat / take jobs / send results forever."""
+        interval = self.config.heartbeat_interval_s
+        patience = interval * self.config.heartbeat_liveness
+        job_task: asyncio.Future | None = None
+        current: ExecutionJob | None = None
+        while True:
+            sock, identity = self._connect(index)
+            await sock.send(self._control("register", identity))
+            heard = time.monotonic()
+            next_beat = heard + interval
+            recv = asyncio.ensure_future(sock.recv())
+            try:
+                while True:
+                    waiting = {recv} | ({job_task} if job_task else set())
+                    timeout = max(0.0, next_beat - time.monotonic())
+                    done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    now = time.monotonic()
+                    if recv in done:
+                        heard = now
+                        job = self._parse(recv.result(), identity)
+                        recv = asyncio.ensure_future(sock.recv())
+                        if job is not None:
+                            if job_task is None:
+                                current, job_task = job, self._start(job, index, identity)
+                            else:
+                                self.drops.drop(f"job {job.job_id} sent while busy", "broker", "busy")
+                    if job_task is not None and job_task.done():
+                        assert current is not None
+                        await sock.send(encode(result_or_error(job_task, current, identity)))
+                        job_task = current = None
+                    if now >= next_beat:
+                        await sock.send(self._control("heartbeat", identity, busy=job_task is not None))
+                        next_beat = now + interval
+                        beat()
+                    if now - heard > patience:
+                        m.WORKER_RECONNECTS.inc()
+                        log.warning("slot %s: broker silent for %.1f s; reconnecting", identity, now - heard)
+                        break
+            except asyncio.CancelledError:
+                if job_task is None:
+                    try:
+                        sock.send(self._control("stop", identity), zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass
+                raise
+            finally:
+                recv.cancel()
+                sock.close(0)
+
+    def _parse(self, frame: bytes, identity: str) -> ExecutionJob | None:
+        try:
+            message = decode(frame, (ExecutionJob, Control), sender="broker")
+        except MessageError as exc:
+            self.drops.drop(str(exc), "broker", exc.field or exc.reason[:40])
+            return None
+        return message if isinstance(message, ExecutionJob) else None
+
+    def _start(self, job: ExecutionJob, index: int, identity: str) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        m.BUSY_SANDBOXES.inc()
+        future = loop.run_in_executor(self.threads, execute, job, self.sandboxes[index], self.config, identity)
+        future.add_done_callback(lambda _: m.BUSY_SANDBOXES.dec())
+        return future
+
+
+def result_or_error(future: asyncio.Future, job: ExecutionJob, identity: str) -> ExecutionResult:
+    """The job's result; an unexpected exception in our code becomes a sandbox_error result, never a hang."""
+    try:
+        return future.result()
+    except Exception as exc:  # a bug of ours must not lose the job: report it as our fault
+        log.exception("job %s crashed the executor code", job.job_id)
+        m.SANDBOX_ERRORS.labels("internal").inc()
+        return ExecutionResult(job_id=job.job_id, worker_id=identity, compile_ok=True, tests_total=0,
+                               error=f"internal executor error: {type(exc).__name__}: {exc}")

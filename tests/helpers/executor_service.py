@@ -1,0 +1,136 @@
+"""Start a real executor broker and real executor processes for tests of any role.
+
+Import from a test with ``sys.path.insert(0, str(Path(__file__).resolve().parents[1]))`` then
+``from helpers.executor_service import start_executor_service``::
+
+    with start_executor_service(tmp_path, workers=2) as service:
+        client = ExecutionClient(Transport(TransportConfig()), service.frontend, client_id="t", timeout_s=60)
+
+``service.frontend`` is the broker's requester endpoint; ``service.overrides`` the config overrides the
+processes got (ports, workers, metrics off); ``service.add_executor()`` / ``service.kill_executor(i)``
+change the pool while it runs. Logs go to ``log_dir/{broker,executor-N}.log``. Everything started is
+stopped (SIGTERM, then SIGKILL) on exit. Ready means a probe job has passed through the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RLEF = str(Path(sys.executable).with_name("rlef"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ExecutorService:
+    log_dir: Path
+    overrides: list[str]
+    frontend: str
+    broker: subprocess.Popen | None = None
+    executors: list[subprocess.Popen] = field(default_factory=list)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        try:
+            return subprocess.Popen(
+                [RLEF, *args, "--config", str(ROOT / "configs/tiny-cpu.yaml"), *self.overrides],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def start_broker(self) -> None:
+        self.broker = self._spawn("broker", ["executor-broker"])
+
+    def add_executor(self) -> subprocess.Popen:
+        index = len(self.executors)
+        proc = self._spawn(f"executor-{index}", ["executor", "--index", str(index), "--id", f"test-executor-{index}"])
+        self.executors.append(proc)
+        return proc
+
+    def kill_executor(self, index: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.executors[index]
+        # The whole session: the executor and its jails.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until a probe job comes back passed through the broker."""
+        from rlef.common.config import TransportConfig
+        from rlef.common.execution_client import ExecutionClient
+        from rlef.common.messages import ExecutionJob, Limits, TestCase
+        from rlef.common.transport import Transport
+
+        deadline = time.monotonic() + timeout_s
+        with Transport(TransportConfig()) as transport:
+            client = ExecutionClient(transport, self.frontend, client_id="probe", timeout_s=2.0)
+            try:
+                while time.monotonic() < deadline:
+                    for proc in [self.broker, *self.executors]:
+                        if proc is not None and proc.poll() is not None:
+                            raise RuntimeError(f"service process exited with {proc.returncode}:\n{self.logs()}")
+                    job = ExecutionJob(job_id=f"probe-{uuid.uuid4().hex}", code="print(input())",
+                                       tests=[TestCase(input="ok", output="ok")], limits=Limits(time_s=5, memory_bytes=1 << 28))
+                    if client.run_sync(job).passed:
+                        return
+            finally:
+                client.close()
+        raise TimeoutError(f"executor service not ready after {timeout_s} s:\n{self.logs()}")
+
+    def stop(self) -> None:
+        procs = [p for p in [*self.executors, self.broker] if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextlib.contextmanager
+def start_executor_service(
+    log_dir: Path, *, workers: int = 2, executors: int = 1, overrides: list[str] | None = None, ready_timeout_s: float = 60.0
+) -> Iterator[ExecutorService]:
+    """A broker plus ``executors`` executor processes of ``workers`` sandboxes each, on free ports."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    frontend_port, backend_port = free_port(), free_port()
+    all_overrides = [
+        f"endpoints.broker_frontend_port={frontend_port}",
+        f"endpoints.broker_backend_port={backend_port}",
+        f"executor.workers={workers}",
+        "executor.metrics_port=0",
+        *(overrides or []),
+    ]
+    service = ExecutorService(log_dir, all_overrides, f"tcp://127.0.0.1:{frontend_port}")
+    try:
+        service.start_broker()
+        for _ in range(executors):
+            service.add_executor()
+        service.wait_ready(ready_timeout_s)
+        yield service
+    finally:
+        service.stop()
