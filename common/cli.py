@@ -43,7 +43,7 @@ def _config_show(args: argparse.Namespace) -> int:
 def _make_tiny_model(args: argparse.Namespace) -> int:
     from rlef.common.tiny_model import make_tiny_model
 
-    out = make_tiny_model(Path(args.dir), seed=args.seed)
+    out = make_tiny_model(Path(args.dir), seed=args.seed, **({} if args.sft_steps is None else {"sft_steps": args.sft_steps}))
     print(f"tiny model written to {out}")
     return 0
 
@@ -74,6 +74,7 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     tiny = sub.add_parser("make-tiny-model", help="build the tiny Llama + byte-level BPE test model (no download)")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--sft-steps", type=int, default=None, help="warm-start steps (default: the builder's; 0 = random weights)")
     tiny.set_defaults(func=_make_tiny_model)
 
     data = sub.add_parser("data", help="dataset tools")
