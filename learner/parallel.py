@@ -66,7 +66,9 @@ def materialize(model: nn.Module, full_state: dict[str, torch.Tensor] | None, de
     model.to_empty(device=device)
     rebuild_rotary(model, device)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, full_state if dist.get_rank() == 0 else {}, options=options)
+    # A shallow copy: set_model_state_dict replaces the entries of the dict it is given with DTensors, and
+    # the same full state feeds more than one model (policy and reference).
+    set_model_state_dict(model, dict(full_state) if dist.get_rank() == 0 and full_state else {}, options=options)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

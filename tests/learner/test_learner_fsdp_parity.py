@@ -1,0 +1,125 @@
+"""Two-rank FSDP2 (gloo, CPU) PPO update == one single-process, unsharded update written out plainly.
+
+The reference below uses plain transformers models, one forward per rollout (no padding, no micro-batches),
+and the objective's formulas over the whole batch at once, then AdamW with gradient clipping; the learner
+runs sharded over two ranks, with micro-batches small enough that the ranks get different numbers of them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from helpers.rollouts import make_rollouts
+from rlef.common.config import load_config
+
+VOCAB = 97
+OVERRIDES = ["learner.batch_rollouts=6", "learner.updates_per_batch=1", "learner.micro_batch_tokens=96",
+             "learner.lr=1e-3", "learner.warmup_steps=0", "learner.max_grad_norm=0.5", "learner.advantage_norm=batch",
+             "reward.kl_beta=0.3", "run.seed=3"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, model_dir: str, out: str, batch_bytes: bytes) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from rlef.learner.parallel import full_state_dict, init_distributed
+    from rlef.learner.ppo import PPOLearner
+
+    _, _, device = init_distributed("gloo", "cpu")
+    config = load_config(None, OVERRIDES + [f"model.path={model_dir}"])
+    learner = PPOLearner(config, device)
+    # Perturb the policy away from the reference so the KL term is not zero, identically on every rank.
+    with torch.no_grad():
+        for p in learner.policy.parameters():
+            local = p.to_local()
+            local.add_(0.01 * torch.sin(local * 7.0 + 1.0))
+    perturbed = full_state_dict(learner.policy)
+    stats, updates = learner.train_batch(pickle.loads(batch_bytes))
+    policy, value = full_state_dict(learner.policy), full_state_dict(learner.value)
+    if rank == 0:
+        torch.save({"perturbed": perturbed, "policy": policy, "value": value, "stats": stats, "updates": updates}, out)
+    dist.destroy_process_group()
+
+
+def reference_update(model_dir, perturbed, batch, config):
+    from transformers import AutoModelForCausalLM
+
+    from rlef.learner import models, objective as O
+    from rlef.learner.batching import to_sequence
+
+    cfg = config.learner
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    policy.load_state_dict(perturbed)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    vcfg = models.hf_config(model_dir, value_head=True)
+    value = models.build(vcfg, value_head=True)
+    value.load_state_dict(models.value_state_dict(reference.state_dict(), vcfg.hidden_size, config.run.seed))
+    seqs = [to_sequence(r) for r in batch]
+
+    def score(model, seq):
+        logits = model(input_ids=torch.from_numpy(seq.tokens)[None]).logits[0]
+        pos = torch.from_numpy(seq.response_positions())
+        return logits, torch.log_softmax(logits[pos - 1], -1).gather(-1, torch.from_numpy(seq.tokens)[pos][:, None])[:, 0]
+
+    with torch.no_grad():
+        old = [score(policy, s)[1] for s in seqs]
+        rho = [score(reference, s)[1] for s in seqs]
+        v_old = [value(input_ids=torch.from_numpy(s.tokens)[None]).logits[0, :, 0][torch.from_numpy(s.value_positions)] for s in seqs]
+    G, A = [], []
+    for s, lo, lr, vo in zip(seqs, old, rho, v_old):
+        bounds = torch.cumsum(torch.from_numpy(s.response_lens), 0)
+        kl = torch.stack([(lo[b - n:b] - lr[b - n:b]).mean() for b, n in zip(bounds, torch.from_numpy(s.response_lens))])
+        R = torch.from_numpy(s.rewards).float() - config.reward.kl_beta * kl
+        g = torch.flip(torch.cumsum(torch.flip(R, [0]), 0), [0])
+        G.append(g)
+        A.append(g - vo)
+    flat = torch.cat(A)
+    A = [(a - flat.mean()) / (flat.std(unbiased=False) + 1e-8) for a in A]
+    opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
+    opt_v = torch.optim.AdamW(value.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
+    pi_terms, v_terms = [], []
+    for s, a, g, lo, vo in zip(seqs, A, G, old, v_old):
+        _, logpi = score(policy, s)
+        a_tok = torch.repeat_interleave(a, torch.from_numpy(s.response_lens))
+        ratio = O.importance_ratio(logpi, lo, torch.from_numpy(s.logprobs_b))
+        pi_terms.append(O.policy_loss_terms(ratio, a_tok, cfg.clip_eps))
+        V = value(input_ids=torch.from_numpy(s.tokens)[None]).logits[0, :, 0][torch.from_numpy(s.value_positions)]
+        v_terms.append(O.value_loss_terms(V, vo, g, cfg.value_clip))
+    (torch.cat(pi_terms).mean() + torch.cat(v_terms).mean()).backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+    torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.max_grad_norm)
+    opt_p.step()
+    opt_v.step()
+    return policy.state_dict(), value.state_dict()
+
+
+@pytest.mark.slow
+def test_two_rank_fsdp_update_matches_unsharded(learner_model_dir, tmp_path):
+    batch = make_rollouts(6, VOCAB, seed=5, max_prompt=20, max_response=12)
+    out = tmp_path / "result.pt"
+    mp.spawn(_rank_main, args=(2, _port(), str(learner_model_dir), str(out), pickle.dumps(batch)), nprocs=2, join=True)
+    result = torch.load(out)
+    config = load_config(None, OVERRIDES + [f"model.path={learner_model_dir}"])
+    ref_policy, ref_value = reference_update(str(learner_model_dir), result["perturbed"], batch, config)
+    assert result["stats"]["kl"] != 0.0
+    moved = 0
+    for name, expected in ref_policy.items():
+        got = result["policy"][name]
+        moved += int(not torch.allclose(got, result["perturbed"][name]))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-6, msg=f"policy {name}")
+    assert moved > 0
+    for name, expected in ref_value.items():
+        torch.testing.assert_close(result["value"][name], expected, rtol=1e-4, atol=2e-6, msg=f"value {name}")
