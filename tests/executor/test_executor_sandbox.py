@@ -1,0 +1,263 @@
+"""Containment and classification of the nsjail sandbox, one test per threat (real nsjail, real runner).
+
+Each threat runs as the first test of a job whose second test is a plain echo: the threat must get its
+class AND the jail must still serve the next test (nothing a test does leaks into the next one).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rlef.common.config import ExecutorConfig
+from rlef.common.errors import SandboxError
+from rlef.common.messages import Limits
+from rlef.common.messages import TestCase as Case
+from rlef.common.messages import TestResult as Result
+from rlef.executor.sandbox import Sandbox, classify, clean_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+LIMITS = Limits(time_s=1.0, memory_bytes=128 << 20)
+ECHO = Case(input="__echo__", output="__echo__")
+
+
+def run_threat(sandbox: Sandbox, code: str, stdin: str = "", expected: str = "", limits: Limits = LIMITS) -> Result:
+    """Run ``code`` (which echoes its input when it is ``__echo__``) on the threat test then on an echo test."""
+    program = "import sys\n_data = sys.stdin.read()\nif _data == '__echo__':\n    print(_data)\n    raise SystemExit\n" + code
+    outcome = sandbox.run(program, [Case(input=stdin, output=expected), ECHO], limits)
+    assert outcome.compile_ok, outcome.compile_message
+    assert [t.status for t in outcome.tests][1:] == ["pass"], outcome.tests
+    return outcome.tests[0]
+
+
+def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
+    assert run_threat(sandbox, "while True:\n    pass\n").status == "timeout"
+
+
+def test_sleep_times_out(sandbox: Sandbox) -> None:
+    result = run_threat(sandbox, "import time\ntime.sleep(30)\n")
+    assert result.status == "timeout"
+    assert result.time_s < 30
+
+
+def test_memory_bomb_is_oom(sandbox: Sandbox) -> None:
+    result = run_threat(sandbox, "x = bytearray(1 << 31)\n")
+    assert result.status == "oom"
+    assert "MemoryError" in result.stderr
+
+
+def test_gradual_memory_bomb_is_oom(sandbox: Sandbox) -> None:
+    assert run_threat(sandbox, "chunks = []\nwhile True:\n    chunks.append(' ' * (1 << 20))\n").status == "oom"
+
+
+def test_fork_bomb_is_contained(sandbox: Sandbox) -> None:
+    result = run_threat(sandbox, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
+    assert result.status in ("timeout", "runtime_error")
+
+
+@pytest.mark.parametrize("address", [("127.0.0.1", 22), ("8.8.8.8", 53), ("1.1.1.1", 443)])
+def test_no_network(sandbox: Sandbox, address: tuple[str, int]) -> None:
+    code = f"import socket\ns = socket.create_connection({address!r}, timeout=0.5)\nprint('connected')\n"
+    result = run_threat(sandbox, code, expected="connected")
+    assert result.status == "runtime_error"
+    assert "connected" not in result.stdout
+
+
+def test_cannot_write_under_usr(sandbox: Sandbox) -> None:
+    result = run_threat(sandbox, "open('/usr/lib/evil', 'w').write('x')\nprint('wrote')\n", expected="wrote")
+    assert result.status == "runtime_error"
+    assert "Read-only file system" in result.stderr or "Permission denied" in result.stderr
+
+
+def test_cannot_read_etc_shadow(sandbox: Sandbox) -> None:
+    assert Path("/etc/shadow").exists()
+    result = run_threat(sandbox, "print(open('/etc/shadow').read())\n", expected="root")
+    assert result.status == "runtime_error"
+    assert "root:" not in result.stdout
+
+
+@pytest.mark.parametrize("target", [str(ROOT / "pyproject.toml"), str(Path(__file__)), "/root/.bashrc"])
+def test_cannot_read_project_files(sandbox: Sandbox, target: str) -> None:
+    result = run_threat(sandbox, f"print(open({target!r}).read()[:20])\n", expected="x")
+    assert result.status == "runtime_error"
+    assert "Error" in result.stderr
+
+
+def test_huge_output_is_output_limit(sandbox: Sandbox) -> None:
+    cap = ExecutorConfig().max_output_bytes
+    result = run_threat(sandbox, "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)\n")
+    assert result.status == "output_limit"
+    assert len(result.stdout) <= cap
+
+
+def test_jobs_do_not_share_tmp() -> None:
+    """Job A writes /tmp and stays alive while job B, in its own jail, looks for the file."""
+    config = ExecutorConfig()
+    writer, reader = Sandbox(config), Sandbox(config)
+    limits = Limits(time_s=5.0, memory_bytes=128 << 20)
+    results: dict[str, object] = {}
+
+    def job_a() -> None:
+        code = "import time\nopen('/tmp/secret', 'w').write('hunter2')\ntime.sleep(2)\nprint(open('/tmp/secret').read())\n"
+        results["a"] = writer.run(code, [Case(input="", output="hunter2")], limits)
+
+    thread = threading.Thread(target=job_a)
+    thread.start()
+    time.sleep(0.8)
+    code = "import os\nprint(os.listdir('/tmp'))\nprint(open('/tmp/secret').read())\n"
+    results["b"] = reader.run(code, [Case(input="", output="hunter2")], limits)
+    thread.join()
+    assert results["a"].tests[0].status == "pass"  # type: ignore[union-attr]
+    b = results["b"].tests[0]  # type: ignore[union-attr]
+    assert b.status == "runtime_error"
+    assert b.stdout.strip() == "[]"
+    assert "hunter2" not in b.stdout
+
+
+def test_signalling_the_parent_does_nothing(sandbox: Sandbox) -> None:
+    code = (
+        "import os, signal\n"
+        "for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP):\n"
+        "    for pid in (os.getppid(), 1):\n"
+        "        try:\n"
+        "            os.kill(pid, sig)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print('still here')\n"
+    )
+    assert run_threat(sandbox, code, expected="still here").status == "pass"
+
+
+def test_no_child_survives_its_test(sandbox: Sandbox) -> None:
+    """Test 1 leaves a daemon behind (detached, own session); test 2 finds it gone."""
+    code = (
+        "import os, sys, time\n"
+        "data = sys.stdin.read()\n"
+        "if data == 'spawn':\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os.setsid()\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    open('/tmp/pid', 'w').write(str(pid))\n"
+        "    print('spawned')\n"
+        "else:\n"
+        "    pid = int(open('/tmp/pid').read())\n"
+        "    try:\n"
+        "        os.kill(pid, 0)\n"
+        "        print('alive')\n"
+        "    except ProcessLookupError:\n"
+        "        print('gone')\n"
+    )
+    outcome = sandbox.run(code, [Case(input="spawn", output="spawned"), Case(input="check", output="gone")], LIMITS)
+    assert [t.status for t in outcome.tests] == ["pass", "pass"], outcome.tests
+
+
+def test_process_runs_unprivileged_in_its_own_namespaces(sandbox: Sandbox) -> None:
+    code = "import os, socket\nprint(os.getuid(), os.getgid(), socket.gethostname())\n"
+    outcome = sandbox.run(code, [Case(input="", output="65534 65534 sandbox")], LIMITS)
+    assert outcome.tests[0].status == "pass", outcome.tests
+
+
+# ---------------------------------------------------------------- classification
+
+
+def test_syntax_error_runs_no_test(sandbox: Sandbox) -> None:
+    outcome = sandbox.run("def f(:\n    pass\n", [ECHO, ECHO], LIMITS)
+    assert not outcome.compile_ok
+    assert outcome.tests == []
+    assert 'File "main.py", line 1' in outcome.compile_message
+    assert "SyntaxError" in outcome.compile_message
+
+
+def test_runtime_error_traceback_is_clean(sandbox: Sandbox) -> None:
+    outcome = sandbox.run("def f(x):\n    return 1 // x\n\nprint(f(0))\n", [Case(input="", output="")], LIMITS)
+    test = outcome.tests[0]
+    assert test.status == "runtime_error"
+    assert test.exit_code == 1
+    assert 'File "main.py", line 4, in <module>' in test.stderr
+    assert 'File "main.py", line 2, in f' in test.stderr
+    assert test.stderr.rstrip().endswith("ZeroDivisionError: integer division or modulo by zero")
+    assert "runner" not in test.stderr and "/rlef" not in test.stderr
+
+
+def test_wrong_answer_and_pass_use_the_checker(sandbox: Sandbox) -> None:
+    tests = [Case(input="2 3", output="5"), Case(input="2 3", output="6"), Case(input="0.1 0.2", output="0.3")]
+    outcome = sandbox.run("a, b = map(float, input().split())\nprint(a + b)\n", tests, LIMITS)
+    assert [t.status for t in outcome.tests] == ["pass", "wrong_answer", "pass"]
+
+
+def test_exit_codes_like_python(sandbox: Sandbox) -> None:
+    cases = {"raise SystemExit(3)": (3, "runtime_error"), "import sys\nsys.exit('bye')": (1, "runtime_error"),
+             "import sys\nsys.exit(0)": (0, "pass"), "import os\nos._exit(0)": (0, "pass")}
+    for code, (exit_code, status) in cases.items():
+        test = sandbox.run(code, [Case(input="", output="")], LIMITS).tests[0]
+        assert (test.exit_code, test.status) == (exit_code, status), code
+
+
+def test_stop_on_first_failure(sandbox: Sandbox) -> None:
+    tests = [Case(input="1", output="1"), Case(input="2", output="3"), Case(input="3", output="3")]
+    outcome = sandbox.run("print(input())", tests, LIMITS, stop_on_first_failure=True)
+    assert [t.status for t in outcome.tests] == ["pass", "wrong_answer"]
+
+
+def test_stdin_is_fresh_per_test(sandbox: Sandbox) -> None:
+    tests = [Case(input=f"{i}\n" * 3, output=str(3 * i)) for i in range(5)]
+    outcome = sandbox.run("import sys\nprint(sum(int(x) for x in sys.stdin))\n", tests, LIMITS)
+    assert [t.status for t in outcome.tests] == ["pass"] * 5
+
+
+def test_large_input_and_output_round_trip(sandbox: Sandbox) -> None:
+    data = "\n".join(str(i) for i in range(100_000))
+    outcome = sandbox.run("import sys\nsys.stdout.write(sys.stdin.read())\n", [Case(input=data, output=data)], LIMITS)
+    assert outcome.tests[0].status == "pass"
+
+
+def test_non_utf8_and_nul_output(sandbox: Sandbox) -> None:
+    code = "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe a\\x00b')\n"
+    test = sandbox.run(code, [Case(input="", output="a\x00b")], LIMITS).tests[0]
+    assert test.status == "wrong_answer"  # the invalid bytes are a token of their own
+    assert "a\x00b" in test.stdout and "\ufffd" in test.stdout
+    test = sandbox.run("print('a\\x00b')", [Case(input="", output="a\x00b")], LIMITS).tests[0]
+    assert test.status == "pass"
+
+
+def test_sigxcpu_classified_as_timeout() -> None:
+    header = {"status": "exit", "signal": 24, "exit_code": None, "time_s": 1.0, "cpu_s": 1.0}
+    assert classify(header, b"", b"", "", LIMITS).status == "timeout"
+    header = {"status": "exit", "signal": 9, "exit_code": None, "time_s": 0.1, "cpu_s": 0.05}
+    assert classify(header, b"", b"", "", LIMITS).status == "oom"
+    header = {"status": "exit", "signal": 11, "exit_code": None, "time_s": 0.1, "cpu_s": 0.05}
+    assert classify(header, b"", b"", "", LIMITS).status == "runtime_error"
+    header = {"status": "runner_error", "error": "fork failed"}
+    assert classify(header, b"", b"", "", LIMITS).status == "sandbox_error"
+
+
+def test_clean_paths() -> None:
+    assert clean_paths('File "/rlef/runner.py", line 9') == 'File "runner", line 9'
+
+
+# ---------------------------------------------------------------- start-up failures
+
+
+def test_missing_nsjail_is_a_clear_error() -> None:
+    with pytest.raises(SandboxError, match="nsjail not found"):
+        Sandbox(ExecutorConfig(nsjail="/nonexistent/nsjail"))
+
+
+def test_nsjail_setup_failure_fails_self_check() -> None:
+    # An interpreter the jailed uid cannot reach (the venv lives outside the jail's mounts).
+    sandbox = Sandbox(ExecutorConfig(python=str(ROOT / ".venv/bin/python")))
+    with pytest.raises(SandboxError, match="self-check failed"):
+        sandbox.self_check()
+
+
+def test_broken_nsjail_binary_fails_self_check(tmp_path: Path) -> None:
+    fake = tmp_path / "nsjail"
+    fake.write_text("#!/bin/sh\necho 'setup failed' >&2\nexit 255\n")
+    fake.chmod(0o755)
+    with pytest.raises(SandboxError, match="setup failed"):
+        Sandbox(ExecutorConfig(nsjail=str(fake))).self_check()
