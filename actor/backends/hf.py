@@ -65,6 +65,11 @@ class HfBackend(GenerationBackend):
         torch.manual_seed(seed)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
         self.model.eval()
+        # Neutral defaults: a checkpoint's generation_config.json (repetition_penalty, top_k, ...) must not
+        # change the sampling distribution behind our back; every request passes its settings explicitly.
+        from transformers import GenerationConfig
+
+        self.model.generation_config = GenerationConfig()
         self.device = device
         self.max_batch = max_batch
         self.version = 0
@@ -151,8 +156,9 @@ class HfBackend(GenerationBackend):
             config = GenerationConfig(
                 do_sample=not greedy,
                 temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy or sampling.top_p >= 1.0 else sampling.top_p,
-                top_k=None if greedy or sampling.top_k <= 0 else sampling.top_k,
+                # Explicit "off" values: None would let transformers fill in its defaults (top_k=50).
+                top_p=1.0 if greedy or sampling.top_p >= 1.0 else sampling.top_p,
+                top_k=0 if greedy or sampling.top_k <= 0 else sampling.top_k,
                 max_new_tokens=sampling.max_new_tokens,
                 eos_token_id=list(sampling.stop_token_ids) or None,
                 pad_token_id=pad,
