@@ -1,0 +1,75 @@
+"""The flat payload: layout, sha256 meaning, zero-copy unpacking, the hand-written chunk encoding."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from weights_util import state_dict
+
+from rlef.common.errors import WeightsError
+from rlef.common.messages import WeightsChunk, WeightsManifest, decode, encode
+from rlef.common.weights import state_dict_digest
+from rlef.common.weights.packing import ALIGN, pack, unpack
+from rlef.common.weights.zmq_transport import encode_chunk
+
+
+def test_pack_unpack_round_trip_every_dtype() -> None:
+    sd = state_dict(1)
+    packed = pack(5, sd, chunk_bytes=100)
+    manifest = decode(encode(packed.manifest), WeightsManifest)  # the manifest survives the wire validation
+    out = unpack(manifest, packed.payload.clone())
+    assert list(out) == list(sd)
+    for name, tensor in sd.items():
+        assert out[name].dtype == tensor.dtype and out[name].shape == tensor.shape, name
+        assert torch.equal(out[name], tensor), name
+    assert state_dict_digest(out) == state_dict_digest(sd)
+
+
+def test_manifest_sha256_is_of_the_flat_payload_and_offsets_are_aligned() -> None:
+    sd = state_dict(2)
+    packed = pack(1, sd, chunk_bytes=64)
+    m = packed.manifest
+    # Independent reference: rebuild the payload from the specs by hand, then hash it.
+    expected = bytearray(m.total_bytes)
+    for spec, tensor in zip(m.tensors, sd.values()):
+        assert spec.offset % ALIGN == 0
+        expected[spec.offset : spec.offset + spec.nbytes] = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+    assert bytes(packed.view) == bytes(expected)
+    assert m.sha256 == hashlib.sha256(expected).hexdigest()
+    assert m.num_chunks == -(-m.total_bytes // 64)
+    assert b"".join(bytes(packed.chunk(i)) for i in range(m.num_chunks)) == bytes(expected)
+
+
+def test_digest_sees_one_flipped_bit_and_a_renamed_tensor() -> None:
+    sd = state_dict(3)
+    base = state_dict_digest(sd)
+    flipped = dict(sd)
+    w = sd["model.norm.weight"].clone()
+    w.view(torch.int32)[3] ^= 1
+    flipped["model.norm.weight"] = w
+    assert state_dict_digest(flipped) != base
+    renamed = {("x." + k if k == "step" else k): v for k, v in sd.items()}
+    assert state_dict_digest(renamed) != base
+
+
+def test_unpack_rejects_a_payload_of_the_wrong_size() -> None:
+    packed = pack(1, state_dict(4), chunk_bytes=64)
+    with pytest.raises(WeightsError, match="payload"):
+        unpack(packed.manifest, packed.payload[:-1])
+
+
+def test_pack_rejects_non_cpu_or_unsupported_tensors() -> None:
+    with pytest.raises(WeightsError, match="dtype"):
+        pack(1, {"c": torch.zeros(2, dtype=torch.complex64)}, 64)
+    with pytest.raises(WeightsError, match="not a tensor"):
+        pack(1, {"x": [1.0]}, 64)  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
+def test_hand_written_chunk_encoding_equals_encode(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    frame = encode_chunk(7, 3, memoryview(data))
+    assert frame == encode(WeightsChunk(version=7, index=3, data=data))
+    assert decode(frame, WeightsChunk).data == data

@@ -1,0 +1,260 @@
+"""The zmq weights transport on loopback with real sockets, threads and processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import zmq
+from weights_util import PEER, python, state_dict, zmq_config
+
+from rlef.common.config import RlefConfig
+from rlef.common.messages import Control, WeightsManifest, WeightsRequest, decode, encode
+from rlef.common.transport import Transport, generate_keys
+from rlef.common.weights import make_publisher, make_receiver, state_dict_digest
+from rlef.common.weights.packing import PackedVersion, pack
+from rlef.common.weights.zmq_transport import ZmqPublisher, ZmqReceiver, encode_chunk
+from rlef.monitoring import metrics_weights as M
+
+
+def _overrides(config: RlefConfig) -> list[str]:
+    w = config.weights
+    return [f"endpoints.weights_port={config.endpoints.weights_port}", "weights.type=zmq",
+            f"weights.chunk_bytes={w.chunk_bytes}", f"weights.credit={w.credit}", f"weights.poll_interval_s={w.poll_interval_s}"]
+
+
+def test_receiver_gets_each_version_whole_and_equal(transport: Transport) -> None:
+    config = zmq_config()
+    with make_publisher(config, transport) as pub, make_receiver(config, transport, "actor-0") as rec:
+        assert rec.version == -1 and rec.poll() is None
+        for version in (1, 2, 3):
+            sd = state_dict(version)
+            pub.publish(version, sd)
+            got = rec.poll(timeout_s=20)
+            assert got is not None and got.version == version
+            assert state_dict_digest(got.tensors) == state_dict_digest(sd)
+            assert rec.version == version
+        assert rec.poll() is None  # each version is handed out once
+        assert isinstance(pub, ZmqPublisher) and pub.receivers() == 1
+
+
+@pytest.mark.slow
+def test_two_receiver_processes_get_identical_tensors(transport: Transport) -> None:
+    config = zmq_config()
+    with make_publisher(config, transport) as pub:
+        procs = [subprocess.Popen([python(), str(PEER), f"actor-{i}", "2", "60", *_overrides(config)],
+                                  stdout=subprocess.PIPE, text=True) for i in range(2)]
+        sds = {v: state_dict(10 + v, scale=50) for v in (1, 2)}  # ~120 KB: many chunks of 4 KiB
+        pub.publish(1, sds[1])
+        time.sleep(0.5)
+        pub.publish(2, sds[2])
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+    for out in outs:
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert lines[-1]["version"] == 2
+        for line in lines:  # whatever versions a receiver saw, each equals the learner's full state dict
+            assert line["digest"] == state_dict_digest(sds[line["version"]])
+
+
+def test_late_joiner_gets_the_current_version_only(transport: Transport) -> None:
+    config = zmq_config()
+    with make_publisher(config, transport) as pub:
+        pub.publish(1, state_dict(1))
+        pub.publish(4, state_dict(4))
+        with make_receiver(config, transport, "late") as rec:
+            got = rec.poll(timeout_s=20)
+            assert got is not None and got.version == 4
+            assert state_dict_digest(got.tensors) == state_dict_digest(state_dict(4))
+            assert rec.poll(timeout_s=0.3) is None
+
+
+def _dealer(transport: Transport, config: RlefConfig) -> zmq.Socket:
+    return transport.client(zmq.DEALER, config.endpoints.learner(config.endpoints.weights_port))
+
+
+def _ask(sock: zmq.Socket, **fields: object) -> object:
+    sock.send(encode(WeightsRequest(receiver_id="probe", **fields)))
+    assert sock.poll(5000), "hub did not answer"
+    return decode(sock.recv())
+
+
+def test_hub_answers_a_fetch_of_a_superseded_version_with_the_new_manifest(transport: Transport) -> None:
+    config = zmq_config()
+    with make_publisher(config, transport) as pub:
+        sock = _dealer(transport, config)
+        answer = _ask(sock, op="get", version=-1)
+        assert isinstance(answer, Control) and answer.op == "ack" and answer.version == -1
+        pub.publish(1, state_dict(1, scale=20))
+        manifest = _ask(sock, op="get", version=-1)
+        assert isinstance(manifest, WeightsManifest) and manifest.version == 1 and manifest.num_chunks > 2
+        chunk = _ask(sock, op="fetch", version=1, index=1)
+        assert chunk.index == 1 and len(chunk.data) == manifest.chunk_bytes
+        pub.publish(2, state_dict(2, scale=20))
+        superseding = _ask(sock, op="fetch", version=1, index=2)
+        assert isinstance(superseding, WeightsManifest) and superseding.version == 2
+        up_to_date = _ask(sock, op="get", version=2)
+        assert isinstance(up_to_date, Control) and up_to_date.version == 2
+        sock.close(0)
+
+
+def test_hub_counts_bad_messages_and_keeps_serving(transport: Transport) -> None:
+    config = zmq_config()
+    with make_publisher(config, transport) as pub:
+        assert isinstance(pub, ZmqPublisher)
+        before = M.HUB_BAD_MESSAGES.labels("zmq")._value.get()
+        sock = _dealer(transport, config)
+        sock.send(b"\xc1 not msgpack")
+        sock.send(encode(Control(op="heartbeat", sender_id="x", role="actor")))  # right format, wrong channel
+        pub.publish(1, state_dict(1))
+        assert isinstance(_ask(sock, op="get", version=-1), WeightsManifest)
+        assert pub.bad_messages == 2
+        assert M.HUB_BAD_MESSAGES.labels("zmq")._value.get() == before + 2
+        sock.close(0)
+
+
+class ScriptedHub:
+    """A hand-driven hub (real ROUTER): answers get with ``manifest`` and fetch through ``chunk_reply``."""
+
+    def __init__(self, transport: Transport, config: RlefConfig, packed: PackedVersion,
+                 chunk_reply: Callable[[int, int, bytes], bytes | None]):
+        self.sock = transport.server(zmq.ROUTER, config.endpoints.bind(config.endpoints.weights_port))
+        self.packed = packed
+        self.manifest_frame = encode(packed.manifest)
+        self.chunk_reply = chunk_reply
+        self.gets: list[int] = []
+        self.fetches = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            identity, frame = self.sock.recv_multipart()
+            request = decode(frame, WeightsRequest)
+            if request.op == "get":
+                self.gets.append(request.version)
+                reply = self.manifest_frame if request.version < self.packed.manifest.version else encode(
+                    Control(op="ack", sender_id="hub", role="learner", version=self.packed.manifest.version))
+            else:
+                self.fetches += 1
+                reply = self.chunk_reply(request.version, request.index, bytes(self.packed.chunk(request.index)))
+            if reply is not None:
+                self.sock.send_multipart([identity, reply])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close(0)
+
+
+def test_corrupt_chunk_is_never_applied_counted_and_rerequested(transport: Transport) -> None:
+    config = zmq_config()
+    sd = state_dict(7, scale=10)
+    packed = pack(3, sd, config.weights.chunk_bytes)
+    corrupted: list[int] = []
+
+    def reply(version: int, index: int, data: bytes) -> bytes:
+        if index == 2 and not corrupted:  # the first transfer gets one flipped bit in chunk 2
+            corrupted.append(index)
+            data = bytes([data[0] ^ 1]) + data[1:]
+        return encode_chunk(version, index, data)
+
+    before = M.CHECKSUM_FAILURES.labels("zmq")._value.get()
+    hub = ScriptedHub(transport, config, packed, reply)
+    try:
+        with make_receiver(config, transport, "victim") as rec:
+            assert isinstance(rec, ZmqReceiver)
+            got = rec.poll(timeout_s=20)
+            assert got is not None and got.version == 3
+            assert state_dict_digest(got.tensors) == state_dict_digest(sd)  # only the good copy was handed out
+            assert rec.poll(timeout_s=0.3) is None
+            assert rec.checksum_failures == 1
+            assert M.CHECKSUM_FAILURES.labels("zmq")._value.get() == before + 1
+            assert hub.gets[:2] == [-1, -1]  # asked for the version again after the mismatch
+            assert hub.fetches == 2 * packed.manifest.num_chunks
+    finally:
+        hub.close()
+
+
+def test_a_persistently_corrupt_hub_never_gets_a_version_applied(transport: Transport) -> None:
+    config = zmq_config()
+    packed = pack(1, state_dict(8), config.weights.chunk_bytes)
+    hub = ScriptedHub(transport, config, packed, lambda v, i, d: encode_chunk(v, i, d[:-1] + bytes([d[-1] ^ 255])))
+    try:
+        with make_receiver(config, transport, "victim") as rec:
+            assert rec.poll(timeout_s=2.0) is None
+            assert rec.checksum_failures >= 2  # re-requested (with back-off) and failed again each time
+    finally:
+        hub.close()
+
+
+def test_receiver_follows_a_superseding_manifest_mid_transfer(transport: Transport) -> None:
+    config = zmq_config()
+    old = pack(1, state_dict(1, scale=10), config.weights.chunk_bytes)
+    new_sd = state_dict(2, scale=10)
+    new = pack(2, new_sd, config.weights.chunk_bytes)
+    new_frame = encode(new.manifest)
+
+    def reply(version: int, index: int, data: bytes) -> bytes | None:
+        if version == 1:  # mid-transfer of version 1 the hub has moved on to version 2
+            return encode_chunk(1, index, data) if index < 2 else new_frame
+        return encode_chunk(2, index, bytes(new.chunk(index)))
+
+    hub = ScriptedHub(transport, config, old, reply)
+    try:
+        with make_receiver(config, transport, "follower") as rec:
+            assert isinstance(rec, ZmqReceiver)
+            got = rec.poll(timeout_s=20)
+            assert got is not None and got.version == 2
+            assert state_dict_digest(got.tensors) == state_dict_digest(new_sd)
+            assert rec.restarts >= 1 and rec.checksum_failures == 0
+    finally:
+        hub.close()
+
+
+def test_receiver_started_before_the_hub_catches_up(transport: Transport) -> None:
+    config = zmq_config()
+    with make_receiver(config, transport, "early") as rec:
+        time.sleep(0.3)
+        with make_publisher(config, transport) as pub:
+            pub.publish(1, state_dict(1))
+            got = rec.poll(timeout_s=20)
+            assert got is not None and got.version == 1
+
+
+def test_curve_on_authorised_receiver_gets_weights_and_keyless_one_nothing(tmp_path: Path) -> None:
+    keys = generate_keys(tmp_path / "keys")
+    config = zmq_config(f"transport.curve_keys_dir={keys}")
+    secure = Transport(config.transport)
+    plain = Transport(zmq_config().transport)
+    try:
+        assert secure.secure
+        with make_publisher(config, secure) as pub, make_receiver(config, secure, "ok") as rec, \
+                ZmqReceiver(plain, config.endpoints.learner(config.endpoints.weights_port), "intruder") as intruder:
+            pub.publish(1, state_dict(1))
+            got = rec.poll(timeout_s=20)
+            assert got is not None and state_dict_digest(got.tensors) == state_dict_digest(state_dict(1))
+            assert intruder.poll(timeout_s=1.0) is None
+            assert intruder.hub_version == -1
+    finally:
+        secure.close()
+        plain.close()
+
+
+def test_publish_rejects_a_version_that_does_not_increase(transport: Transport) -> None:
+    from rlef.common.errors import WeightsError
+
+    config = zmq_config()
+    with make_publisher(config, transport) as pub:
+        pub.publish(2, {"w": torch.zeros(3)})
+        with pytest.raises(WeightsError, match="must increase"):
+            pub.publish(2, {"w": torch.zeros(3)})
