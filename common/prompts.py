@@ -245,7 +245,7 @@ def _last_error_line(stderr: str) -> str:
 # ---------------------------------------------------------------- code extraction
 
 # A fence opens with ``` + an optional language tag + end of line, and closes at the next ```.
-_FENCE = re.compile(r"```([^\s`]*)[ \t]*\n(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```([^\s`]*)[ \t\r]*\n(.*?)```", re.DOTALL)
 # Tags that count as Python (compared lower-cased). A bare fence (no tag) counts too: models often omit it.
 PYTHON_TAGS = frozenset({"", "python", "python3", "py", "py3"})
 
