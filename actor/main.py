@@ -1,0 +1,157 @@
+"""One actor process: wire the engine, the executor client, the weights and the learner hub around the runner.
+
+``run_actor`` is what ``rlef actor`` calls. Identity: ``actor_id = "actor-<index>"`` (stable, for metrics and
+the hub's peer table); ``instance`` is a fresh nonce per start (hex time + random), part of every rollout id
+(``actor-<index>-<instance>-<n>``), so ids stay unique across restarts.
+
+Normal mode registers with the hub (control channel), receives weights in the background and PUSHes rollouts
+to ``endpoints.learner(rollout_port)``; the hub's ``stop`` ends the actor after its in-flight episodes.
+``dry_run`` needs only an executor: no hub, no weights, rollouts go to a JSONL file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlef.common.config import RlefConfig
+from rlef.common.errors import TransportError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActorSummary:
+    actor_id: str
+    instance: str
+    episodes: int
+    skipped: int
+    errors: int
+    seconds: float
+    busy_fraction: float
+    version: int
+
+    def line(self) -> str:
+        rate = self.episodes / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.actor_id} ({self.instance}): {self.episodes} episodes in {self.seconds:.1f} s ({rate:.2f}/s), "
+                f"{self.skipped} problems skipped, {self.errors} errors, engine busy {self.busy_fraction:.0%}, "
+                f"weights version {self.version}")
+
+
+def new_instance_nonce() -> str:
+    return f"{int(time.time()):x}{secrets.token_hex(3)}"
+
+
+async def _register(control, backend_name: str, instance: str, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            version = await asyncio.to_thread(control.register, ["rollouts", backend_name], timeout_s=30.0,
+                                              info={"instance": instance, "backend": backend_name})
+            log.info("registered with the hub (hub version %d)", version)
+            return
+        except TransportError as exc:
+            log.warning("%s; still trying", exc)
+
+
+async def _watch_stop(control, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if control.stop_requested:
+            log.info("the hub requested stop: finishing in-flight episodes")
+            stop.set()
+            return
+        await asyncio.sleep(0.2)
+
+
+async def run_actor(
+    config: RlefConfig,
+    *,
+    index: int = 0,
+    dry_run: bool = False,
+    output: Path | None = None,
+    episodes: int | None = None,
+) -> ActorSummary:
+    """Run actor ``index`` until ``episodes`` were produced, the hub says stop, or SIGTERM/SIGINT."""
+    from transformers import AutoTokenizer
+
+    from rlef.actor.backends import make_backend
+    from rlef.actor.episodes import EpisodeRunner
+    from rlef.actor.problem_stream import problem_stream
+    from rlef.actor.sinks import JsonlSink, PushSink
+    from rlef.actor.weights_sync import WeightSync
+    from rlef.common.data import load_problems
+    from rlef.common.execution_client import ExecutionClient
+    from rlef.common.transport import Transport
+    from rlef.monitoring.metrics import serve_metrics
+
+    actor_id = f"actor-{index}"
+    instance = new_instance_nonce()
+    port = config.actor.metrics_port
+    serve_metrics("actor", actor_id, port + index if port > 0 and config.monitoring.enabled else 0)
+    data = config.data
+    problems = load_problems(data.dataset, data.path, data.split, data.limit)
+    tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+    seed = config.run.seed * 100_003 + index
+    backend = make_backend(config, seed=seed)
+    atransport = Transport(config.transport, asyncio=True)
+    transport = Transport(config.transport)
+    endpoints = config.endpoints
+    executor = ExecutionClient(atransport, endpoints.broker(endpoints.broker_frontend_port),
+                               client_id=f"{actor_id}-{instance}", timeout_s=config.actor.execution_timeout_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    background: list[asyncio.Task] = []
+    control = receiver = None
+    if dry_run:
+        if output is None:
+            raise ValueError("--dry-run needs --output FILE.jsonl")
+        sink = JsonlSink(output)
+        gate = None
+    else:
+        from rlef.common.control import make_control_client
+        from rlef.common.weights import make_receiver
+
+        sink = PushSink(atransport, endpoints.learner(endpoints.rollout_port))
+        control = make_control_client(config, transport, actor_id)
+        receiver = make_receiver(config, transport, actor_id)
+        control.add_version_listener(receiver.notify)
+        control.set_local_version(backend.version)
+        gate = WeightSync(backend, receiver, max_policy_lag=config.actor.max_policy_lag,
+                          hub_version=lambda: control.hub_version, on_applied=control.heartbeat)
+        background += [
+            asyncio.create_task(_register(control, config.actor.backend, instance, stop)),
+            asyncio.create_task(gate.run(stop)),
+            asyncio.create_task(_watch_stop(control, stop)),
+        ]
+    runner = EpisodeRunner(
+        config, backend=backend, executor=executor, tokenizer=tokenizer,
+        problems=problem_stream(problems, index, config.deploy.actors, seed), sink=sink,
+        actor_id=actor_id, instance=instance, gate=gate, feedback_problems=problems, seed=seed,
+    )
+    started = time.perf_counter()
+    log.info("%s (%s) starting: %d problems, backend %s, K=%d", actor_id, instance, len(problems),
+             config.actor.backend, config.actor.episodes_in_flight)
+    try:
+        await runner.run(episodes, stop)
+    finally:
+        stop.set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        summary = ActorSummary(actor_id, instance, runner.finished, len(runner.skipped), len(runner.errors),
+                               time.perf_counter() - started, runner.busy_fraction(), backend.version)
+        sink.close()
+        executor.close()
+        for closable in (control, receiver):
+            if closable is not None:
+                closable.close()
+        await backend.close()
+        atransport.close()
+        transport.close()
+    return summary
