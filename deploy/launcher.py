@@ -1,7 +1,7 @@
 """`rlef launch`: one RLEF run on one machine, every role a separate supervised process.
 
 Scope: prepare the run directory (``config.yaml`` = the resolved config every role reads, ``logs/``,
-``prometheus/targets.json``), optionally start a local Prometheus, supervise the roles
+``prometheus/targets/local.json``), optionally start a local Prometheus, supervise the roles
 (:mod:`rlef.deploy.supervisor`) while showing progress, and at the end write ``launch.json`` and run
 ``rlef report RUN_DIR`` when the monitoring role provides it. The run ends when the learner exits: it stops
 by itself after ``deploy.max_batches`` batches (or ``learner.total_updates``), and its exit code is the
@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 from rlef.common.config import RlefConfig, dump_config
 from rlef.deploy.process import Backoff, ProcessSpec
@@ -26,9 +23,6 @@ from rlef.deploy.specs import metrics_targets, rlef_command, role_specs
 from rlef.deploy.supervisor import Supervisor, summary
 
 log = logging.getLogger(__name__)
-
-PROMETHEUS_BIN = "/usr/bin/prometheus"
-
 
 def prepare_run_dir(config: RlefConfig) -> Path:
     """Create the run directory and write the resolved config; returns the config file's path."""
@@ -41,37 +35,20 @@ def prepare_run_dir(config: RlefConfig) -> Path:
 
 
 def write_prometheus_targets(config: RlefConfig) -> Path:
+    """RUN_DIR/prometheus/targets/local.json: every process' /metrics (monitoring's file_sd layout)."""
     from rlef.monitoring.targets import write_targets
 
-    return write_targets(config.run.run_dir / "prometheus" / "targets.json", metrics_targets(config))
+    return write_targets(config.run.run_dir / "prometheus" / "targets" / "local.json", metrics_targets(config))
 
 
 def prometheus_spec(config: RlefConfig, targets: Path) -> ProcessSpec:
-    """A local Prometheus scraping the file_sd targets (Debian's binary; its TSDB lives in the run dir)."""
-    binary = shutil.which("prometheus") or PROMETHEUS_BIN
-    prom_dir = config.run.run_dir / "prometheus"
-    prom_config = {
-        "global": {"scrape_interval": f"{config.monitoring.scrape_interval_s:g}s", "evaluation_interval": f"{config.monitoring.scrape_interval_s:g}s"},
-        "scrape_configs": [{"job_name": "rlef", "file_sd_configs": [{"files": [str(targets.resolve())], "refresh_interval": "5s"}]}],
-    }
-    rules = _monitoring_rule_files()
-    if rules:
-        prom_config["rule_files"] = [str(r) for r in rules]
-    config_path = prom_dir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(prom_config, sort_keys=False))
-    argv = (
-        binary, f"--config.file={config_path.resolve()}", f"--storage.tsdb.path={(prom_dir / 'data').resolve()}",
-        f"--web.listen-address=127.0.0.1:{config.monitoring.prometheus_port}",
-    )  # fmt: skip
-    return ProcessSpec("prometheus-0", "prometheus", argv)
+    """A local Prometheus (Debian's binary) with the monitoring role's local scrape config and rules; TSDB in the run dir."""
+    from rlef.monitoring.promconfig import prometheus_command, write_prometheus_config
 
-
-def _monitoring_rule_files() -> list[Path]:
-    """Recording/alert rule files the monitoring role ships (monitoring/prometheus/rules/*.yml), if any."""
-    import rlef.monitoring
-
-    rules_dir = Path(rlef.monitoring.__file__).parent / "prometheus" / "rules"
-    return sorted(p.resolve() for p in rules_dir.glob("*.yml")) if rules_dir.is_dir() else []
+    prom_dir = (config.run.run_dir / "prometheus").resolve()
+    prom_config = write_prometheus_config(prom_dir, [targets.parent.resolve() / "*.json"], "local", config.monitoring.scrape_interval_s)
+    argv = prometheus_command(prom_config, prom_dir / "data", config.monitoring.prometheus_port)
+    return ProcessSpec("prometheus-0", "prometheus", tuple(argv))
 
 
 def _report_available() -> bool:

@@ -8,11 +8,13 @@ resolved config file; only its index comes from the command line, so ports follo
 
 from __future__ import annotations
 
+import functools
 import socket
 import sys
 from pathlib import Path
 
 from rlef.common.config import RlefConfig
+from rlef.common.errors import ConfigError
 from rlef.deploy.process import ProcessSpec
 
 #: Environment every role gets: never reach a model hub, keep tokenizers from forking thread pools.
@@ -28,6 +30,25 @@ OFFLINE_ENV = {
 def rlef_command(*args: str) -> tuple[str, ...]:
     """``rlef ARGS`` through this interpreter (works without the console script on PATH)."""
     return (sys.executable, "-m", "rlef.common.cli", *args)
+
+
+@functools.cache
+def index_option(role: str) -> str:
+    """The flag a role command takes its index with: ``--<role>-index`` (the deploy contract) or ``--index``.
+
+    Read from the installed ``rlef`` parser, so the launcher follows the role's CLI instead of guessing;
+    a role without either flag is an error naming it.
+    """
+    from rlef.common.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    if role not in commands:
+        raise ConfigError(f"`rlef {role}` is not installed (commands: {', '.join(sorted(commands))})")
+    flags = {opt for action in commands[role]._actions for opt in action.option_strings}
+    for flag in (f"--{role}-index", "--index"):
+        if flag in flags:
+            return flag
+    raise ConfigError(f"`rlef {role}` takes no index option (--{role}-index or --index)")
 
 
 def learner_command(config: RlefConfig, config_path: Path, resume: bool) -> tuple[str, ...]:
@@ -47,15 +68,24 @@ def role_specs(config: RlefConfig, config_path: Path, *, resume: bool = False, c
     env = dict(OFFLINE_ENV)
     specs = [ProcessSpec("executor-broker-0", "executor-broker", rlef_command("executor-broker", "--config", cfg), env, cwd)]
     specs += [
-        ProcessSpec(f"executor-{i}", "executor", rlef_command("executor", "--config", cfg, "--executor-index", str(i)), env, cwd, index=i)
+        ProcessSpec(f"executor-{i}", "executor", rlef_command("executor", "--config", cfg, _index("executor"), str(i)), env, cwd, index=i)
         for i in range(config.deploy.executors)
     ]
     specs.append(ProcessSpec("learner-0", "learner", learner_command(config, config_path, resume), env, cwd, restart=False))
     specs += [
-        ProcessSpec(f"actor-{i}", "actor", rlef_command("actor", "--config", cfg, "--actor-index", str(i)), env, cwd, index=i)
+        ProcessSpec(f"actor-{i}", "actor", rlef_command("actor", "--config", cfg, _index("actor"), str(i)), env, cwd, index=i)
         for i in range(config.deploy.actors)
     ]
     return specs
+
+
+def _index(role: str) -> str:
+    """:func:`index_option`, falling back to the contract's flag while the role is not installed (its log then
+    shows the CLI error and the supervisor keeps restarting it with backoff)."""
+    try:
+        return index_option(role)
+    except ConfigError:
+        return f"--{role}-index"
 
 
 def metrics_targets(config: RlefConfig, host: str = "127.0.0.1") -> list[tuple[str, str, dict[str, str]]]:

@@ -33,8 +33,9 @@ def test_role_specs_follow_the_config(tmp_path: Path) -> None:
     argv = list(learner.argv)
     assert argv[1:3] == ["-m", "torch.distributed.run"] and argv[argv.index("--nproc-per-node") + 1] == "2"
     assert argv[-4:] == ["rlef.common.cli", "learner", "--config", str(tmp_path / "config.yaml")]
-    assert list(specs[-1].argv[-5:]) == ["actor", "--config", str(tmp_path / "config.yaml"), "--actor-index", "2"]
-    assert list(specs[2].argv[-2:]) == ["--executor-index", "1"]
+    assert list(specs[-1].argv[-5:-2]) == ["actor", "--config", str(tmp_path / "config.yaml")]
+    assert specs[-1].argv[-2] in ("--actor-index", "--index") and specs[-1].argv[-1] == "2"
+    assert specs[2].argv[-2] in ("--executor-index", "--index") and specs[2].argv[-1] == "1"
     assert "--resume" in role_specs(cfg, tmp_path / "c.yaml", resume=True)[3].argv
 
 
@@ -112,7 +113,7 @@ def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: 
         "actor-0.log", "actor-1.log", "executor-0.log", "executor-broker-0.log", "learner-0.log"]
     cfg = load_config(run_dir / "config.yaml")
     assert cfg.deploy.actors == 2 and cfg.run.run_dir == run_dir
-    assert {job for job, _, _ in read_targets(run_dir / "prometheus" / "targets.json")} == {
+    assert {job for job, _, _ in read_targets(run_dir / "prometheus" / "targets" / "local.json")} == {
         "learner", "executor-broker", "executor", "actor"}
     status = json.loads((run_dir / "launch.json").read_text())
     assert status["signal"] == signal.SIGTERM and set(status["processes"]) >= {"learner-0", "actor-1"}
