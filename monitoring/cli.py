@@ -2,6 +2,7 @@
 
 - ``rlef report RUN_DIR [--prometheus URL] [--out DIR]``: PNG plots + markdown summary of a run.
 - ``rlef monitoring catalogue [--write docs/metrics.md]``: the metric catalogue generated from the code.
+- ``rlef monitoring dashboards``: regenerate the Grafana dashboard JSON from monitoring/dashboards.py.
 - ``rlef monitoring targets FILE JOB@HOST:PORT[,label=value...] ...``: write a file_sd targets file.
 - ``rlef monitoring prometheus-config OUT_DIR --targets FILE [--deployment local|slurm]``: a run's config copy.
 """
@@ -30,6 +31,14 @@ def _catalogue(args: argparse.Namespace) -> int:
         print(f"catalogue written to {args.write}")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _dashboards(args: argparse.Namespace) -> int:
+    from rlef.monitoring.dashboards import write_dashboards
+
+    for path in write_dashboards():
+        print(f"dashboard written to {path}")
     return 0
 
 
@@ -80,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cat = mon_sub.add_parser("catalogue", help="print (or --write) the metric catalogue generated from the metric modules")
     cat.add_argument("--write", metavar="FILE", default=None, help="write it here (docs/metrics.md)")
     cat.set_defaults(func=_catalogue)
+
+    dash = mon_sub.add_parser("dashboards", help="regenerate monitoring/grafana/dashboards/*.json from monitoring/dashboards.py (needs the dev extra)")
+    dash.set_defaults(func=_dashboards)
 
     tgt = mon_sub.add_parser("targets", help="write a Prometheus file_sd targets file (SLURM batch scripts use this)")
     tgt.add_argument("file")

@@ -1,9 +1,9 @@
 """A live run for monitoring tests: real executor broker + executors, real Prometheus scraping them.
 
-``live_run`` (module scope) starts the broker and one executor (2 sandboxes) with metrics on free ports,
+``live_run`` (session scope) starts the broker and one executor (2 sandboxes) with metrics on free ports,
 writes their file_sd targets, starts Debian's prometheus (1 s scrape/evaluation) on a temp TSDB, and keeps a
 mix of jobs (pass, wrong answer, runtime error, syntax error, timeout) flowing from a background thread until
-the module's tests are done, so counters keep moving while tests query.
+the session ends, so counters keep moving while tests query.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class LiveRun:
     prometheus: PrometheusAPI
     run_dir: Path
     jobs_done: list[int]
+    #: Prometheus jobs this run started (dashboard panels needing others only get their syntax checked).
+    roles: frozenset[str]
 
 
 def _job_load(frontend: str, stop: threading.Event, done: list[int]) -> None:
@@ -82,7 +84,7 @@ def _job_load(frontend: str, stop: threading.Event, done: list[int]) -> None:
             client.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_run(tmp_path_factory):
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus missing: run scripts/setup.sh (apt prometheus)")
@@ -101,7 +103,7 @@ def live_run(tmp_path_factory):
         load = threading.Thread(target=_job_load, args=(service.frontend, stop, done), daemon=True)
         load.start()
         try:
-            yield LiveRun(PrometheusAPI(f"http://127.0.0.1:{port}"), run_dir, done)
+            yield LiveRun(PrometheusAPI(f"http://127.0.0.1:{port}"), run_dir, done, frozenset({"executor", "executor-broker"}))
         finally:
             stop.set()
             load.join(60)
