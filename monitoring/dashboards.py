@@ -62,7 +62,8 @@ OVERVIEW = (
     Panel("Tokens per second", (
         _q("rlef:actor_generated_tokens:rate1m", "generated"),
         _q("rlef:actor_prompt_tokens:rate1m", "prompt"),
-    ), unit="short", roles=ACTOR),
+        _q("rlef:learner_tokens:rate1m", "trained"),
+    ), unit="short", roles=ACTOR_LEARNER),
     Panel("Mean episode reward", (_q("rlef:episode_reward:mean5m", "reward"),), unit="none", roles=ACTOR,
           description="Mean summed task reward per episode (solved 1, unsolved -1, no-code -0.2 per turn)."),
     Panel("Solve rate by turn (public tests)", (
@@ -77,6 +78,7 @@ OVERVIEW = (
     ), unit="short", roles=ACTOR_LEARNER),
     Panel("Policy version", (_q("max by (job) (rlef_policy_version)", "{{job}}"),), unit="short", roles=ACTOR_LEARNER),
     Panel("Weight sync time", (
+        _q("rlef:learner_weights_sync_seconds:mean5m", "learner gather + publish"),
         _q("rlef:learner_weights_publish_seconds:mean5m", "learner publish"),
         _q("rlef:actor_weights_receive_seconds:mean5m", "actor receive"),
         _q("rlef:actor_weights_apply_seconds:mean5m", "actor apply"),
@@ -121,19 +123,40 @@ EXECUTOR_PANELS = (
 )
 
 LEARNER_PANELS = (
+    # Ranks all-reduce these statistics, so every rank exports the same value: max() picks one.
     Panel("Losses", (
-        _q("max(rlef_learner_policy_loss)", "policy"),
-        _q("max(rlef_learner_value_loss)", "value"),
+        _q("max(rlef_learner_policy_loss)", "policy (clipped PPO, token mean)"),
+        _q("max(rlef_learner_value_loss)", "value (clipped, turn mean)"),
     ), unit="none", roles=LEARNER),
-    Panel("KL to the reference policy", (_q("max(rlef_learner_kl)", "KL (per turn, geometric mean)"),), unit="none", roles=LEARNER),
-    Panel("Clip fraction", (_q("max(rlef_learner_clip_ratio)", "clipped tokens"),), unit="percentunit", roles=LEARNER, min=0),
+    Panel("KL", (
+        _q("max(rlef_learner_kl)", "KL to reference (per turn)"),
+        _q("max(rlef_learner_approx_kl)", "approx KL(old || new), per update"),
+    ), unit="none", roles=LEARNER),
+    Panel("Clip fraction", (_q("max(rlef_learner_clip_fraction)", "tokens with clipped ratio"),), unit="percentunit", roles=LEARNER, min=0),
     Panel("Explained variance", (_q("max(rlef_learner_explained_variance)", "value model"),), unit="none", roles=LEARNER),
-    Panel("Gradient norm", (_q("max(rlef_learner_grad_norm)", "policy (before clipping)"),), unit="none", roles=LEARNER),
+    Panel("Gradient norm (before clipping)", (_q("max by (model) (rlef_learner_grad_norm)", "{{model}}"),), unit="none", roles=LEARNER),
+    Panel("Entropy", (_q("max(rlef_learner_entropy)", "policy entropy (nats/token)"),), unit="none", roles=LEARNER),
+    Panel("Batch reward and solve rate", (
+        _q("max(rlef_learner_batch_reward)", "mean reward"),
+        _q("max(rlef_learner_batch_solve_rate)", "solve rate"),
+    ), unit="none", roles=LEARNER),
     Panel("Optimizer updates per minute", (_q("60 * rlef:learner_updates:rate5m", "updates/min"),), unit="short", roles=LEARNER),
-    Panel("Rollouts accepted and dropped", (
-        _q("rlef:learner_rollouts:rate1m", "accepted/s"),
-        _q("sum by (reason) (rate(rlef_learner_rollouts_dropped_total[5m]))", "dropped/s {{reason}}", always=False),
+    Panel("Training tokens per second", (_q("rlef:learner_tokens:rate1m", "tokens/s"),), unit="short", roles=LEARNER),
+    Panel("Rollouts received, trained and rejected", (
+        _q("rlef:learner_rollouts_received:rate1m", "received/s"),
+        _q("rlef:learner_rollouts:rate1m", "trained/s"),
+        _q("sum by (reason) (rate(rlef_learner_rollouts_rejected_total[5m]))", "rejected/s {{reason}}", always=False),
     ), unit="short", roles=LEARNER),
+    Panel("Staleness of trained rollouts", (
+        _q("rlef:learner_rollout_lag:mean5m", "mean lag (versions)"),
+        _q("histogram_quantile(0.95, sum by (le) (rate(rlef_learner_rollout_staleness_versions_bucket[5m])))", "p95 lag"),
+    ), unit="short", roles=LEARNER),
+    Panel("Time per batch", (
+        _q("sum(rate(rlef_learner_batch_seconds_sum[5m])) / sum(rate(rlef_learner_batch_seconds_count[5m]))", "train (re-score + U updates)"),
+        _q("rlef:learner_weights_sync_seconds:mean5m", "weights sync"),
+        _q("max(rate(rlef_learner_wait_rollouts_seconds_total[5m]))", "waiting for rollouts (s/s)"),
+    ), unit="s", roles=LEARNER),
+    Panel("Hub buffer", (_q("max(rlef_learner_buffer_rollouts)", "rollouts waiting"),), unit="short", roles=LEARNER),
 )
 
 DASHBOARDS: dict[str, tuple[str, tuple[Panel, ...]]] = {
