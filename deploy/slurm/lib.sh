@@ -58,14 +58,15 @@ rlef_restarting() {
   done
 }
 
-# One srun task of a role: ROLE (actor|executor) CONFIG LOG_DIR [INDEX_BASE]; index = INDEX_BASE + SLURM_PROCID,
-# log = LOG_DIR/ROLE-INDEX.log (the local launcher's names), restarted with backoff when it dies.
+# One srun task of a role: ROLE (actor|executor) CONFIG LOG_DIR [INDEX_BASE [key=value ...]];
+# index = INDEX_BASE + SLURM_PROCID, log = LOG_DIR/ROLE-INDEX.log (the local launcher's names), restarted with
+# backoff when it dies; the overrides go to the role command.
 rlef_task() {
   local role=$1 cfg=$2 logs=$3 base=${4:-0}
-  local i=$((base + SLURM_PROCID))
+  shift 4 2>/dev/null || shift $#
+  local i=$((base + SLURM_PROCID)) flag
   exec >>"$logs/$role-$i.log" 2>&1
   echo "==== rlef: $role $i on $(hostname) (job ${SLURM_JOB_ID:-?}, step ${SLURM_STEP_ID:-?})"
-  local flag
   flag=$("$RLEF_PYTHON" -m rlef.deploy.slurm_plan index-flag "$role") || flag="--$role-index"
-  rlef_restarting "$RLEF_PYTHON" -m rlef.common.cli "$role" --config "$cfg" "$flag" "$i"
+  rlef_restarting "$RLEF_PYTHON" -m rlef.common.cli "$role" --config "$cfg" "$flag" "$i" "$@"
 }
