@@ -85,6 +85,8 @@ def execute(job: ExecutionJob, sandbox: Sandbox, config: ExecutorConfig, worker_
             m.SANDBOX_ERRORS.labels("jail_died").inc()
             log.warning("job %s: %s (attempt %d of %d)", job.job_id, exc, attempt + 1, JAIL_ATTEMPTS)
             result = _failed(job, worker_id, f"sandbox failed: {exc}", len(tests), start)
+            if sandbox.aborted:
+                break
             if attempt + 1 < JAIL_ATTEMPTS:
                 m.JAIL_RESTARTS.inc()
             continue

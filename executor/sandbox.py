@@ -175,6 +175,15 @@ class Sandbox:
         self.runner = runner_path()
         if not os.access(config.python, os.X_OK):
             raise SandboxError(f"executor.python {config.python} is not an executable interpreter")
+        self.aborted = False
+        self._proc: subprocess.Popen | None = None
+
+    def abort(self) -> None:
+        """Shut down: kill the running jail (from any thread) and refuse further jobs."""
+        self.aborted = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
     def self_check(self) -> None:
         """Run a tiny program end to end; raise SandboxError with nsjail's own words if anything is off."""
@@ -191,6 +200,8 @@ class Sandbox:
         self, code: str, tests: list[TestCase], limits: Limits, stop_on_first_failure: bool = False
     ) -> JobOutcome:
         """Compile ``code`` and run it on ``tests`` in one fresh jail."""
+        if self.aborted:
+            raise SandboxError("sandbox is shutting down")
         memory = limits.memory_bytes + self.config.address_space_slack_bytes
         budget = START_TIMEOUT_S + len(tests) * (limits.time_s + HOST_GRACE_S)
         cmd = nsjail_command(self.nsjail, self.config.python, self.runner, memory, budget)
@@ -199,10 +210,12 @@ class Sandbox:
                 proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=jail_log)
             except OSError as exc:
                 raise SandboxError(f"cannot start nsjail {self.nsjail}: {exc}") from exc
+            self._proc = proc
             jail = _Jail(proc, jail_log)
             try:
                 return self._drive(jail, code, tests, limits, memory, stop_on_first_failure)
             finally:
+                self._proc = None
                 jail.stop()
 
     def _drive(

@@ -62,7 +62,9 @@ class ExecutorPool:
         for task in slots:
             task.cancel()
         await asyncio.gather(*slots, return_exceptions=True)
-        self.threads.shutdown(wait=False, cancel_futures=True)
+        for sandbox in self.sandboxes:
+            sandbox.abort()  # running jobs end now; the broker has requeued them
+        self.threads.shutdown(wait=True, cancel_futures=True)
 
     def _connect(self, index: int) -> tuple[zmq.Socket, str]:
         identity = f"{self.executor_id}/{index}/{next(self._connections)}"
@@ -112,15 +114,16 @@ class ExecutorPool:
                         log.warning("slot %s: broker silent for %.1f s; reconnecting", identity, now - heard)
                         break
             except asyncio.CancelledError:
-                if job_task is None:
-                    try:
-                        sock.send(self._control("stop", identity), zmq.NOBLOCK)
-                    except zmq.ZMQError:
-                        pass
+                # Tell the broker at once, so it requeues a running job now rather than after the silence.
+                try:
+                    sock.setsockopt(zmq.LINGER, 1000)  # let the stop message leave before the socket closes
+                    sock.send(self._control("stop", identity), zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    log.info("slot %s: could not say stop: %s", identity, exc)
                 raise
             finally:
                 recv.cancel()
-                sock.close(0)
+                sock.close()
 
     def _parse(self, frame: bytes, identity: str) -> ExecutionJob | None:
         try:

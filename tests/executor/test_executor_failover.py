@@ -1,0 +1,111 @@
+"""Workers and the broker coming and going while jobs run (real processes, fast heartbeats)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers.executor_service import start_executor_service
+
+from rlef.common.config import TransportConfig
+from rlef.common.execution_client import ExecutionClient
+from rlef.common.messages import ExecutionJob, ExecutionResult, Limits
+from rlef.common.messages import TestCase as Case
+from rlef.common.transport import Transport
+
+FAST_HEARTBEATS = ["executor.heartbeat_interval_s=0.2", "executor.heartbeat_liveness=3"]
+
+
+def slow_job(tests: int = 15, seconds: float = 0.1) -> ExecutionJob:
+    code = f"import time\ntime.sleep({seconds})\nprint(input())\n"
+    return ExecutionJob(job_id=uuid.uuid4().hex, code=code, tests=[Case(input=str(i), output=str(i)) for i in range(tests)],
+                        limits=Limits(time_s=5.0, memory_bytes=1 << 28))
+
+
+def submit_in_background(endpoint: str, job: ExecutionJob, timeout_s: float = 60.0) -> tuple[threading.Thread, dict]:
+    box: dict[str, ExecutionResult] = {}
+
+    def run() -> None:
+        with Transport(TransportConfig()) as transport:
+            client = ExecutionClient(transport, endpoint, client_id="failover", timeout_s=timeout_s)
+            box["result"] = client.run_sync(job)
+            client.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, box
+
+
+@pytest.mark.slow
+def test_job_survives_its_worker_being_killed(tmp_path: Path) -> None:
+    with start_executor_service(tmp_path, workers=1, overrides=FAST_HEARTBEATS) as service:
+        thread, box = submit_in_background(service.frontend, slow_job())
+        time.sleep(0.5)  # the job is now running on executor 0, the only worker
+        service.add_executor()
+        time.sleep(0.5)
+        service.kill_executor(0)
+        thread.join(90)
+        result = box["result"]
+        assert result.passed, (result, service.logs())
+        assert result.attempts == 2
+        assert result.worker_id.startswith("test-executor-1/")
+
+
+@pytest.mark.slow
+def test_job_gives_up_after_max_retries(tmp_path: Path) -> None:
+    with start_executor_service(tmp_path, workers=1, overrides=[*FAST_HEARTBEATS, "executor.max_retries=0"]) as service:
+        thread, box = submit_in_background(service.frontend, slow_job())
+        time.sleep(0.5)
+        service.kill_executor(0, signal.SIGKILL)
+        thread.join(30)
+        result = box["result"]
+        assert result.status == "sandbox_error"
+        assert "gave up" in result.error
+        assert result.attempts == 1
+
+
+@pytest.mark.slow
+def test_graceful_executor_stop_requeues_at_once(tmp_path: Path) -> None:
+    # Long liveness: only the executor's "stop" message can make the broker requeue quickly.
+    overrides = ["executor.heartbeat_interval_s=0.2", "executor.heartbeat_liveness=1000"]
+    with start_executor_service(tmp_path, workers=1, executors=2, overrides=overrides) as service:
+        jobs = [slow_job(tests=10) for _ in range(2)]
+        started = [submit_in_background(service.frontend, j) for j in jobs]
+        time.sleep(0.5)
+        service.kill_executor(0, signal.SIGTERM)
+        for thread, _ in started:
+            thread.join(90)
+        results = [box["result"] for _, box in started]
+        assert all(r.passed for r in results), (results, service.logs())
+        assert "said stop" in service.logs()
+
+
+@pytest.mark.slow
+def test_workers_rejoin_a_restarted_broker(tmp_path: Path) -> None:
+    with start_executor_service(tmp_path, workers=1, overrides=FAST_HEARTBEATS) as service:
+        assert service.broker is not None
+        service.broker.kill()
+        service.broker.wait()
+        service.start_broker()
+        service.wait_ready(30)
+        with Transport(TransportConfig()) as transport:
+            client = ExecutionClient(transport, service.frontend, client_id="after-restart", timeout_s=30)
+            assert client.run_sync(slow_job(tests=2, seconds=0)).passed
+            client.close()
+
+
+def test_executor_refuses_to_start_without_a_working_sandbox(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    rlef = str(Path(sys.executable).with_name("rlef"))
+    proc = subprocess.run(
+        [rlef, "executor", "executor.nsjail=/nonexistent/nsjail", "executor.metrics_port=0", "executor.workers=1"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 2
+    assert "nsjail not found" in proc.stderr
