@@ -95,9 +95,9 @@ class MetricsLog:
         }
         self._fh.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
 
-    def snapshot(self, step: int | None = None, registry: CollectorRegistry = REGISTRY, prefix: str = "rlef_") -> None:
+    def snapshot(self, step: int | None = None, registry: CollectorRegistry = REGISTRY, prefix: str = "rlef_", *, time: float | None = None) -> None:
         """Append every sample of metrics named ``prefix*`` in ``registry`` (counters, gauges, histogram parts)."""
-        self.write(step, registry_samples(registry, prefix))
+        self.write(step, registry_samples(registry, prefix), time=time)
 
     def close(self) -> None:
         if self._fh is not None:
