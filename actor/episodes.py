@@ -274,19 +274,20 @@ class EpisodeRunner:
         first_text = prompts.render_first_prompt(problem, cfg.prompt.template)
         prompt_ids = chat.first_prompt_ids(self.tokenizer, first_text, problem.prefill)
         prompt_text = first_text
-        used = 0
+        context: list[int] = []  # every token of the episode so far (what the engine conditions on)
         turns: list[TurnRecord] = []
         for t in range(cfg.actor.max_turns):
-            budget = cfg.model.max_seq_len - used - len(prompt_ids)
+            budget = cfg.model.max_seq_len - len(context) - len(prompt_ids)
             if budget < 1:
                 if not turns:
                     self._skip(problem, "prompt_too_long")
                     return None
                 turns[-1].feedback = None  # that feedback was never shown: the previous turn is the last
                 break
-            turn = await self._turn(problem, rollout_id, t, prompt_ids, prompt_text, budget, timer)
+            context += prompt_ids
+            turn = await self._turn(problem, rollout_id, t, context, prompt_ids, prompt_text, budget, timer)
             turns.append(turn)
-            used += len(prompt_ids) + len(turn.generation.token_ids)
+            context += turn.generation.token_ids
             if (turn.result is not None and turn.result.passed) or t == cfg.actor.max_turns - 1:
                 break
             started = time.perf_counter()
@@ -300,10 +301,11 @@ class EpisodeRunner:
         return self._record(problem, rollout_id, turns, final, final_result, timer)
 
     async def _turn(
-        self, problem: Problem, rollout_id: str, t: int, prompt_ids: list[int], prompt_text: str, budget: int, timer: _Timer
+        self, problem: Problem, rollout_id: str, t: int, context: list[int], prompt_ids: list[int], prompt_text: str,
+        budget: int, timer: _Timer,
     ) -> TurnRecord:
         started = time.perf_counter()
-        gen = await self.backend.generate(prompt_ids, self.sampling.with_budget(min(self.sampling.max_new_tokens, budget)))
+        gen = await self.backend.generate(list(context), self.sampling.with_budget(min(self.sampling.max_new_tokens, budget)))
         elapsed = time.perf_counter() - started
         timer.generate_s += elapsed
         M.GENERATION_SECONDS.observe(elapsed)

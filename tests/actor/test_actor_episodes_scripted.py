@@ -1,0 +1,218 @@
+"""The episode runner with a scripted policy and the real executor service (broker + nsjail executor
+processes): early stop, turn limit, rewards, no-code penalty, feedback per failure class, random feedback,
+and bad input (an executor that never answers, a problem without tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+import zmq
+from conftest import ScriptedBackend, actor_config
+
+from rlef.actor.episodes import EpisodeRunner
+from rlef.actor.sinks import ListSink
+from rlef.common import chat, prompts
+from rlef.common.config import TransportConfig
+from rlef.common.data import load_problems
+from rlef.common.execution_client import ExecutionClient
+from rlef.common.messages import ExecutionJob, Limits, Rollout, decode, encode, unpack_floats, unpack_ids
+from rlef.common.transport import Transport
+
+pytestmark = pytest.mark.slow
+
+PROBLEMS = {p.problem_id: p for p in load_problems("sample", split="train")}
+SUM = PROBLEMS["sum_of_two"]
+RIGHT = "Here it is:\n```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+WRONG = "```python\na, b = map(int, input().split())\nprint(a - b)\n```"
+NO_CODE = "I do not know."
+
+
+def fenced(code: str) -> str:
+    return f"```python\n{code}\n```"
+
+
+async def _episodes(config, tokenizer, frontend, script, problems, *, feedback_problems=(), timeout_s=30.0):
+    """Run one episode per problem (K = config's episodes_in_flight) and return records in problem order."""
+    transport = Transport(TransportConfig(), asyncio=True)
+    client = ExecutionClient(transport, frontend, client_id="actor-test", timeout_s=timeout_s)
+    try:
+        backend = ScriptedBackend(tokenizer, script)
+        sink = ListSink()
+        runner = EpisodeRunner(
+            config, backend=backend, executor=client, tokenizer=tokenizer, problems=iter(problems), sink=sink,
+            actor_id="actor-t", instance="n0", feedback_problems=feedback_problems,
+        )
+        await runner.run(episodes=len(problems))
+        order = {p.problem_id: i for i, p in enumerate(problems)}
+        return sorted(sink.records, key=lambda r: order[r.problem.problem_id]), runner
+    finally:
+        client.close()
+        transport.close()
+
+
+def run(config, tokenizer, service, script, problems, **kw):
+    return asyncio.run(_episodes(config, tokenizer, service.frontend, script, problems, **kw))
+
+
+def by_turn(*texts: str):
+    return lambda _text, turn: texts[min(turn, len(texts)) - 1]
+
+
+def test_early_stop_repair_and_full_length(tiny_model_dir, tokenizer, executor_service):
+    config = actor_config(tiny_model_dir, "actor.episodes_in_flight=3")
+    right_first = dataclasses.replace(SUM, problem_id="right-first")
+    repaired = dataclasses.replace(SUM, problem_id="repaired")
+    never = dataclasses.replace(SUM, problem_id="never")
+    scripts = {"right-first": (RIGHT,), "repaired": (WRONG, RIGHT), "never": (WRONG,)}
+    problems = [right_first, repaired, never]
+    # The scripted policy recognises the episode by the order of first calls: give each problem its own text.
+    problems = [dataclasses.replace(p, description=f"[{p.problem_id}] " + p.description) for p in problems]
+
+    def script(text: str, turn: int) -> str:
+        key = text.split("[", 1)[1].split("]", 1)[0]
+        seq = scripts[key]
+        return seq[min(turn, len(seq)) - 1]
+
+    records, runner = run(config, tokenizer, executor_service, script, problems)
+    assert runner.errors == [] and len(records) == 3
+    first, fixed, failed = records
+    assert [t.outcome.status for t in first.turns] == ["pass"]
+    assert first.rollout.rewards == [1.0] and first.rollout.final.passed
+    assert first.rollout.final.tests_total == len(SUM.public_tests) + len(SUM.private_tests)
+    assert first.rollout.final.tests_passed == first.rollout.final.tests_total
+    assert [t.outcome.status for t in fixed.turns] == ["wrong_answer", "pass"]
+    assert fixed.rollout.rewards == [0.0, 1.0]
+    assert [t.outcome.status for t in failed.turns] == ["wrong_answer"] * 3
+    assert failed.rollout.rewards == [0.0, 0.0, -1.0] and not failed.rollout.final.passed
+    # The paper's wrong-answer bullet, shown as the next user turn.
+    expected = (
+        "Your code failed the following tests:\n\n- input `1 2\n` failed:\nExpected output `3\n` but got `-1\n`\n\n"
+        + prompts.RETRY
+    )
+    assert failed.turns[0].feedback == expected and failed.turns[1].feedback == expected
+    assert failed.turns[2].feedback is None
+    assert len({r.rollout.rollout_id for r in records}) == 3
+
+
+def test_no_code_penalty(tiny_model_dir, tokenizer, executor_service):
+    config = actor_config(tiny_model_dir, "actor.episodes_in_flight=2")
+    a = dataclasses.replace(SUM, problem_id="late-code", description="[late-code] " + SUM.description)
+    b = dataclasses.replace(SUM, problem_id="no-code", description="[no-code] " + SUM.description)
+
+    def script(text: str, turn: int) -> str:
+        if "[late-code]" in text:
+            return RIGHT if turn == 3 else NO_CODE
+        return NO_CODE
+
+    (late, never), _ = run(config, tokenizer, executor_service, script, [a, b])
+    assert [t.outcome.status for t in late.turns] == ["no_code", "no_code", "pass"]
+    assert late.rollout.rewards == pytest.approx([-0.2, -0.2, 1.0])
+    assert late.turns[0].feedback == prompts.render_no_code_feedback()
+    assert [t.has_code for t in late.rollout.turns] == [False, False, True]
+    assert never.rollout.rewards == pytest.approx([-0.2, -0.2, -1.2])
+    assert never.rollout.final.status == "no_code" and never.final_result is None
+
+    config = actor_config(tiny_model_dir, "reward.no_code_penalty_stacks=false")
+    (never,), _ = run(config, tokenizer, executor_service, lambda t, n: NO_CODE, [b])
+    assert never.rollout.rewards == pytest.approx([-0.2, -0.2, -1.0])
+
+
+FAILURES = {
+    "runtime_error": ("a, b = map(int, input().split())\nraise ValueError('boom ' + str(a))", ["ValueError: boom 1", "Traceback"]),
+    "timeout": ("while True:\n    pass", ["- input `1 2\n` failed: Execution took too long."]),
+    "oom": ("x = bytearray(8 * 1024 ** 3)\nprint(len(x))", ["- input `1 2\n` failed: Out of memory."]),
+    "syntax_error": ("print(1 +", ["Your code could not be compiled:", "SyntaxError"]),
+}
+
+
+def test_feedback_per_failure_class(tiny_model_dir, tokenizer, executor_service):
+    config = actor_config(tiny_model_dir, "actor.max_turns=2", "actor.episodes_in_flight=4", "executor.default_time_limit_s=1")
+    problems = [dataclasses.replace(SUM, problem_id=k, description=f"[{k}] " + SUM.description) for k in FAILURES]
+
+    def script(text: str, turn: int) -> str:
+        key = text.split("[", 1)[1].split("]", 1)[0]
+        return fenced(FAILURES[key][0]) if turn == 1 else RIGHT
+
+    records, runner = run(config, tokenizer, executor_service, script, problems)
+    assert runner.errors == []
+    for record in records:
+        status = record.problem.problem_id
+        first = record.turns[0]
+        assert first.outcome.status == status, (status, first.result)
+        for needle in FAILURES[status][1]:
+            assert needle in first.feedback, (status, first.feedback)
+        assert first.feedback.endswith(prompts.RETRY)
+        # The feedback is the next prompt segment, token for token.
+        assert record.turns[1].prompt_ids == chat.next_prompt_ids(tokenizer, first.feedback)
+        assert [t.outcome.status for t in record.turns] == [status, "pass"] and record.rollout.rewards == [0.0, 1.0]
+
+
+def test_rollout_token_ids_are_the_conversation(tiny_model_dir, tokenizer, executor_service):
+    config = actor_config(tiny_model_dir)
+    (record,), _ = run(config, tokenizer, executor_service, by_turn(NO_CODE, WRONG, RIGHT), [SUM])
+    rollout = decode(encode(record.rollout), Rollout)
+    ids = [int(i) for turn in rollout.turns for seg in (turn.prompt_ids, turn.response_ids) for i in unpack_ids(seg)]
+    messages = []
+    for turn in record.turns:
+        messages.append({"role": "user", "content": turn.prompt_text})
+        messages.append({"role": "assistant", "content": turn.response_text})
+    assert ids == chat.full_conversation_ids(tokenizer, messages)
+    assert all(len(unpack_floats(t.logprobs)) == t.num_response_tokens for t in rollout.turns)
+    # What the engine saw on each turn is the whole conversation so far.
+    backend_calls = [len(t.prompt_ids) for t in record.turns]
+    assert backend_calls[0] == len(chat.first_prompt_ids(tokenizer, prompts.render_first_prompt(SUM, "codecontests")))
+
+
+def test_random_feedback_uses_another_problems_wrong_program(tiny_model_dir, tokenizer, executor_service):
+    config = actor_config(tiny_model_dir, "actor.random_feedback=true")
+    other = PROBLEMS["reverse_string"]  # its wrong program echoes the input line
+    pool = [SUM, other]
+    (record,), _ = run(config, tokenizer, executor_service, by_turn(WRONG, RIGHT), [SUM], feedback_problems=pool)
+    # Reference: the other problem's wrong program run on THIS problem's public tests, rendered as feedback.
+    with Transport(TransportConfig()) as transport:
+        client = ExecutionClient(transport, executor_service.frontend, client_id="ref", timeout_s=30)
+        job = ExecutionJob(job_id="ref-random-feedback", code=other.incorrect_solutions[0], tests=SUM.public_tests,
+                           limits=Limits(time_s=2, memory_bytes=config.executor.default_memory_limit_bytes))
+        result = client.run_sync(job)
+        client.close()
+    expected = prompts.render_feedback(SUM, SUM.public_tests, result, max_chars=config.prompt.feedback_max_chars)
+    assert "but got `1 2\n`" in expected
+    assert record.turns[0].feedback == expected
+    assert record.turns[0].outcome.status == "wrong_answer"  # the turn's own outcome stays real
+    # The episode still stops when the REAL public tests pass.
+    assert [t.outcome.status for t in record.turns] == ["wrong_answer", "pass"]
+    assert record.rollout.random_feedback and record.rollout.rewards == [0.0, 1.0]
+
+
+def test_executor_that_never_answers_gives_sandbox_error(tiny_model_dir, tokenizer):
+    config = actor_config(tiny_model_dir, "actor.max_turns=2")
+    ctx = zmq.Context()
+    silent = ctx.socket(zmq.ROUTER)  # accepts jobs, never replies
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        (record,), runner = asyncio.run(
+            _episodes(config, tokenizer, f"tcp://127.0.0.1:{port}", by_turn(RIGHT), [SUM], timeout_s=0.5)
+        )
+    finally:
+        silent.close(0)
+        ctx.term()
+    assert [t.outcome.status for t in record.turns] == ["sandbox_error", "sandbox_error"]
+    assert record.turns[0].feedback == prompts.SANDBOX_ERROR_FEEDBACK
+    assert record.rollout.final.status == "sandbox_error" and record.rollout.rewards == [0.0, -1.0]
+    assert runner.errors == []
+
+
+def test_problem_without_tests_is_skipped_and_the_actor_goes_on(tiny_model_dir, tokenizer, executor_service):
+    config = actor_config(tiny_model_dir, "actor.episodes_in_flight=1")
+    empty = dataclasses.replace(SUM, problem_id="no-tests", public_tests=[], private_tests=[])
+    records, runner = run(config, tokenizer, executor_service, by_turn(RIGHT), [empty, SUM])
+    assert runner.skipped == [("no-tests", "no_public_tests")]
+    assert [r.problem.problem_id for r in records] == ["sum_of_two"] and records[0].rollout.final.passed
+
+
+def test_prompt_longer_than_the_context_is_skipped(tiny_model_dir, tokenizer, executor_service):
+    config = actor_config(tiny_model_dir, "model.max_seq_len=64")
+    records, runner = run(config, tokenizer, executor_service, by_turn(RIGHT), [SUM])
+    assert records == [] and runner.skipped == [("sum_of_two", "prompt_too_long")]
