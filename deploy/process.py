@@ -6,6 +6,7 @@ specs say that). Invariants:
 - every child runs in a new session (``start_new_session``), so its process group id equals its pid and a
   terminal's Ctrl-C reaches only the launcher, which then stops the children in order;
 - a child's stdout and stderr go to its own log file, appended across restarts with a marker line;
+- a child that exits 0 is done (an actor the hub told to stop) and stays down; one that fails is restarted;
 - restart delays grow exponentially (``backoff_base_s * 2**k``, capped at ``backoff_max_s``); ``k`` resets once
   a child has stayed up for ``stable_after_s``, so a crash loop slows down and a rare crash restarts fast;
 - stopping sends SIGTERM to the child's process group, waits, then SIGKILLs the group; grandchildren that
@@ -166,8 +167,11 @@ class ManagedProcess:
         if code is None:
             return None
         self.returncode = code
-        if not self.spec.restart:
+        if not self.spec.restart or code == 0:
+            # Exit 0 means done or told to stop (an actor after the hub's stop): nothing to restart.
             self.state = State.EXITED
+            if code == 0:
+                log.info("%s exited with 0: done, not restarted", self.spec.name)
             return code
         uptime = now - self.started_at
         self.failures = 1 if uptime >= self.backoff.stable_after_s else self.failures + 1

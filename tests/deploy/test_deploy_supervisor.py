@@ -86,6 +86,8 @@ def test_dead_actor_is_restarted_with_backoff_and_learner_exit_ends_run(tmp_path
          "argv": py(f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(3)")},
         # A healthy "executor": must keep its one process for the whole run.
         {"name": "executor-0", "role": "executor", "restart": True, "argv": py("import time; time.sleep(600)")},
+        # An "actor" that finishes cleanly (exit 0: the hub said stop): done, never restarted.
+        {"name": "actor-1", "role": "actor", "restart": True, "argv": py("raise SystemExit(0)")},
         # The "learner" ends the run with its exit code once the actor has been restarted 4 times.
         {"name": "learner-0", "role": "learner", "restart": False,
          "argv": py(f"""
@@ -102,6 +104,7 @@ def test_dead_actor_is_restarted_with_backoff_and_learner_exit_ends_run(tmp_path
     summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
     assert summary["actor-0"]["restarts"] >= 4
     assert summary["executor-0"]["restarts"] == 0
+    assert summary["actor-1"] == {"role": "actor", "state": "exited", "restarts": 0, "returncode": 0}
     assert summary["learner-0"] == {"role": "learner", "state": "exited", "restarts": 0, "returncode": 7}
     log = (tmp_path / "logs" / "actor-0.log").read_text()
     assert log.count("==== rlef launch: starting actor-0") == summary["actor-0"]["restarts"] + 1

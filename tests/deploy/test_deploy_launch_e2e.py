@@ -1,0 +1,55 @@
+"""The README's main job for real: `rlef launch` with the tiny CPU config, every role a real process.
+
+Asserts the learner stepped (its batches log, metrics log and checkpoints), the run ended by the learner with
+exit code 0 after deploy.max_batches, and no process of the run is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlef.deploy.process import descendants
+from rlef.deploy.progress import learner_progress
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+@pytest.mark.slow
+def test_rlef_launch_tiny_run_trains_and_ends_cleanly(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cmd = [sys.executable, "-m", "rlef.common.cli", "launch", "--config", "configs/tiny-cpu.yaml", "--free-ports",
+           "--progress", "log", f"run.output_dir={tmp_path}", "run.name=e2e", f"model.path={tiny_model_dir}",
+           "deploy.max_batches=2", "learner.batch_rollouts=8"]  # fmt: skip
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 540
+    while launcher.poll() is None and time.monotonic() < deadline:
+        seen |= descendants(launcher.pid)
+        time.sleep(1)
+    if launcher.poll() is None:
+        launcher.terminate()
+    out = launcher.communicate(timeout=60)[0]
+    run_dir = tmp_path / "e2e"
+    assert launcher.returncode == 0, out[-4000:]
+    status = json.loads((run_dir / "launch.json").read_text())
+    assert status["ended_by"] == "learner-0" and status["exit_code"] == 0
+    batches = [json.loads(line) for line in (run_dir / "learner" / "batches.jsonl").read_text().splitlines()]
+    assert [b["batch"] for b in batches] == [1, 2]
+    assert batches[0]["step"] < batches[1]["step"] and len(batches[1]["rollout_ids"]) == 8
+    assert learner_progress(run_dir).step == batches[1]["step"]
+    assert any((run_dir / "checkpoints").iterdir())
+    assert {p.name for p in (run_dir / "logs").glob("*.log")} >= {"learner-0.log", "actor-0.log", "executor-0.log", "executor-broker-0.log"}
+    assert seen and not [pid for pid in seen if _alive(pid)]
