@@ -32,7 +32,7 @@ import sys
 import time
 
 # Pre-import what competitive programs and test harnesses use, so children find them warm.
-import bisect, collections, functools, heapq, io, itertools, math, re, string, traceback  # noqa: E401,F401
+import atexit, bisect, collections, functools, heapq, io, itertools, math, re, string, threading, traceback  # noqa: E401,F401
 
 CTRL_IN = os.dup(0)
 CTRL_OUT = os.dup(1)
@@ -152,12 +152,10 @@ def print_exception(exc):
 def finish(status):
     """Flush and shut down like interpreter exit: non-daemon threads, atexit, stdout."""
     try:
-        import threading
         threading._shutdown()
     except BaseException as exc:
         print_exception(exc)
     try:
-        import atexit
         atexit._run_exitfuncs()
     except BaseException:
         pass
@@ -171,30 +169,61 @@ def finish(status):
     return status
 
 
-def run_test(code_obj, setup, data):
-    max_out = setup["max_output_bytes"]
-    tail = setup["stderr_tail_bytes"]
+def prefork(code_obj, setup):
+    """Fork the next test's child ahead of time; it waits for ``go`` (so a test pays no fork latency).
+
+    Returns ``(pid, stdin_fd, out_r, err_r, go_w)`` or ``(None, error)`` when fork fails (a leftover of a
+    fork bomb is killed after every test, so this is rare). The stdin memfd is shared: the parent writes the
+    test input into it and rewinds it before saying go.
+    """
     stdin_fd = os.memfd_create("stdin", 0)
-    if data:
-        os.write(stdin_fd, data)
-    os.lseek(stdin_fd, 0, os.SEEK_SET)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    start = time.monotonic()
+    go_r, go_w = os.pipe()
     try:
         pid = os.fork()
     except OSError as exc:
-        for fd in (stdin_fd, out_r, out_w, err_r, err_w):
+        for fd in (stdin_fd, out_r, out_w, err_r, err_w, go_r, go_w):
             os.close(fd)
-        kill_others()
-        return {"status": "runner_error", "error": "fork failed: %s" % exc}, b"", b""
+        return None, "fork failed: %s" % exc
     if pid == 0:
         try:
+            os.close(go_w)
+            os.close(out_r)
+            os.close(err_r)
+            if os.read(go_r, 1) != b"g":
+                os._exit(0)  # the job ended: this spare is not needed
+            os.close(go_r)
             child_main(code_obj, stdin_fd, out_w, err_w, setup)
         finally:
             os._exit(70)
-    for fd in (stdin_fd, out_w, err_w):
+    for fd in (out_w, err_w, go_r):
         os.close(fd)
+    return pid, stdin_fd, out_r, err_r, go_w
+
+
+def discard(spare):
+    if spare[0] is not None:
+        for fd in spare[1:]:
+            os.close(fd)
+        kill_others()
+
+
+def run_test(spare, setup, data):
+    max_out = setup["max_output_bytes"]
+    tail = setup["stderr_tail_bytes"]
+    if spare[0] is None:
+        kill_others()
+        return {"status": "runner_error", "error": spare[1]}, b"", b""
+    pid, stdin_fd, out_r, err_r, go_w = spare
+    view = memoryview(data)
+    while view:
+        view = view[os.write(stdin_fd, view):]
+    os.lseek(stdin_fd, 0, os.SEEK_SET)
+    os.close(stdin_fd)
+    start = time.monotonic()
+    os.write(go_w, b"g")
+    os.close(go_w)
     deadline = start + setup["time_s"]
     out, err = bytearray(), bytearray()
     open_fds = [out_r, err_r]
@@ -283,12 +312,15 @@ def main():
         send_result({"compile_ok": False, "message": message})
         return 0
     send_result({"compile_ok": True, "message": ""})
+    spare = prefork(code_obj, setup)
     while True:
         data = read_frame()
         if data is None:
+            discard(spare)
             return 0
-        header, out, err = run_test(code_obj, setup, data)
+        header, out, err = run_test(spare, setup, data)
         send_result(header, out, err)
+        spare = prefork(code_obj, setup)
 
 
 if __name__ == "__main__":

@@ -255,6 +255,10 @@ class _Jail:
         self.stdout_fd = proc.stdout.fileno()
         os.set_blocking(self.stdin_fd, False)
         os.set_blocking(self.stdout_fd, False)
+        self.readable = selectors.DefaultSelector()
+        self.readable.register(self.stdout_fd, selectors.EVENT_READ)
+        self.writable = selectors.DefaultSelector()
+        self.writable.register(self.stdin_fd, selectors.EVENT_WRITE)
 
     def _died(self, what: str, results: list[TestResult]) -> JailDied:
         code = self.proc.poll()
@@ -266,33 +270,30 @@ class _Jail:
     def send(self, payload: bytes, timeout: float, results: list[TestResult]) -> None:
         data = memoryview(struct.pack(">I", len(payload)) + payload)
         deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.stdin_fd, selectors.EVENT_WRITE)
-            while data:
-                if not sel.select(max(0.0, deadline - time.monotonic())):
-                    raise self._died("did not accept input in time", results)
-                try:
-                    data = data[os.write(self.stdin_fd, data):]
-                except BlockingIOError:
-                    continue
-                except (BrokenPipeError, ConnectionResetError):
-                    raise self._died("closed its input", results) from None
+        while data:
+            try:
+                data = data[os.write(self.stdin_fd, data):]
+                continue
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                raise self._died("closed its input", results) from None
+            if not self.writable.select(max(0.0, deadline - time.monotonic())):
+                raise self._died("did not accept input in time", results)
 
     def _read_exact(self, n: int, deadline: float, results: list[TestResult]) -> bytes:
         buf = bytearray()
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.stdout_fd, selectors.EVENT_READ)
-            while len(buf) < n:
-                if not sel.select(max(0.0, deadline - time.monotonic())):
-                    raise self._died("did not answer in time", results)
-                try:
-                    chunk = os.read(self.stdout_fd, n - len(buf))
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    self.proc.wait()
-                    raise self._died("exited mid-job", results)
-                buf += chunk
+        while len(buf) < n:
+            try:
+                chunk = os.read(self.stdout_fd, n - len(buf))
+            except BlockingIOError:
+                if not self.readable.select(max(0.0, deadline - time.monotonic())):
+                    raise self._died("did not answer in time", results) from None
+                continue
+            if not chunk:
+                self.proc.wait()
+                raise self._died("exited mid-job", results)
+            buf += chunk
         return bytes(buf)
 
     def receive(self, timeout: float, results: list[TestResult]) -> tuple[dict, bytes, bytes]:
@@ -309,6 +310,8 @@ class _Jail:
 
     def stop(self) -> None:
         """Close the runner's input (it exits) and make sure the jail is gone."""
+        self.readable.close()
+        self.writable.close()
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()  # type: ignore[union-attr]
