@@ -44,6 +44,10 @@ TMPFS_BYTES = 64 * MB
 # Seconds the host waits beyond a test's own limit before deciding the runner itself is stuck.
 HOST_GRACE_S = 5.0
 START_TIMEOUT_S = 30.0
+# nsjail's own wall-clock limit on a jail is only a backstop: the host enforces every real limit, and a
+# runner whose host vanished reads EOF and exits.
+JAIL_WALL_BACKSTOP_S = 24 * 3600
+REAP_GRACE_S = 2.0
 # Headroom of the jail's own address-space limit over a test's, for the runner's interpreter and buffers.
 JAIL_AS_HEADROOM = 256 * MB
 
@@ -177,13 +181,23 @@ class Sandbox:
             raise SandboxError(f"executor.python {config.python} is not an executable interpreter")
         self.aborted = False
         self._proc: subprocess.Popen | None = None
+        self._ready: _Jail | None = None  # started ahead of the next job, waiting for its setup frame
+        self._dying: list[_Jail] = []  # finished jails, reaped lazily so teardown is off the job's path
 
     def abort(self) -> None:
-        """Shut down: kill the running jail (from any thread) and refuse further jobs."""
+        """Shut down: kill the running and the waiting jail (from any thread) and refuse further jobs."""
         self.aborted = True
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+        for proc in (self._proc, self._ready.proc if self._ready else None):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+
+    def close(self) -> None:
+        """Stop every jail this sandbox started (the waiting one included)."""
+        self.abort()
+        if self._ready is not None:
+            self._retire(self._ready)
+            self._ready = None
+        self._reap(wait=True)
 
     def self_check(self) -> None:
         """Run a tiny program end to end; raise SandboxError with nsjail's own words if anything is off."""
@@ -202,21 +216,50 @@ class Sandbox:
         """Compile ``code`` and run it on ``tests`` in one fresh jail."""
         if self.aborted:
             raise SandboxError("sandbox is shutting down")
+        self._reap()
         memory = limits.memory_bytes + self.config.address_space_slack_bytes
-        budget = START_TIMEOUT_S + len(tests) * (limits.time_s + HOST_GRACE_S)
-        cmd = nsjail_command(self.nsjail, self.config.python, self.runner, memory, budget)
-        with tempfile.TemporaryFile() as jail_log:
-            try:
-                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=jail_log)
-            except OSError as exc:
-                raise SandboxError(f"cannot start nsjail {self.nsjail}: {exc}") from exc
-            self._proc = proc
-            jail = _Jail(proc, jail_log)
-            try:
-                return self._drive(jail, code, tests, limits, memory, stop_on_first_failure)
-            finally:
-                self._proc = None
-                jail.stop()
+        jail = self._take(memory)
+        self._proc = jail.proc
+        try:
+            return self._drive(jail, code, tests, limits, memory, stop_on_first_failure)
+        finally:
+            self._proc = None
+            self._retire(jail)
+            if not self.aborted:
+                try:
+                    self._ready = self._spawn(memory)
+                except SandboxError as exc:
+                    log.warning("could not start a jail ahead of the next job: %s", exc)
+
+    def _spawn(self, memory: int) -> "_Jail":
+        cmd = nsjail_command(self.nsjail, self.config.python, self.runner, memory, JAIL_WALL_BACKSTOP_S)
+        jail_log = tempfile.TemporaryFile()
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=jail_log)
+        except OSError as exc:
+            jail_log.close()
+            raise SandboxError(f"cannot start nsjail {self.nsjail}: {exc}") from exc
+        return _Jail(proc, jail_log, memory)
+
+    def _take(self, memory: int) -> "_Jail":
+        """The jail started ahead if it fits this job and is still alive, else a fresh one."""
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            if ready.memory == memory and ready.proc.poll() is None:
+                return ready
+            self._retire(ready)
+        return self._spawn(memory)
+
+    def _retire(self, jail: "_Jail") -> None:
+        jail.close_pipes()
+        self._dying.append(jail)
+
+    def _reap(self, wait: bool = False) -> None:
+        still = []
+        for jail in self._dying:
+            if not jail.reap(force=wait):
+                still.append(jail)
+        self._dying = still
 
     def _drive(
         self, jail: "_Jail", code: str, tests: list[TestCase], limits: Limits, memory: int, stop: bool
@@ -247,9 +290,11 @@ class Sandbox:
 class _Jail:
     """The pipes to one running nsjail, with deadlines on every read and write."""
 
-    def __init__(self, proc: subprocess.Popen, jail_log) -> None:
+    def __init__(self, proc: subprocess.Popen, jail_log, memory: int) -> None:
         self.proc = proc
         self.log = jail_log
+        self.memory = memory
+        self.retired_at: float | None = None
         assert proc.stdin is not None and proc.stdout is not None
         self.stdin_fd = proc.stdin.fileno()
         self.stdout_fd = proc.stdout.fileno()
@@ -308,18 +353,25 @@ class _Jail:
             raise self._died("sent a malformed report", results)
         return header, body[head_len : head_len + out_len], body[head_len + out_len :]
 
-    def stop(self) -> None:
-        """Close the runner's input (it exits) and make sure the jail is gone."""
+    def close_pipes(self) -> None:
+        """End the job: the runner reads EOF, kills what is left in the jail and exits."""
+        self.retired_at = time.monotonic()
         self.readable.close()
         self.writable.close()
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
+            except OSError as exc:
+                log.debug("closing a jail pipe: %s", exc)
+
+    def reap(self, force: bool = False) -> bool:
+        """True once the jail is gone; kills it when it outstays REAP_GRACE_S (or at once with force)."""
+        if self.proc.poll() is None:
+            overdue = self.retired_at is not None and time.monotonic() - self.retired_at > REAP_GRACE_S
+            if not (force or overdue):
+                return False
             # Killing nsjail tears down the jail's pid namespace, and every process in it.
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
+        return True

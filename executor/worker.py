@@ -65,6 +65,8 @@ class ExecutorPool:
         for sandbox in self.sandboxes:
             sandbox.abort()  # running jobs end now; the broker has requeued them
         self.threads.shutdown(wait=True, cancel_futures=True)
+        for sandbox in self.sandboxes:
+            sandbox.close()
 
     def _connect(self, index: int) -> tuple[zmq.Socket, str]:
         identity = f"{self.executor_id}/{index}/{next(self._connections)}"
