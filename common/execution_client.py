@@ -65,8 +65,8 @@ class ExecutionClient:
         m.CLIENT_PENDING.inc()
         start = time.monotonic()
         try:
-            await self.sock.send(encode(job))
-            result = await asyncio.wait_for(future, self.timeout_s)
+            # The send is inside the timeout too: with the send queue full (no broker) it would block.
+            result = await asyncio.wait_for(self._send_and_wait(encode(job), future), self.timeout_s)
         except asyncio.TimeoutError:
             result = self._timed_out(job)
         finally:
@@ -74,6 +74,10 @@ class ExecutionClient:
             m.CLIENT_PENDING.dec()
         self._account(result, start)
         return result
+
+    async def _send_and_wait(self, frame: bytes, future: asyncio.Future) -> ExecutionResult:
+        await self.sock.send(frame)
+        return await future
 
     async def run_many(self, jobs: Iterable[ExecutionJob]) -> list[ExecutionResult]:
         return list(await asyncio.gather(*(self.run(job) for job in jobs)))
@@ -104,10 +108,10 @@ class ExecutionClient:
         waiting = {job.job_id: job for job in jobs}
         if len(waiting) != len(jobs):
             raise ValueError("job_ids in one batch must be unique")
-        for job in jobs:
-            self.sock.send(encode(job))
-        results: dict[str, ExecutionResult] = {}
         deadline = start + self.timeout_s
+        for job in jobs:
+            self._send_before(encode(job), deadline)
+        results: dict[str, ExecutionResult] = {}
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.sock.poll(remaining * 1000, zmq.POLLIN):
@@ -125,6 +129,17 @@ class ExecutionClient:
             results[job.job_id] = self._timed_out(job)
             self._account(results[job.job_id], start)
         return [results[job.job_id] for job in jobs]
+
+    def _send_before(self, frame: bytes, deadline: float) -> bool:
+        """Queue ``frame``; False when the send queue stayed full until ``deadline`` (the job then times out)."""
+        while True:
+            try:
+                self.sock.send(frame, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.sock.poll(remaining * 1000, zmq.POLLOUT):
+                    return False
 
     # ------------------------------------------------------------ shared
 

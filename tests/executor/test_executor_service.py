@@ -178,3 +178,22 @@ def test_async_client_never_hangs_without_a_broker() -> None:
 
     result, timeouts = asyncio.run(main())
     assert result.error == TIMEOUT_ERROR and timeouts == 1
+
+
+def test_client_never_hangs_on_a_full_send_queue() -> None:
+    jobs = [job("print(1)", [Case(input="", output="1")]) for _ in range(5)]
+    with Transport(TransportConfig(sndhwm=1)) as transport:
+        client = ExecutionClient(transport, "tcp://127.0.0.1:9", client_id="full", timeout_s=0.3)
+        results = client.run_many_sync(jobs)
+        client.close()
+    assert [r.error for r in results] == [TIMEOUT_ERROR] * 5
+
+    async def main():
+        with Transport(TransportConfig(sndhwm=1), asyncio=True) as transport:
+            client = ExecutionClient(transport, "tcp://127.0.0.1:9", client_id="full", timeout_s=0.3)
+            try:
+                return await client.run_many(jobs)
+            finally:
+                client.close()
+
+    assert [r.error for r in asyncio.run(main())] == [TIMEOUT_ERROR] * 5
