@@ -63,6 +63,26 @@ def test_free_ports_are_distinct_and_bindable() -> None:
             s.bind(("127.0.0.1", port))
 
 
+def test_status_table_shows_every_process_and_the_learner_progress(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from rlef.deploy.process import ProcessSpec
+    from rlef.deploy.progress import status_line, status_table
+    from rlef.deploy.supervisor import Supervisor
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "learner-0.jsonl").write_text(json.dumps(
+        {"schema": "rlef.metrics_log/1", "time": 1.0, "step": 12, "values": {"version": 3, "reward/mean": 0.25}}) + "\n")
+    sup = Supervisor([ProcessSpec("learner-0", "learner", ("true",), restart=False), ProcessSpec("actor-0", "actor", ("true",))],
+                     tmp_path / "logs")  # fmt: skip
+    console = Console(width=120, record=True)
+    console.print(status_table(sup, tmp_path))
+    text = console.export_text()
+    assert "learner-0" in text and "actor-0" in text and "pending" in text
+    assert "learner step 12  version 3  reward 0.250" in text
+    assert status_line(sup, tmp_path).endswith("learner-0=pending actor-0=pending")
+
+
 def test_learner_progress_reads_the_last_complete_line(tmp_path: Path) -> None:
     metrics = tmp_path / "metrics"
     metrics.mkdir()
@@ -78,6 +98,10 @@ def test_learner_progress_reads_the_last_complete_line(tmp_path: Path) -> None:
     assert (prog.step, prog.version, prog.reward, prog.updated) == (8, 2.0, -0.5, 2.0)
 
 
+def status_of(run_dir: Path, name: str) -> str:
+    return json.loads((run_dir / "launch.json").read_text())["processes"][name]["state"]
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -87,17 +111,17 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: Path) -> None:
+def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The real CLI with the real role commands (whatever state they are in): run dir, logs, clean stop."""
     cmd = [sys.executable, "-m", "rlef.common.cli", "launch", "--config", str(TINY), "--free-ports", "--progress", "log",
            "--no-report", "--grace", "5", f"run.output_dir={tmp_path}", "run.name=sigterm", "deploy.actors=2",
-           f"model.path={ROOT / 'artifacts' / 'tiny-model'}"]  # fmt: skip
+           f"model.path={tiny_model_dir}", "monitoring.start_prometheus=true"]  # fmt: skip
     launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "sigterm"
     seen: set[int] = set()
     try:
         end = time.monotonic() + 60
-        while time.monotonic() < end and len(list((run_dir / "logs").glob("*.log"))) < 5:
+        while time.monotonic() < end and len(list((run_dir / "logs").glob("*.log"))) < 6:
             time.sleep(0.2)
         for _ in range(10):  # collect the tree for a few seconds: torchrun starts its workers a bit later
             seen |= descendants(launcher.pid)
@@ -110,7 +134,8 @@ def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: 
             launcher.kill()
     assert launcher.returncode == 128 + signal.SIGTERM, err
     assert sorted(p.name for p in (run_dir / "logs").glob("*.log")) == [
-        "actor-0.log", "actor-1.log", "executor-0.log", "executor-broker-0.log", "learner-0.log"]
+        "actor-0.log", "actor-1.log", "executor-0.log", "executor-broker-0.log", "learner-0.log", "prometheus-0.log"]
+    assert (run_dir / "prometheus" / "prometheus.yml").exists() and status_of(run_dir, "prometheus-0") == "stopped"
     cfg = load_config(run_dir / "config.yaml")
     assert cfg.deploy.actors == 2 and cfg.run.run_dir == run_dir
     assert {job for job, _, _ in read_targets(run_dir / "prometheus" / "targets" / "local.json")} == {
