@@ -19,14 +19,41 @@ from collections.abc import Iterable
 import zmq
 import zmq.asyncio
 
+from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
-from rlef.common.messages import ExecutionJob, ExecutionResult, decode, encode
+from rlef.common.messages import ExecutionJob, ExecutionResult, Limits, TestsRef, decode, encode
+from rlef.common.problems import Problem
 from rlef.common.transport import Transport
 from rlef.monitoring import metrics_execution_client as m
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_ERROR = "timed out waiting for an executor"
+
+
+def limits_for(problem: Problem, config: ExecutorConfig) -> Limits:
+    """The problem's own limits (CodeContests time_limit / memory_limit_bytes), else the configured defaults."""
+    return Limits(
+        time_s=problem.time_limit_s or config.default_time_limit_s,
+        memory_bytes=problem.memory_limit_bytes or config.default_memory_limit_bytes,
+    )
+
+
+def make_job(
+    problem: Problem, code: str, test_set: str, limits: Limits, *, inline: bool = False, path: str | None = None,
+    stop_on_first_failure: bool = False, job_id: str | None = None,
+) -> ExecutionJob:
+    """A job running ``code`` on ``problem``'s ``test_set``.
+
+    By reference (default): the executor looks the tests up (``path`` = the dataset location on the executor
+    host, needed for codecontests) and adds the function harness itself. ``inline=True`` ships the tests and
+    the harnessed program in the message instead.
+    """
+    common = dict(job_id=job_id or uuid.uuid4().hex, limits=limits, stop_on_first_failure=stop_on_first_failure)
+    if inline:
+        return ExecutionJob(code=problem.program(code), tests=problem.tests(test_set), **common)
+    ref = TestsRef(dataset=problem.dataset, split=problem.split, problem_id=problem.problem_id, test_set=test_set, path=path)
+    return ExecutionJob(code=code, tests_ref=ref, **common)
 
 
 def timeout_result(job: ExecutionJob, timeout_s: float) -> ExecutionResult:

@@ -25,7 +25,12 @@ from rlef.deploy.supervisor import Supervisor, summary
 log = logging.getLogger(__name__)
 
 def prepare_run_dir(config: RlefConfig) -> Path:
-    """Create the run directory and write the resolved config; returns the config file's path."""
+    """Create the run directory and write the resolved config; returns the config file's path.
+
+    ``run.output_dir`` is made absolute (in place) so a process started later from another directory (an
+    extra actor, ``rlef report``) finds the same run directory.
+    """
+    config.run.output_dir = config.run.output_dir.resolve()
     run_dir = config.run.run_dir
     for sub in ("logs", "metrics", "prometheus"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -109,3 +109,38 @@ def test_executor_refuses_to_start_without_a_working_sandbox(tmp_path: Path) -> 
     )
     assert proc.returncode == 2
     assert "nsjail not found" in proc.stderr
+
+
+def _two_free_ports() -> int:
+    """A port p with p - 1 also free (the broker serves metrics on executor.metrics_port - 1)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port - 1))
+                b.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+@pytest.mark.slow
+def test_metrics_are_served(tmp_path: Path) -> None:
+    import urllib.request
+
+    port = _two_free_ports()
+    with start_executor_service(tmp_path, workers=1, overrides=[f"executor.metrics_port={port}"]):
+        executor = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        broker = urllib.request.urlopen(f"http://127.0.0.1:{port - 1}/metrics", timeout=10).read().decode()
+    assert 'rlef_executor_jobs_total{status="pass"}' in executor  # the readiness probe passed through it
+    assert 'rlef_executor_tests_total{status="pass"}' in executor
+    assert "rlef_executor_test_duration_seconds_bucket" in executor
+    assert 'rlef_role_info{id="test-executor-0",role="executor"' in executor
+    assert "rlef_executor_broker_workers_alive 1.0" in broker
+    assert 'rlef_executor_broker_jobs_total{outcome="completed"}' in broker
+    assert "rlef_executor_broker_queue_depth 0.0" in broker

@@ -197,3 +197,21 @@ def test_client_never_hangs_on_a_full_send_queue() -> None:
                 client.close()
 
     assert [r.error for r in asyncio.run(main())] == [TIMEOUT_ERROR] * 5
+
+
+def test_make_job_inline_and_by_reference_agree(sync_client: ExecutionClient) -> None:
+    from rlef.common.config import ExecutorConfig
+    from rlef.common.execution_client import limits_for, make_job
+
+    config = ExecutorConfig()
+    human = load_problems("humaneval")[5]
+    sample = load_problems("sample")[0]
+    assert limits_for(human, config) == Limits(time_s=config.default_time_limit_s, memory_bytes=config.default_memory_limit_bytes)
+    assert limits_for(sample, config).time_s == sample.time_limit_s
+    jobs = []
+    for problem in (human, sample):
+        for code in (problem.solutions[0], "print('nope')"):
+            for inline in (False, True):
+                jobs.append(make_job(problem, code, "public+private", limits_for(problem, config), inline=inline))
+    statuses = [r.status for r in sync_client.run_many_sync(jobs)]
+    assert statuses == ["pass", "pass", "runtime_error", "runtime_error", "pass", "pass", "wrong_answer", "wrong_answer"]
