@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +116,62 @@ def pack(version: int, state_dict: Mapping[str, torch.Tensor], chunk_bytes: int)
         sha256=hasher.hexdigest(),
     )
     return PackedVersion(manifest=manifest, payload=payload, view=view.toreadonly())
+
+
+@dataclass(frozen=True)
+class FramedVersion:
+    """One version packed straight into its wire frames: ``frames[i]`` is ``prefix_i + chunk_i + suffix_i``
+    with chunk_i the i-th ``chunk_bytes`` slice of the flat payload. The payload exists only inside the
+    frames (memory = one copy of the state dict), and a hub serves every receiver with zero-copy sends."""
+
+    manifest: WeightsManifest
+    frames: list[bytearray]
+    data: list[memoryview]  # data[i]: chunk i inside frames[i]
+
+    def chunk(self, index: int) -> memoryview:
+        return self.data[index]
+
+
+def pack_frames(
+    version: int,
+    state_dict: Mapping[str, torch.Tensor],
+    chunk_bytes: int,
+    framing: Callable[[int, int], tuple[bytes, bytes]],
+) -> FramedVersion:
+    """Copy ``state_dict`` into per-chunk frames; ``framing(index, nbytes)`` gives each frame's prefix and
+    suffix (e.g. the msgpack map around a WeightsChunk's data). sha256 is of the flat payload, as in ``pack``."""
+    specs, total = layout(state_dict)
+    num_chunks = -(-total // chunk_bytes)
+    frames: list[bytearray] = []
+    data: list[memoryview] = []
+    for index in range(num_chunks):
+        size = min(chunk_bytes, total - index * chunk_bytes)
+        prefix, suffix = framing(index, size)
+        frame = bytearray(len(prefix) + size + len(suffix))  # zero-filled: padding stays zero
+        frame[: len(prefix)] = prefix
+        frame[len(prefix) + size :] = suffix
+        frames.append(frame)
+        data.append(memoryview(frame)[len(prefix) : len(prefix) + size])
+    for spec, tensor in zip(specs, state_dict.values()):
+        if not spec.nbytes:
+            continue
+        src = tensor_bytes(tensor)
+        position = spec.offset
+        done = 0
+        while done < spec.nbytes:
+            index, within = divmod(position, chunk_bytes)
+            step = min(spec.nbytes - done, chunk_bytes - within)
+            data[index][within : within + step] = src[done : done + step]
+            done += step
+            position += step
+    hasher = hashlib.sha256()
+    for view in data:
+        sha256_stream(view, hasher)
+    manifest = WeightsManifest(
+        version=version, tensors=specs, total_bytes=total, chunk_bytes=chunk_bytes, num_chunks=num_chunks,
+        sha256=hasher.hexdigest(),
+    )
+    return FramedVersion(manifest=manifest, frames=frames, data=[v.toreadonly() for v in data])
 
 
 def unpack(manifest: WeightsManifest, payload: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -31,20 +31,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import msgpack
 import torch
 import zmq
 
 from rlef.common.errors import MessageError, WeightsError
-from rlef.common.messages import Control, Message, WeightsChunk, WeightsManifest, WeightsRequest, decode, encode
+from rlef.common.messages import Control, Message, WeightsChunk, WeightsManifest, WeightsRequest, decode, encode, schema_name
 from rlef.common.transport import Transport
 from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
-from rlef.common.weights.packing import HASH_BLOCK, PackedVersion, pack, unpack
+from rlef.common.weights.packing import HASH_BLOCK, FramedVersion, pack_frames, unpack
 from rlef.monitoring import metrics_weights as M
 
 log = logging.getLogger(__name__)
@@ -55,22 +57,69 @@ _RECEIVER_WINDOW_S = 60.0
 _ZERO_COPY_BYTES = 64 << 10
 
 
-def encode_chunk(version: int, index: int, data: memoryview | bytes) -> bytes:
-    """``encode(WeightsChunk(...))`` without the intermediate copies (one copy of ``data``): the msgpack map
-    is written by hand, byte for byte what ``encode`` produces for the same fields (a test checks that)."""
-    head = encode(WeightsChunk(version=version, index=index, data=b""))
-    # encode() writes the fields in declaration order, "schema" last; ``data`` is the last field before it,
-    # so splice the real bin header + bytes in place of the empty bin (0xc4 0x00).
-    empty_bin = b"\xa4data\xc4\x00"
-    cut = head.index(empty_bin) + len(b"\xa4data")
-    n = len(data)
-    if n < 1 << 8:
-        bin_header = b"\xc4" + n.to_bytes(1, "big")
-    elif n < 1 << 16:
-        bin_header = b"\xc5" + n.to_bytes(2, "big")
+_CHUNK_SUFFIX = b"\xa6schema" + msgpack.packb(schema_name(WeightsChunk))
+
+
+def chunk_frame_parts(version: int, index: int, nbytes: int) -> tuple[bytes, bytes]:
+    """The bytes before and after a chunk's data in ``encode(WeightsChunk(version, index, data))``: encode()
+    writes the fields in declaration order (version, index, data) and then "schema", so a frame is
+    ``prefix + data + suffix``. A test checks this equals ``encode`` byte for byte."""
+    if nbytes < 1 << 8:
+        bin_header = b"\xc4" + nbytes.to_bytes(1, "big")
+    elif nbytes < 1 << 16:
+        bin_header = b"\xc5" + nbytes.to_bytes(2, "big")
     else:
-        bin_header = b"\xc6" + n.to_bytes(4, "big")
-    return b"".join((head[:cut], bin_header, data, head[cut + 2 :]))
+        bin_header = b"\xc6" + nbytes.to_bytes(4, "big")
+    prefix = b"\x84\xa7version" + msgpack.packb(version) + b"\xa5index" + msgpack.packb(index) + b"\xa4data" + bin_header
+    return prefix, _CHUNK_SUFFIX
+
+
+def encode_chunk(version: int, index: int, data: memoryview | bytes) -> bytes:
+    """``encode(WeightsChunk(version, index, data))`` with one copy of ``data``."""
+    prefix, suffix = chunk_frame_parts(version, index, len(data))
+    return b"".join((prefix, data, suffix))
+
+
+def _read_uint(buf: memoryview, pos: int) -> tuple[int, int] | None:
+    head = buf[pos]
+    if head < 0x80:
+        return head, pos + 1
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(head)
+    if width is None or pos + 1 + width > len(buf):
+        return None
+    return int.from_bytes(buf[pos + 1 : pos + 1 + width], "big"), pos + 1 + width
+
+
+def parse_chunk(frame: memoryview) -> tuple[int, int, memoryview] | None:
+    """Zero-copy fast path for a WeightsChunk frame in the canonical layout ``encode`` produces:
+    (version, index, data view). None when the frame is anything else; the caller then falls back to the
+    full ``decode`` (which accepts every valid encoding and reports what is wrong)."""
+    try:
+        if frame[:9] != b"\x84\xa7version":
+            return None
+        parsed = _read_uint(frame, 9)
+        if parsed is None:
+            return None
+        version, pos = parsed
+        if frame[pos : pos + 6] != b"\xa5index":
+            return None
+        parsed = _read_uint(frame, pos + 6)
+        if parsed is None:
+            return None
+        index, pos = parsed
+        if frame[pos : pos + 5] != b"\xa4data":
+            return None
+        pos += 5
+        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(frame[pos])
+        if width is None:
+            return None
+        nbytes = int.from_bytes(frame[pos + 1 : pos + 1 + width], "big")
+        start = pos + 1 + width
+        if frame[start + nbytes :] != _CHUNK_SUFFIX:
+            return None
+        return version, index, frame[start : start + nbytes]
+    except IndexError:
+        return None
 
 
 class ZmqPublisher(WeightPublisher):
@@ -83,7 +132,7 @@ class ZmqPublisher(WeightPublisher):
         self.chunk_bytes = chunk_bytes
         self.hub_id = hub_id
         self._sock = transport.server(zmq.ROUTER, endpoint, router_handover=1)
-        self._current: tuple[PackedVersion, bytes] | None = None
+        self._current: tuple[FramedVersion, bytes] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._receivers: dict[bytes, float] = {}
@@ -102,7 +151,8 @@ class ZmqPublisher(WeightPublisher):
         if version <= self.version:
             raise WeightsError(f"weights version {version} published after version {self.version}: versions must increase")
         start = time.perf_counter()
-        packed = pack(version, state_dict, self.chunk_bytes)
+        packed = pack_frames(version, state_dict, self.chunk_bytes,
+                             lambda index, nbytes: chunk_frame_parts(version, index, nbytes))
         manifest_frame = encode(packed.manifest)
         with self._lock:
             self._current = (packed, manifest_frame)
@@ -148,7 +198,7 @@ class ZmqPublisher(WeightPublisher):
             self._bad_logged.add(identity)
             log.warning("weights hub: dropped a bad message from %r: %s", identity[:64], reason)
 
-    def _send(self, identity: bytes, frame: bytes) -> bool:
+    def _send(self, identity: bytes, frame: bytes | bytearray) -> bool:
         try:
             self._sock.send_multipart([identity, frame], copy=len(frame) < _ZERO_COPY_BYTES)
             return True
@@ -185,10 +235,10 @@ class ZmqPublisher(WeightPublisher):
         if request.index >= manifest.num_chunks:
             self._bad(identity, f"fetch of chunk {request.index} of version {request.version} ({manifest.num_chunks} chunks)")
             return
-        data = packed.chunk(request.index)
-        if self._send(identity, encode_chunk(manifest.version, request.index, data)):
+        # The frame was encoded once at publish time: every receiver gets it zero-copy.
+        if self._send(identity, packed.frames[request.index]):
             self.chunks_sent += 1
-            M.SENT_BYTES.labels(NAME).inc(len(data))
+            M.SENT_BYTES.labels(NAME).inc(len(packed.data[request.index]))
 
     def close(self) -> None:
         if not self._stop.is_set():
@@ -208,10 +258,43 @@ class _Transfer:
     next_request: int = 0
     next_hash: int = 0
     count: int = 0
+    cancelled: bool = False
 
     def chunk_range(self, index: int) -> tuple[int, int]:
         size = self.manifest.chunk_bytes
         return index * size, min((index + 1) * size, self.manifest.total_bytes)
+
+
+class _Hasher:
+    """Hashes the in-order prefix of transfers in its own thread (hashlib releases the GIL on large
+    updates), so verifying overlaps receiving; ``done`` yields (transfer, hex digest) once all was fed."""
+
+    def __init__(self, name: str):
+        self._queue: queue.SimpleQueue[tuple[_Transfer, int, int] | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[tuple[_Transfer, str]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def feed(self, transfer: _Transfer, start: int, end: int) -> None:
+        self._queue.put((transfer, start, end))
+
+    def finish(self, transfer: _Transfer) -> None:
+        self._queue.put((transfer, -1, -1))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            transfer, start, end = item
+            if transfer.cancelled:
+                continue
+            if start < 0:
+                self.done.put((transfer, transfer.hasher.hexdigest()))
+                continue
+            for block in range(start, end, HASH_BLOCK):
+                transfer.hasher.update(transfer.view[block : min(block + HASH_BLOCK, end)])
 
 
 class ZmqReceiver(WeightReceiver):
@@ -249,6 +332,7 @@ class ZmqReceiver(WeightReceiver):
         self._failures_in_a_row = 0
         self._transfer: _Transfer | None = None
         self._next_get = 0.0
+        self._hasher = _Hasher(f"weights-hash-{receiver_id}")
         self._thread = threading.Thread(target=self._run, name=f"weights-recv-{receiver_id}", daemon=True)
         self._thread.start()
 
@@ -274,6 +358,7 @@ class ZmqReceiver(WeightReceiver):
         if not self._stop.is_set():
             self._stop.set()
             self._thread.join()
+            self._hasher.stop()
             with self._cond:
                 self._cond.notify_all()
 
@@ -299,25 +384,32 @@ class ZmqReceiver(WeightReceiver):
                 if transfer is None and (now >= self._next_get or self._wake.is_set()):
                     self._wake.clear()
                     self._get()
-                elif transfer is not None and now - transfer.last_progress > self.stall_timeout_s:
+                elif (transfer is not None and transfer.count < transfer.manifest.num_chunks
+                      and now - transfer.last_progress > self.stall_timeout_s):
                     log.warning("weights receiver %s: version %d stalled at %d/%d chunks from %s; restarting",
                                 self.receiver_id, transfer.manifest.version, transfer.count,
                                 transfer.manifest.num_chunks, self.endpoint)
                     self._restart("stall")
                     self._get()
-                if poller.poll(_POLL_MS):
+                if poller.poll(_POLL_MS if self._hasher.done.empty() else 0):
                     for _ in range(1000):
                         try:
                             frame = self._sock.recv(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
                         self._handle(frame.buffer)
+                while not self._hasher.done.empty():
+                    hashed, digest = self._hasher.done.get()
+                    if hashed is self._transfer:
+                        self._finish(hashed, digest)
         finally:
             self._sock.close(0)
 
     def _restart(self, reason: str) -> None:
         self.restarts += 1
         M.RECEIVER_RESTARTS.labels(NAME, reason).inc()
+        if self._transfer is not None:
+            self._transfer.cancelled = True
         self._transfer = None
 
     def _bad(self, reason: str) -> None:
@@ -328,13 +420,17 @@ class ZmqReceiver(WeightReceiver):
                         self.receiver_id, self.endpoint, self.bad_messages, reason)
 
     def _handle(self, frame: memoryview) -> None:
+        fast = parse_chunk(frame)
+        if fast is not None:  # the common case: no copy until the chunk lands in the payload buffer
+            self._on_chunk(*fast)
+            return
         try:
             message: Message = decode(frame, (WeightsManifest, WeightsChunk, Control), sender=self.endpoint)
         except MessageError as exc:
             self._bad(str(exc))
             return
         if isinstance(message, WeightsChunk):
-            self._on_chunk(message)
+            self._on_chunk(message.version, message.index, memoryview(message.data))
         elif isinstance(message, WeightsManifest):
             self._on_manifest(message)
         elif isinstance(message, Control):
@@ -364,7 +460,7 @@ class ZmqReceiver(WeightReceiver):
         )
         self._transfer = transfer
         if manifest.num_chunks == 0:
-            self._finish(transfer)
+            self._hasher.finish(transfer)
             return
         while transfer.next_request < min(self.credit, manifest.num_chunks):
             self._fetch(transfer)
@@ -374,33 +470,34 @@ class ZmqReceiver(WeightReceiver):
                                   index=transfer.next_request))
         transfer.next_request += 1
 
-    def _on_chunk(self, chunk: WeightsChunk) -> None:
+    def _on_chunk(self, version: int, index: int, data: memoryview) -> None:
         transfer = self._transfer
-        if transfer is None or chunk.version != transfer.manifest.version:
+        if transfer is None or version != transfer.manifest.version:
             return  # a chunk of a superseded or abandoned transfer still in flight
         manifest = transfer.manifest
-        if chunk.index >= manifest.num_chunks or transfer.received[chunk.index]:
-            self._bad(f"chunk {chunk.index} of version {chunk.version} is out of range or a duplicate")
+        if index >= manifest.num_chunks or transfer.received[index]:
+            self._bad(f"chunk {index} of version {version} is out of range or a duplicate")
             return
-        start, end = transfer.chunk_range(chunk.index)
-        if len(chunk.data) != end - start:
-            self._corrupt(transfer, f"chunk {chunk.index} has {len(chunk.data)} bytes, expected {end - start}")
+        start, end = transfer.chunk_range(index)
+        if len(data) != end - start:
+            self._corrupt(transfer, f"chunk {index} has {len(data)} bytes, expected {end - start}")
             return
-        transfer.view[start:end] = chunk.data
-        transfer.received[chunk.index] = True
+        # Ask for the next chunk first so the pipe stays full while this one is copied.
+        if transfer.next_request < manifest.num_chunks:
+            self._fetch(transfer)
+        transfer.view[start:end] = data
+        transfer.received[index] = True
         transfer.count += 1
         transfer.last_progress = time.monotonic()
         M.RECEIVED_BYTES.labels(NAME).inc(end - start)
-        # Hash the in-order prefix as it grows (chunks arrive in request order on one connection).
+        # Hand the in-order prefix to the hashing thread as it grows (chunks arrive in request order).
+        first = transfer.next_hash
         while transfer.next_hash < manifest.num_chunks and transfer.received[transfer.next_hash]:
-            a, b = transfer.chunk_range(transfer.next_hash)
-            for block in range(a, b, HASH_BLOCK):
-                transfer.hasher.update(transfer.view[block : min(block + HASH_BLOCK, b)])
             transfer.next_hash += 1
-        if transfer.next_request < manifest.num_chunks:
-            self._fetch(transfer)
+        if transfer.next_hash > first:
+            self._hasher.feed(transfer, transfer.chunk_range(first)[0], transfer.chunk_range(transfer.next_hash - 1)[1])
         if transfer.count == manifest.num_chunks:
-            self._finish(transfer)
+            self._hasher.finish(transfer)
 
     def _corrupt(self, transfer: _Transfer, reason: str) -> None:
         self.checksum_failures += 1
@@ -414,9 +511,8 @@ class ZmqReceiver(WeightReceiver):
         self._next_get = time.monotonic() + delay
         self._wake.clear()
 
-    def _finish(self, transfer: _Transfer) -> None:
+    def _finish(self, transfer: _Transfer, digest: str) -> None:
         manifest = transfer.manifest
-        digest = transfer.hasher.hexdigest()
         if digest != manifest.sha256:
             self._corrupt(transfer, f"sha256 {digest[:16]}... != manifest {manifest.sha256[:16]}...")
             return

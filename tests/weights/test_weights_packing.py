@@ -11,8 +11,8 @@ from weights_util import state_dict
 from rlef.common.errors import WeightsError
 from rlef.common.messages import WeightsChunk, WeightsManifest, decode, encode
 from rlef.common.weights import state_dict_digest
-from rlef.common.weights.packing import ALIGN, pack, unpack
-from rlef.common.weights.zmq_transport import encode_chunk
+from rlef.common.weights.packing import ALIGN, pack, pack_frames, unpack
+from rlef.common.weights.zmq_transport import chunk_frame_parts, encode_chunk, parse_chunk
 
 
 def test_pack_unpack_round_trip_every_dtype() -> None:
@@ -73,3 +73,31 @@ def test_hand_written_chunk_encoding_equals_encode(size: int) -> None:
     frame = encode_chunk(7, 3, memoryview(data))
     assert frame == encode(WeightsChunk(version=7, index=3, data=data))
     assert decode(frame, WeightsChunk).data == data
+
+
+@pytest.mark.parametrize("version,index", [(0, 0), (127, 128), (70000, 3), (1 << 33, 1 << 20)])
+def test_zero_copy_chunk_parser_agrees_with_decode(version: int, index: int) -> None:
+    data = bytes(range(200)) * 3
+    frame = encode(WeightsChunk(version=version, index=index, data=data))
+    parsed = parse_chunk(memoryview(frame))
+    assert parsed is not None and parsed[:2] == (version, index) and bytes(parsed[2]) == data
+
+
+def test_zero_copy_chunk_parser_declines_anything_else() -> None:
+    frame = encode(WeightsChunk(version=1, index=2, data=b"abc"))
+    assert parse_chunk(memoryview(frame[:-1])) is None  # truncated schema
+    assert parse_chunk(memoryview(frame + b"x")) is None  # trailing bytes
+    assert parse_chunk(memoryview(frame.replace(b"weights_chunk/1", b"weights_chunk/2"))) is None
+    assert parse_chunk(memoryview(b"\x84")) is None
+    other = encode(WeightsManifest(version=1, tensors=[], total_bytes=0, chunk_bytes=1, num_chunks=0, sha256="0" * 64))
+    assert parse_chunk(memoryview(other)) is None
+
+
+def test_framed_packing_carries_the_same_payload_as_flat_packing() -> None:
+    sd = state_dict(5, scale=3)
+    flat = pack(4, sd, chunk_bytes=100)
+    framed = pack_frames(4, sd, 100, lambda i, n: chunk_frame_parts(4, i, n))
+    assert framed.manifest == flat.manifest
+    assert b"".join(bytes(d) for d in framed.data) == bytes(flat.view)
+    for i, frame in enumerate(framed.frames):
+        assert bytes(frame) == encode(WeightsChunk(version=4, index=i, data=bytes(flat.chunk(i))))
