@@ -14,7 +14,7 @@ import time
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import DataError, SandboxError
-from rlef.common.messages import ExecutionJob, ExecutionResult, TestCase
+from rlef.common.messages import ExecutionJob, ExecutionResult, TestCase, TestResult
 from rlef.common.problems import FUNCTION_HARNESS, Problem
 from rlef.executor.sandbox import JailDied, Sandbox
 from rlef.monitoring import metrics_executor as m
@@ -22,6 +22,9 @@ from rlef.monitoring import metrics_executor as m
 log = logging.getLogger(__name__)
 
 JAIL_ATTEMPTS = 2
+# Results must stay far below transport.max_message_bytes (64 MiB by default): beyond this many bytes of
+# captured output per job, each test's stdout is cut further (the checker has already seen all of it).
+RESULT_OUTPUT_BUDGET = 8 << 20
 
 
 class JobRejected(Exception):
@@ -58,6 +61,15 @@ def resolve(job: ExecutionJob, config: ExecutorConfig) -> tuple[str, list[TestCa
     if len(tests) > config.max_tests_per_job:
         raise JobRejected(f"job has {len(tests)} tests, more than executor.max_tests_per_job={config.max_tests_per_job}")
     return code, tests
+
+
+def fit_outputs(tests: list[TestResult], budget: int = RESULT_OUTPUT_BUDGET) -> list[TestResult]:
+    """Cut every test's stdout to an equal share of ``budget`` when together they exceed it."""
+    total = sum(len(t.stdout) + len(t.stderr) for t in tests)
+    if total <= budget:
+        return tests
+    share = max(1024, budget // max(1, len(tests)))
+    return [t.model_copy(update={"stdout": t.stdout[:share]}) if len(t.stdout) > share else t for t in tests]
 
 
 def _failed(job: ExecutionJob, worker_id: str, error: str, tests_total: int, start: float) -> ExecutionResult:
@@ -97,7 +109,7 @@ def execute(job: ExecutionJob, sandbox: Sandbox, config: ExecutorConfig, worker_
             break
         result = ExecutionResult(
             job_id=job.job_id, worker_id=worker_id, compile_ok=outcome.compile_ok,
-            compile_message=outcome.compile_message, tests=outcome.tests, tests_total=len(tests),
+            compile_message=outcome.compile_message, tests=fit_outputs(outcome.tests), tests_total=len(tests),
             seconds=time.monotonic() - start,
         )
         break

@@ -261,3 +261,13 @@ def test_broken_nsjail_binary_fails_self_check(tmp_path: Path) -> None:
     fake.chmod(0o755)
     with pytest.raises(SandboxError, match="setup failed"):
         Sandbox(ExecutorConfig(nsjail=str(fake))).self_check()
+
+
+def test_job_results_stay_within_the_output_budget() -> None:
+    from rlef.executor.jobs import fit_outputs
+
+    tests = [Result(status="wrong_answer", stdout="x" * 2000, stderr="e" * 10) for _ in range(10)]
+    fitted = fit_outputs(tests, budget=5000)
+    assert all(len(t.stdout) == 1024 for t in fitted)
+    assert all(t.stderr == "e" * 10 and t.status == "wrong_answer" for t in fitted)
+    assert fit_outputs(tests, budget=30_000) is tests
