@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from rlef.deploy.process import ManagedProcess
 from rlef.deploy.supervisor import Supervisor
 
 _TAIL_BYTES = 64 << 10
@@ -88,10 +89,10 @@ def _fmt(value: float | int | None, spec: str = "g") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _uptime(sup_proc, now: float) -> str:
-    if sup_proc.popen is None or sup_proc.popen.poll() is not None:
+def _uptime(proc: ManagedProcess, now: float) -> str:
+    if proc.popen is None or proc.popen.poll() is not None:
         return "-"
-    return f"{now - sup_proc.started_at:.0f}s"
+    return f"{now - proc.started_at:.0f}s"
 
 
 def status_table(sup: Supervisor, run_dir: Path) -> Table:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -109,7 +110,7 @@ class Supervisor:
             if proc.popen is not None:
                 try:
                     proc.popen.wait(timeout=10)
-                except Exception as exc:  # a process in uninterruptible sleep: report it, do not hang forever
+                except subprocess.TimeoutExpired as exc:  # uninterruptible sleep (D state): report, do not hang
                     log.error("%s (pid %d) did not exit after SIGKILL: %s", proc.spec.name, proc.popen.pid, exc)
             proc.reap()
         end = time.monotonic() + 5
