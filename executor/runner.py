@@ -103,10 +103,14 @@ def child_main(code_obj, stdin_fd, out_w, err_w, setup):
     mem = setup["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="surrogateescape")
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="surrogateescape")
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
-                                  line_buffering=True)
+    # The streams python3 itself would make for pipes: buffered binary under ``.buffer``, utf-8 text on top.
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+        io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8", errors="surrogateescape")
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8", errors="surrogateescape")
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8", errors="backslashreplace",
+        line_buffering=True)
     sys.argv = ["main.py"]
     module = type(sys)("__main__")
     module.__file__ = "main.py"

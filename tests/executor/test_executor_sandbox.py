@@ -271,3 +271,19 @@ def test_job_results_stay_within_the_output_budget() -> None:
     assert all(len(t.stdout) == 1024 for t in fitted)
     assert all(t.stderr == "e" * 10 and t.status == "wrong_answer" for t in fitted)
     assert fit_outputs(tests, budget=30_000) is tests
+
+
+def test_binary_stdio_like_python3(sandbox: Sandbox) -> None:
+    """Fast-I/O idioms of competitive programs: sys.stdin.buffer, sys.stdout.buffer, open(0)."""
+    code = (
+        "import sys\n"
+        "first = sys.stdin.buffer.readline()\n"
+        "rest = sys.stdin.buffer.read().split()\n"
+        "sys.stdout.buffer.write(b'%d %d\\n' % (int(first), sum(map(int, rest))))\n"
+        "print('done', flush=True)\n"
+    )
+    data = "3\n" + " ".join(str(i) for i in range(50_000)) + "\n"
+    outcome = sandbox.run(code, [Case(input=data, output=f"3 {sum(range(50_000))} done")], LIMITS)
+    assert outcome.tests[0].status == "pass", outcome.tests
+    outcome = sandbox.run("print(sum(map(int, open(0).read().split())))", [Case(input="1 2 3", output="6")], LIMITS)
+    assert outcome.tests[0].status == "pass", outcome.tests
