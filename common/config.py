@@ -105,6 +105,9 @@ class ExecutorConfig(Section):
     workers: int | None = Field(None, ge=1, description="Sandboxes per executor process (None = number of cores).")
     default_time_limit_s: float = Field(10.0, gt=0, description="Per test, when the problem gives none (paper: 10 s).")
     default_memory_limit_bytes: int = Field(1 << 30, gt=0, description="Per test, when the problem gives none (paper: 1 GB).")
+    wall_time_factor: float = Field(
+        2.0, ge=1.0, description="Wall clock per test = CPU time limit x this (the time limit itself bounds CPU time, as in the reference harness)."
+    )
     address_space_slack_bytes: int = Field(32 << 20, ge=0, description="Reference harness: address space = memory + 32 MB.")
     max_output_bytes: int = Field(1 << 20, gt=0, description="stdout cap per test; more is output_limit.")
     stderr_tail_bytes: int = Field(4096, gt=0)

@@ -6,13 +6,13 @@ test pays a fork instead of a Python start-up.
 
 Protocol with the host (fd 0 in, fd 1 out; both moved to high fds at start so no child can touch them):
 
-- host -> runner, first frame: ``>I`` length + JSON setup ``{code, time_s, memory_bytes, max_output_bytes,
-  stderr_tail_bytes}``; runner answers with a result frame whose header is ``{compile_ok, message}``.
+- host -> runner, first frame: ``>I`` length + JSON setup ``{code, time_s, wall_s, memory_bytes,
+  max_output_bytes, stderr_tail_bytes}`` (time_s: CPU seconds per test, wall_s: wall-clock seconds); runner answers with a result frame whose header is ``{compile_ok, message}``.
 - host -> runner, then one frame per test: ``>I`` length + the raw stdin bytes. The runner answers with one
   result frame. The host closes the pipe to end the job.
 - result frame: ``>III`` (header, stdout, stderr lengths) + JSON header + stdout bytes + stderr bytes, header
-  ``{status, exit_code, signal, time_s, oom}`` where status is one of ``ok`` (exit 0), ``exit`` (non-zero
-  exit or killed by a signal), ``timeout`` (the runner killed it at the wall-clock limit), ``output_limit``,
+  ``{status, exit_code, signal, time_s, cpu_s}`` where status is one of ``ok`` (exit 0), ``exit`` (non-zero
+  exit or killed by a signal), ``timeout`` (the runner killed it at the CPU or wall-clock limit), ``output_limit``,
   ``runner_error`` (the fork itself failed).
 
 Invariants: each child gets its own stdin (a memfd holding the test input), stdout/stderr pipes, address
@@ -39,6 +39,19 @@ CTRL_OUT = os.dup(1)
 os.set_inheritable(CTRL_IN, False)
 os.set_inheritable(CTRL_OUT, False)
 READ_CHUNK = 1 << 16
+# How often a running test's CPU time is read from /proc (the jail's own procfs) while it produces no output.
+CPU_POLL_S = 0.05
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of ``pid`` (0.0 when it is already gone)."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def read_exact(n):
@@ -228,7 +241,8 @@ def run_test(spare, setup, data):
     start = time.monotonic()
     os.write(go_w, b"g")
     os.close(go_w)
-    deadline = start + setup["time_s"]
+    deadline = start + setup["wall_s"]
+    cpu_limit = setup["time_s"]
     out, err = bytearray(), bytearray()
     open_fds = [out_r, err_r]
     pidfd = os.pidfd_open(pid)
@@ -251,7 +265,10 @@ def run_test(spare, setup, data):
         if remaining <= 0:
             verdict = "timeout"
             break
-        ready, _, _ = select.select(open_fds + [pidfd], [], [], remaining)
+        ready, _, _ = select.select(open_fds + [pidfd], [], [], min(remaining, CPU_POLL_S))
+        if not ready and cpu_seconds(pid) >= cpu_limit:
+            verdict = "timeout"
+            break
         for fd in ready:
             if fd == pidfd:
                 exited = True
