@@ -82,7 +82,7 @@ class ExecutorService:
 
         deadline = time.monotonic() + timeout_s
         with Transport(TransportConfig()) as transport:
-            client = ExecutionClient(transport, self.frontend, client_id="probe", timeout_s=2.0)
+            client = ExecutionClient(transport, self.frontend, client_id="probe", timeout_s=5.0)
             try:
                 while time.monotonic() < deadline:
                     for proc in [self.broker, *self.executors]:
