@@ -35,7 +35,7 @@ import torch.distributed as dist
 from rlef.common.errors import MessageError, TransportError, WeightsError
 from rlef.common.messages import WeightsManifest, decode, encode
 from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
-from rlef.common.weights.packing import HASH_BLOCK, PackedVersion, pack, unpack
+from rlef.common.weights.packing import HASH_BLOCK, PackedVersion, pack, populated, unpack
 from rlef.monitoring import metrics_weights as M
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class CollectivePublisher(WeightPublisher):
         self._cond = threading.Condition()
         self._stop = False
         self.error: BaseException | None = None
+        self.formed = threading.Event()  # set once every receiver joined the group
         self._thread = threading.Thread(target=self._run, name="weights-collective-hub", daemon=True)
         self._thread.start()
 
@@ -154,6 +155,7 @@ class CollectivePublisher(WeightPublisher):
         try:
             group = _Group(self._store, 0, self.world_size, self._backend, self.timeout)
             log.info("collective weights: group of %d formed (%s)", self.world_size, self._backend)
+            self.formed.set()
             seq = 0
             while True:
                 with self._cond:
@@ -262,7 +264,7 @@ class CollectiveReceiver(WeightReceiver):
         except MessageError as exc:  # cannot happen with an honest hub; the payload size is then unknown
             raise WeightsError(f"collective weights: bad manifest from the hub: {exc}") from exc
         started = time.monotonic()
-        payload = torch.empty(manifest.total_bytes, dtype=torch.uint8)
+        payload = populated(manifest.total_bytes)
         hasher = hashlib.sha256()
         _broadcast_payload(group, payload, self.bucket_bytes, hasher)
         M.RECEIVED_BYTES.labels(NAME).inc(manifest.total_bytes)

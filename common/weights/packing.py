@@ -16,6 +16,7 @@ result (no per-tensor copy).
 from __future__ import annotations
 
 import hashlib
+import mmap
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,16 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+
+
+def populated(nbytes: int) -> torch.Tensor:
+    """A zeroed uint8 tensor whose pages the kernel maps in one go (MAP_POPULATE): writing 1 GB into fresh
+    memory page by page cost 2-3x more than the copy itself (page faults), measured on this machine."""
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    region = mmap.mmap(-1, nbytes, flags=flags)
+    return torch.frombuffer(region, dtype=torch.uint8)  # keeps ``region`` alive as long as any view
 
 
 def _align(n: int) -> int:
@@ -90,7 +101,7 @@ class PackedVersion:
 def pack(version: int, state_dict: Mapping[str, torch.Tensor], chunk_bytes: int) -> PackedVersion:
     """Copy ``state_dict`` into one flat buffer, hashing as it goes (one pass over the bytes)."""
     specs, total = layout(state_dict)
-    payload = torch.zeros(total, dtype=torch.uint8) if total else torch.empty(0, dtype=torch.uint8)
+    payload = populated(total)
     view = memoryview(payload.numpy()).cast("B")
     hasher = hashlib.sha256()
     hashed = 0
@@ -125,7 +136,7 @@ class FramedVersion:
     frames (memory = one copy of the state dict), and a hub serves every receiver with zero-copy sends."""
 
     manifest: WeightsManifest
-    frames: list[bytearray]
+    frames: list[memoryview]
     data: list[memoryview]  # data[i]: chunk i inside frames[i]
 
     def chunk(self, index: int) -> memoryview:
@@ -142,16 +153,20 @@ def pack_frames(
     suffix (e.g. the msgpack map around a WeightsChunk's data). sha256 is of the flat payload, as in ``pack``."""
     specs, total = layout(state_dict)
     num_chunks = -(-total // chunk_bytes)
-    frames: list[bytearray] = []
+    parts = [framing(i, min(chunk_bytes, total - i * chunk_bytes)) for i in range(num_chunks)]
+    # All frames live in one populated region, back to back (see ``populated``).
+    region = memoryview(populated(total + sum(len(p) + len(q) for p, q in parts)).numpy()).cast("B")
+    frames: list[memoryview] = []
     data: list[memoryview] = []
-    for index in range(num_chunks):
+    at = 0
+    for index, (prefix, suffix) in enumerate(parts):
         size = min(chunk_bytes, total - index * chunk_bytes)
-        prefix, suffix = framing(index, size)
-        frame = bytearray(len(prefix) + size + len(suffix))  # zero-filled: padding stays zero
+        frame = region[at : at + len(prefix) + size + len(suffix)]
+        at += len(frame)
         frame[: len(prefix)] = prefix
-        frame[len(prefix) + size :] = suffix
+        frame[len(prefix) + size :] = suffix  # the data in between starts zeroed: padding stays zero
         frames.append(frame)
-        data.append(memoryview(frame)[len(prefix) : len(prefix) + size])
+        data.append(frame[len(prefix) : len(prefix) + size])
     for spec, tensor in zip(specs, state_dict.values()):
         if not spec.nbytes:
             continue

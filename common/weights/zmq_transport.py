@@ -46,7 +46,7 @@ from rlef.common.errors import MessageError, WeightsError
 from rlef.common.messages import Control, Message, WeightsChunk, WeightsManifest, WeightsRequest, decode, encode, schema_name
 from rlef.common.transport import Transport
 from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
-from rlef.common.weights.packing import HASH_BLOCK, FramedVersion, pack_frames, unpack
+from rlef.common.weights.packing import HASH_BLOCK, FramedVersion, pack_frames, populated, unpack
 from rlef.monitoring import metrics_weights as M
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class ZmqPublisher(WeightPublisher):
             self._bad_logged.add(identity)
             log.warning("weights hub: dropped a bad message from %r: %s", identity[:64], reason)
 
-    def _send(self, identity: bytes, frame: bytes | bytearray) -> bool:
+    def _send(self, identity: bytes, frame: bytes | memoryview) -> bool:
         try:
             self._sock.send_multipart([identity, frame], copy=len(frame) < _ZERO_COPY_BYTES)
             return True
@@ -448,22 +448,24 @@ class ZmqReceiver(WeightReceiver):
             if current.manifest.version == manifest.version:
                 return  # duplicate answer (a get crossed our fetches)
             self._restart("superseded")
-        now = time.monotonic()
-        payload = torch.empty(manifest.total_bytes, dtype=torch.uint8)
+        started = time.monotonic()
+        # Ask for the first chunks before allocating: they travel while the buffer's pages are mapped.
+        first = min(self.credit, manifest.num_chunks)
+        for index in range(first):
+            self._send(WeightsRequest(op="fetch", receiver_id=self.receiver_id, version=manifest.version, index=index))
+        payload = populated(manifest.total_bytes)
         transfer = _Transfer(
             manifest=manifest,
             payload=payload,
             view=memoryview(payload.numpy()).cast("B"),
             received=[False] * manifest.num_chunks,
-            started=now,
-            last_progress=now,
+            started=started,
+            last_progress=time.monotonic(),
+            next_request=first,
         )
         self._transfer = transfer
         if manifest.num_chunks == 0:
             self._hasher.finish(transfer)
-            return
-        while transfer.next_request < min(self.credit, manifest.num_chunks):
-            self._fetch(transfer)
 
     def _fetch(self, transfer: _Transfer) -> None:
         self._send(WeightsRequest(op="fetch", receiver_id=self.receiver_id, version=transfer.manifest.version,

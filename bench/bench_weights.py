@@ -1,0 +1,244 @@
+"""Benchmark of weight publishing: a ~1 GB float32 state dict to 1, 2 and 4 receiver processes on loopback.
+
+Same run, same bytes, same chunk size:
+- raw: a ROUTER sends the payload as ``chunk_bytes`` frames (zero-copy) to each DEALER receiver, which only
+  counts bytes: the ceiling ZeroMQ itself sets on this machine;
+- zmq: ``ZmqPublisher`` -> ``ZmqReceiver`` (credit flow, msgpack chunks, sha256 verified, whole version);
+- collective: ``CollectivePublisher`` -> ``CollectiveReceiver`` over gloo (bucketed broadcast, sha256).
+Reported: bytes/s per receiver (payload / time from publish-done to that receiver holding the verified
+version) and the ratio to raw with the same number of receivers (target >= 0.5). Also the hashing choice:
+sha256 vs blake2b vs a plain copy of the same bytes, and publish() (copy + hash) time.
+
+Run: ``.venv/bin/python bench/bench_weights.py [--gib 1.0] [--receivers 1,2,4] [--no-collective]``.
+Receivers are separate processes (this file re-run with ``--role``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import torch
+import zmq
+
+from rlef.common.config import TransportConfig
+from rlef.common.transport import Transport
+
+CHUNK = 4 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_state_dict(gib: float) -> dict[str, torch.Tensor]:
+    """Llama-like shapes: a few big matrices and many small vectors, float32, ~gib GiB in total."""
+    total = int(gib * (1 << 30)) // 4
+    hidden = 2048
+    rows = total // hidden
+    sd: dict[str, torch.Tensor] = {}
+    layer = 0
+    while rows > 0:
+        r = min(rows, 4 * hidden)
+        sd[f"model.layers.{layer}.mlp.weight"] = torch.randn(r, hidden)
+        sd[f"model.layers.{layer}.norm.weight"] = torch.randn(hidden)
+        rows -= r
+        layer += 1
+    return sd
+
+
+def transport() -> Transport:
+    # Weights frames are chunk-sized; the default HWM is fine.
+    return Transport(TransportConfig())
+
+
+# ---------------------------------------------------------------- receiver processes
+
+
+def role_raw(port: int, total: int) -> None:
+    t = transport()
+    sock = t.client(zmq.DEALER, f"tcp://127.0.0.1:{port}")
+    sock.send(b"ready")
+    got = 0
+    first = None
+    while got < total:
+        frame = sock.recv(copy=False)
+        if first is None:
+            first = time.time()
+        got += len(frame.buffer)
+    print(json.dumps({"done": time.time(), "first": first, "bytes": got}), flush=True)
+    sock.close(0)
+    t.close()
+
+
+def role_zmq(port: int, rid: str) -> None:
+    from rlef.common.weights.zmq_transport import ZmqReceiver
+
+    t = transport()
+    rec = ZmqReceiver(t, f"tcp://127.0.0.1:{port}", rid, credit=8, poll_interval_s=0.05)
+    got = rec.poll(timeout_s=600)
+    done = time.time()
+    assert got is not None
+    print(json.dumps({"done": done, "version": got.version, "bytes": got.nbytes, "transfer_s": got.seconds}), flush=True)
+    rec.close()
+    t.close()
+
+
+def role_collective(port: int, world: int, rid: str) -> None:
+    from rlef.common.weights.collective import CollectiveReceiver
+
+    rec = CollectiveReceiver(host="127.0.0.1", port=port, world_size=world, bucket_bytes=64 << 20, timeout_s=600, receiver_id=rid)
+    got = rec.poll(timeout_s=600)
+    done = time.time()
+    assert got is not None, rec.error
+    print(json.dumps({"done": done, "version": got.version, "bytes": got.nbytes}), flush=True)
+    rec.close()
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--role", *args], stdout=subprocess.PIPE, text=True)
+
+
+def collect(procs: list[subprocess.Popen]) -> list[dict]:
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=900)
+        if p.returncode != 0:
+            raise RuntimeError(f"receiver failed ({p.returncode}): {stdout}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def bench_raw(payload: memoryview, n: int) -> float:
+    """Seconds per receiver (mean) to receive the payload from a ROUTER sending zero-copy chunk frames."""
+    t = transport()
+    port = free_port()
+    sock = t.server(zmq.ROUTER, f"tcp://127.0.0.1:{port}")
+    sock.setsockopt(zmq.SNDHWM, 16)
+    procs = [spawn("raw", str(port), str(len(payload))) for _ in range(n)]
+    peers = [sock.recv_multipart()[0] for _ in range(n)]
+    start = time.time()
+    for offset in range(0, len(payload), CHUNK):  # interleave receivers, as the weights hub does
+        frame = payload[offset : offset + CHUNK]
+        for peer in peers:
+            sock.send_multipart([peer, frame], copy=False)
+    results = collect(procs)
+    sock.close(0)
+    t.close()
+    return sum(r["done"] - start for r in results) / n
+
+
+def bench_zmq(sd: dict[str, torch.Tensor], n: int) -> tuple[float, float]:
+    """(publish seconds, mean seconds from publish-done to each receiver holding the verified version)."""
+    from rlef.common.weights.zmq_transport import ZmqPublisher
+
+    t = transport()
+    port = free_port()
+    pub = ZmqPublisher(t, f"tcp://127.0.0.1:{port}", chunk_bytes=CHUNK)
+    procs = [spawn("zmq", str(port), f"r{i}") for i in range(n)]
+    while pub.receivers() < n:  # everybody connected and polling
+        time.sleep(0.05)
+    start = time.perf_counter()
+    pub.publish(1, sd)
+    publish_s = time.perf_counter() - start
+    ready = time.time()
+    results = collect(procs)
+    pub.close()
+    t.close()
+    return publish_s, sum(r["done"] - ready for r in results) / n
+
+
+def bench_collective(sd: dict[str, torch.Tensor], n: int) -> float:
+    from rlef.common.weights.collective import CollectivePublisher
+
+    port = free_port()
+    pub = CollectivePublisher(host="127.0.0.1", port=port, world_size=n + 1, bucket_bytes=64 << 20, timeout_s=600)
+    procs = [spawn("collective", str(port), str(n + 1), f"c{i}") for i in range(n)]
+    if not pub.formed.wait(600):  # the clock starts once every receiver joined
+        raise RuntimeError(f"collective group did not form: {pub.error}")
+    pub.publish(1, sd)
+    ready = time.time()
+    results = collect(procs)
+    pub.close()
+    return sum(r["done"] - ready for r in results) / n
+
+
+def bench_receiver_work(view: memoryview) -> dict[str, float]:
+    """Seconds a receiver spends per version on its own CPU work, measured here on the same bytes: mapping a
+    fresh buffer (MAP_POPULATE), copying the chunks into it, and hashing (sha256 as used; blake2b for the
+    comparison the choice rests on)."""
+    from rlef.common.weights.packing import populated
+
+    out = {}
+    start = time.perf_counter()
+    buffer = memoryview(populated(len(view)).numpy()).cast("B")
+    out["populate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for offset in range(0, len(view), CHUNK):
+        buffer[offset : offset + CHUNK] = view[offset : offset + CHUNK]
+    out["copy"] = time.perf_counter() - start
+    del buffer
+    for name in ("sha256", "blake2b"):
+        start = time.perf_counter()
+        h = hashlib.new(name)
+        for offset in range(0, len(view), 16 << 20):
+            h.update(view[offset : offset + (16 << 20)])
+        out[name] = time.perf_counter() - start
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--receivers", default="1,2,4")
+    parser.add_argument("--no-collective", action="store_true")
+    parser.add_argument("--role", nargs="+")
+    args = parser.parse_args()
+    if args.role:
+        kind, rest = args.role[0], args.role[1:]
+        if kind == "raw":
+            role_raw(int(rest[0]), int(rest[1]))
+        elif kind == "zmq":
+            role_zmq(int(rest[0]), rest[1])
+        else:
+            role_collective(int(rest[0]), int(rest[1]), rest[2])
+        return
+
+    from rlef.common.weights.packing import pack
+
+    sd = make_state_dict(args.gib)
+    flat = pack(0, sd, CHUNK)
+    nbytes = flat.manifest.total_bytes
+    gb = nbytes / 1e9
+    print(f"state dict: {len(sd)} tensors, {nbytes / (1 << 30):.3f} GiB ({gb:.3f} GB); chunk {CHUNK >> 20} MiB; "
+          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    work = bench_receiver_work(flat.view)
+    print(f"receiver CPU work per version: map fresh buffer {work['populate']:.2f}s, copy chunks in {work['copy']:.2f}s, "
+          f"sha256 {work['sha256']:.2f}s ({gb / work['sha256']:.2f} GB/s; blake2b {work['blake2b']:.2f}s, "
+          f"{gb / work['blake2b']:.2f} GB/s)")
+    print(f"{'receivers':>9} {'raw GB/s/recv':>14} {'zmq GB/s/recv':>14} {'zmq/raw':>8} {'publish s':>10}"
+          + ("" if args.no_collective else f" {'gloo GB/s/recv':>15} {'gloo/raw':>9}"))
+    for n in [int(x) for x in args.receivers.split(",")]:
+        raw_s = bench_raw(flat.view, n)
+        publish_s, zmq_s = bench_zmq(sd, n)
+        line = f"{n:>9} {gb / raw_s:>14.2f} {gb / zmq_s:>14.2f} {raw_s / zmq_s:>8.2f} {publish_s:>10.2f}"
+        if not args.no_collective:
+            gloo_s = bench_collective(sd, n)
+            line += f" {gb / gloo_s:>15.2f} {raw_s / gloo_s:>9.2f}"
+        print(line, flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
