@@ -11,6 +11,7 @@ Without keys, sockets are plain TCP: fine on a private cluster network, never on
 from __future__ import annotations
 
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ class Transport:
         self._sync_ctx = zmq.Context()
         self.context: zmq.Context = zmq.asyncio.Context.shadow(self._sync_ctx) if asyncio else self._sync_ctx
         self._auth: ThreadAuthenticator | None = None
+        # Sockets handed out, closed by close(): the asyncio shadow context tracks its own sockets, so
+        # destroying the underlying context alone would block forever in zmq_ctx_term on them.
+        self._sockets: weakref.WeakSet[zmq.Socket] = weakref.WeakSet()
         self._server_pair: tuple[bytes, bytes] | None = None
         self._client_pair: tuple[bytes, bytes] | None = None
         self._server_public: bytes | None = None
@@ -103,6 +107,7 @@ class Transport:
     def server(self, socket_type: int, endpoint: str, **options: Any) -> zmq.Socket:
         """A socket bound to ``endpoint`` (``tcp://host:0`` binds a free port: read ``last_endpoint``)."""
         sock = self.context.socket(socket_type)
+        self._sockets.add(sock)
         self._common_options(sock, socket_type)
         if self._server_pair is not None:
             self._start_auth()
@@ -122,6 +127,7 @@ class Transport:
     def client(self, socket_type: int, endpoint: str, *, identity: bytes | None = None, **options: Any) -> zmq.Socket:
         """A socket connected to ``endpoint``; ZeroMQ reconnects by itself with back-off."""
         sock = self.context.socket(socket_type)
+        self._sockets.add(sock)
         self._common_options(sock, socket_type)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
@@ -140,6 +146,10 @@ class Transport:
         return sock
 
     def close(self) -> None:
+        """Close every socket this transport handed out (linger 0), stop the ZAP handler, end the context."""
+        for sock in list(self._sockets):
+            if not sock.closed:
+                sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
