@@ -64,7 +64,11 @@ OVERVIEW = (
         _q("rlef:actor_prompt_tokens:rate1m", "prompt"),
         _q("rlef:learner_tokens:rate1m", "trained"),
     ), unit="short", roles=ACTOR_LEARNER),
-    Panel("Mean episode reward", (_q("rlef:episode_reward:mean5m", "reward"),), unit="none", roles=ACTOR,
+    Panel("Mean reward", (
+        # always=False until the actor exports rlef_actor_episode_reward_running_sum (see recording.yml).
+        _q("rlef:episode_reward:mean5m", "actor episodes", always=False),
+        _q("rlef:learner_batch_reward:avg5m", "learner batches"),
+    ), unit="none", roles=ACTOR_LEARNER,
           description="Mean summed task reward per episode (solved 1, unsolved -1, no-code -0.2 per turn)."),
     Panel("Solve rate by turn (public tests)", (
         _q("rlef:turn_solve_rate:ratio_rate5m", "turn {{turn}}"),

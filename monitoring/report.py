@@ -195,7 +195,7 @@ def _first(*getters: Callable[[LogData], dict[str, Points]]) -> Callable[[LogDat
 FIGURES = [
     Figure("reward", "Reward", [Axes("Mean reward", "reward", [
         Series("actor episodes (5 min)", "rlef:episode_reward:mean5m", _keys("reward/episode_mean")),
-        Series("learner batch", "max(rlef_learner_batch_reward)", _first(_keys("reward/mean"), _keys("rlef_learner_batch_reward"))),
+        Series("learner batch", "max(rlef_learner_batch_reward)", _keys("reward/mean", "rlef_learner_batch_reward")),
     ])]),
     Figure("solve_rate", "Solve rate", [Axes("Solve rate by turn (public tests) and final", "fraction solved", ylim=(0.0, 1.0), series=[
         Series("turn {}", "rlef:turn_solve_rate:ratio_rate5m", _turn_solve_rates, legend_label="turn"),

@@ -1,15 +1,21 @@
-"""A live run for monitoring tests: real executor broker + executors, real Prometheus scraping them.
+"""A live run for monitoring tests: a real short CPU training run, real Prometheus scraping it.
 
-``live_run`` (session scope) starts the broker and one executor (2 sandboxes) with metrics on free ports,
-writes their file_sd targets, starts Debian's prometheus (1 s scrape/evaluation) on a temp TSDB, and keeps a
-mix of jobs (pass, wrong answer, runtime error, syntax error, timeout) flowing from a background thread until
-the session ends, so counters keep moving while tests query.
+``live_run`` (session scope) starts the executor broker and one executor (2 sandboxes), the learner (one
+rank, FSDP2 on gloo) and one actor (transformers backend, the tiny model) with metrics on free ports, writes
+their file_sd targets, starts Debian's prometheus (1 s scrape/evaluation) on a temp TSDB, and keeps an extra
+mix of jobs (pass, wrong answer, runtime error, syntax error, timeout) flowing to the executors from a
+background thread, so every status shows up. It returns once Prometheus has seen a learner update and an
+actor applying new weights (or fails with the processes' logs). Everything is stopped at session end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -21,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.executor_service import start_executor_service  # noqa: E402
+from helpers.executor_service import RLEF, ROOT, start_executor_service  # noqa: E402
 
 from rlef.monitoring.prometheus_api import PrometheusAPI  # noqa: E402
 from rlef.monitoring.promconfig import free_port, start_prometheus, write_prometheus_config  # noqa: E402
@@ -79,33 +85,100 @@ def _job_load(frontend: str, stop: threading.Event, done: list[int]) -> None:
                 ]
                 client.run_many_sync(jobs)
                 done[0] += len(jobs)
-                stop.wait(0.5)
+                stop.wait(1.0)
         finally:
             client.close()
 
 
+def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen:
+    with open(log_dir / f"{name}.log", "ab") as log:
+        return subprocess.Popen([RLEF, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _logs(log_dir: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(log_dir.glob("*.log")))
+
+
+#: Jobs of the live run; dashboard panels needing others only get their syntax checked.
+ROLES = frozenset({"actor", "learner", "executor", "executor-broker"})
+
+
 @pytest.fixture(scope="session")
-def live_run(tmp_path_factory):
+def live_run(tmp_path_factory, tiny_model_dir):
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus missing: run scripts/setup.sh (apt prometheus)")
     run_dir = tmp_path_factory.mktemp("monitoring-run")
+    log_dir = run_dir / "logs"
     base = _port_block(2)
-    with start_executor_service(run_dir / "logs", workers=2, executors=1, overrides=[f"executor.metrics_port={base}"]) as service:
-        targets = write_targets(
-            run_dir / "prometheus" / "targets" / "local.json",
-            [("executor-broker", f"127.0.0.1:{base - 1}", {"id": "broker"}), ("executor", f"127.0.0.1:{base}", {"id": "0"})],
-        )
-        config = write_prometheus_config(run_dir / "prometheus", [targets.parent / "*.json"], scrape_interval_s=1.0)
-        port = free_port()
-        prom = start_prometheus(config, run_dir / "prometheus" / "tsdb", port, run_dir / "logs" / "prometheus.log")
+    learner_port, actor_port = free_port(), free_port()
+    overrides = [
+        f"executor.metrics_port={base}",
+        f"learner.metrics_port={learner_port}",
+        f"actor.metrics_port={actor_port}",
+        f"endpoints.rollout_port={free_port()}",
+        f"endpoints.weights_port={free_port()}",
+        f"endpoints.control_port={free_port()}",
+        f"run.output_dir={run_dir.parent}",
+        f"run.name={run_dir.name}",
+        f"model.path={tiny_model_dir}",
+        "learner.batch_rollouts=8",
+        "learner.updates_per_batch=2",
+        "learner.total_updates=1000000",
+        "learner.checkpoint.every_batches=100000",
+        "deploy.max_batches=100000",
+        "actor.episodes_in_flight=4",
+        "actor.sampling.max_new_tokens=48",
+    ]
+    with start_executor_service(log_dir, workers=2, executors=1, overrides=overrides) as service:
+        role_args = ["--config", str(ROOT / "configs/tiny-cpu.yaml"), *service.overrides]
+        procs = [_spawn("learner", ["learner", *role_args], log_dir), _spawn("actor", ["actor", *role_args], log_dir)]
+        prom = None
         stop = threading.Event()
-        done = [0]
-        load = threading.Thread(target=_job_load, args=(service.frontend, stop, done), daemon=True)
-        load.start()
+        load = None
         try:
-            yield LiveRun(PrometheusAPI(f"http://127.0.0.1:{port}"), run_dir, done, frozenset({"executor", "executor-broker"}))
+            targets = write_targets(
+                run_dir / "prometheus" / "targets" / "local.json",
+                [
+                    ("executor-broker", f"127.0.0.1:{base - 1}", {"id": "broker"}),
+                    ("executor", f"127.0.0.1:{base}", {"id": "0"}),
+                    ("learner", f"127.0.0.1:{learner_port}", {"id": "rank0", "rank": "0"}),
+                    ("actor", f"127.0.0.1:{actor_port}", {"id": "0"}),
+                ],
+            )
+            config = write_prometheus_config(run_dir / "prometheus", [targets.parent / "*.json"], scrape_interval_s=1.0)
+            port = free_port()
+            prom = start_prometheus(config, run_dir / "prometheus" / "tsdb", port, log_dir / "prometheus.log")
+            done = [0]
+            load = threading.Thread(target=_job_load, args=(service.frontend, stop, done), daemon=True)
+            load.start()
+            api = PrometheusAPI(f"http://127.0.0.1:{port}")
+            deadline = time.monotonic() + 420
+            ready = "max(rlef_learner_updates_total) > 0 and on() max(rlef_actor_weights_applied_total) > 0"
+            while not api.query(ready):
+                dead = [p.args[1] for p in procs if p.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    pytest.fail(f"live run not training ({'exited: ' + ', '.join(dead) if dead else 'timeout'}):\n{_logs(log_dir)}")
+                time.sleep(2)
+            yield LiveRun(api, run_dir, done, ROLES)
         finally:
             stop.set()
-            load.join(60)
-            prom.terminate()
-            prom.wait(15)
+            _stop(procs)
+            if load is not None:
+                load.join(60)
+            if prom is not None:
+                prom.terminate()
+                prom.wait(15)

@@ -24,14 +24,15 @@ def _wait_increase(api, expr: str, timeout_s: float = 60.0) -> tuple[float, floa
 
 def test_targets_up_with_identity(live_run):
     api = live_run.prometheus
-    up = api.wait_for('up{job=~"executor|executor-broker"} == 1', 30)
-    api.wait_for('count(up{job=~"executor|executor-broker"} == 1) == 2', 30)
-    assert {s["metric"]["job"] for s in up} <= {"executor", "executor-broker"}
+    api.wait_for("count(up == 1) == 4", 30)
+    assert {s["metric"]["job"] for s in api.query("up == 1")} == set(live_run.roles)
     roles = {s["metric"]["role"]: s["metric"] for s in api.wait_for("rlef_role_info", 30)}
-    assert set(roles) == {"executor", "executor-broker"}
+    assert set(roles) == set(live_run.roles)
+    # The target's id label wins; the process' own id (from rlef_role_info) is kept as exported_id.
     assert roles["executor"]["job"] == "executor" and roles["executor"]["id"] == "0"
+    assert roles["actor"]["exported_id"] == "actor-0" and roles["learner"]["exported_id"] == "rank0"
     beats = api.query("time() - rlef_heartbeat_timestamp_seconds")
-    assert len(beats) == 2 and all(float(s["value"][1]) < 60 for s in beats)
+    assert len(beats) == 4 and all(float(s["value"][1]) < 60 for s in beats), beats
 
 
 def test_executor_counters_move(live_run):
@@ -60,3 +61,25 @@ def test_recording_rules_evaluate_on_live_data(live_run):
     assert {"status"} <= set(rates[0]["metric"])
     api.wait_for("rlef:executor_sandboxes_busy:ratio >= 0", 30)
     assert api.wait_for("rlef:executor_job_duration_seconds:p95_5m > 0", 60)
+
+
+def test_actor_and_learner_series_move(live_run):
+    api = live_run.prometheus
+    _wait_increase(api, "sum(rlef_actor_rollouts_sent_total)", 120)
+    _wait_increase(api, "sum(rlef_actor_generated_tokens_total)", 120)
+    _wait_increase(api, "sum(rlef_learner_rollouts_received_total)", 120)
+    _wait_increase(api, "max(rlef_learner_updates_total)", 180)
+    assert api.value('max(rlef_policy_version{job="learner"})') >= 1
+    _wait_increase(api, 'max(rlef_policy_version{job="actor"})', 180)  # the actor applies newer weights
+    turns = {s["metric"]["turn"] for s in api.query("rlef_actor_turn_outcomes_total")}
+    assert "1" in turns
+
+
+def test_derived_training_series(live_run):
+    api = live_run.prometheus
+    for expr in ("rlef:actor_rollouts:rate1m > 0", "rlef:actor_generated_tokens:rate1m > 0", "rlef:learner_updates:rate5m > 0",
+                 'rlef:turn_solve_rate:ratio_rate5m{turn="1"} >= 0', "rlef:reward:mean5m", "rlef:learner_rollout_lag:mean5m >= 0",
+                 "rlef:learner_weights_sync_seconds:mean5m > 0"):
+        api.wait_for(expr, 120)
+    reward = api.value("rlef:reward:mean5m")
+    assert -1.0 - 0.2 * 3 - 1e-9 <= reward <= 1.0  # reward terms bound the mean
