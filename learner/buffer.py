@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from rlef.common.errors import MessageError
-from rlef.common.messages import Rollout, decode, unpack_floats, unpack_ids
+from rlef.common.messages import Rollout, decode, encode, unpack_floats, unpack_ids
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,13 @@ class RolloutBuffer:
             self.consumed.add(rid)
             out.append(rollout)
         return out
+
+    def give_back(self, rollouts: list[Rollout]) -> None:
+        """Undo ``take`` for rollouts that were not trained on (a stop while a batch was being gathered)."""
+        waiting = OrderedDict((r.rollout_id, (r, encode(r))) for r in rollouts)
+        waiting.update(self._waiting)
+        self._waiting = waiting
+        self.consumed.difference_update(waiting)
 
     def restore(self, consumed: Iterable[str], version: int) -> int:
         """After loading a checkpoint: set its consumed ids and version, re-admit spooled rollouts; returns how many."""
