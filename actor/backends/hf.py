@@ -78,6 +78,7 @@ class HfBackend(GenerationBackend):
         self._weights_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-weights")
         self._queue: asyncio.Queue[_Request] | None = None
         self._server: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._busy = 0.0
         self.batches = 0
         self.batch_sizes: list[int] = []
@@ -87,10 +88,12 @@ class HfBackend(GenerationBackend):
     async def generate(self, prompt_ids: list[int], sampling: Sampling) -> Generation:
         if not prompt_ids:
             raise ValueError("empty prompt")
-        if self._queue is None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first call, or a new event loop (the batcher task lives on one loop)
+            self._loop = loop
             self._queue = asyncio.Queue()
-            self._server = asyncio.get_running_loop().create_task(self._serve(), name="hf-batcher")
-        future = asyncio.get_running_loop().create_future()
+            self._server = loop.create_task(self._serve(), name="hf-batcher")
+        future = loop.create_future()
         await self._queue.put(_Request(list(prompt_ids), sampling, future))
         return await future
 
@@ -101,7 +104,7 @@ class HfBackend(GenerationBackend):
         return self._busy
 
     async def close(self) -> None:
-        if self._server is not None:
+        if self._server is not None and self._loop is asyncio.get_running_loop():
             self._server.cancel()
             try:
                 await self._server

@@ -43,6 +43,30 @@ def _prepare_environment(kv_cache_gib: int, cache_root: str | None) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
+def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of the checkpoint's safetensors files (headers only)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(Path(model_path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def check_fits(received: ReceivedWeightsLike, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise WeightsError unless ``received`` has exactly the checkpoint's tensors with their shapes (checked
+    before anything reaches the engine, so a bad version never touches the running model)."""
+    names = set(received.tensors)
+    unknown, missing = sorted(names - set(shapes)), sorted(set(shapes) - names)
+    if unknown or missing:
+        raise WeightsError(f"weights version {received.version} does not fit the model: unknown {unknown[:3]}, missing {missing[:3]}")
+    for name, tensor in received.tensors.items():
+        if tuple(tensor.shape) != shapes[name]:
+            raise WeightsError(f"weights version {received.version}: {name} has shape {tuple(tensor.shape)}, model {shapes[name]}")
+
+
 class VllmBackend(GenerationBackend):
     """``vllm.v1.engine.async_llm.AsyncLLM`` behind :class:`GenerationBackend`; see the module docstring."""
 
@@ -86,6 +110,7 @@ class VllmBackend(GenerationBackend):
         self._busy_since: float | None = None
         self._weights_dir = Path(tempfile.mkdtemp(prefix="rlef-vllm-weights-"))
         self._reload_lock = asyncio.Lock()
+        self._shapes = checkpoint_shapes(model_path)
 
     @classmethod
     def from_config(cls, config: Any, *, seed: int = 0) -> "VllmBackend":
@@ -165,6 +190,7 @@ class VllmBackend(GenerationBackend):
     # ------------------------------------------------------------------ weights
 
     async def load_weights(self, received: ReceivedWeightsLike) -> None:
+        check_fits(received, self._shapes)
         async with self._reload_lock:
             target = self._weights_dir / f"v{received.version}"
             try:
