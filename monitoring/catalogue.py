@@ -126,7 +126,9 @@ for fractions), histograms end in a unit, no per-item identifiers (job, rollout,
 
 Every process also exports `rlef_role_info{role,id,version}`, `rlef_heartbeat_timestamp_seconds` and
 `rlef_policy_version` (monitoring/metrics.py), and Prometheus adds `job` (the role) and `id`/`instance`
-target labels. Derived series (rates, ratios) are the recording rules in
+target labels (a scraped `id` label, as in `rlef_role_info`, is then kept as `exported_id`).
+The run's own JSONL metrics log (`RUN_DIR/metrics/*.jsonl`, `rlef.monitoring.metrics_log`) holds the same
+series as registry snapshots plus the scalar keys `rlef report` plots. Derived series (rates, ratios) are the recording rules in
 `monitoring/prometheus/rules/recording.yml`, listed at the end.
 """
 
@@ -147,6 +149,8 @@ def render_catalogue(metrics: list[MetricDef], recording_rules: list[tuple[str, 
             meaning = _escape(m.help)
             if m.buckets:
                 meaning += " Buckets: " + ", ".join(f"{b:g}" for b in m.buckets if b != float("inf")) + "."
+                if m.buckets[0] < 0:
+                    meaning += " No `_sum` sample: prometheus_client drops it when a bucket is negative."
             lines.append(f"| `{m.name}` | {m.type} | {labels} | {meaning} |")
         lines.append("")
     if recording_rules:
