@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time as _time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,16 @@ class MetricsLog:
         """Append every sample of metrics named ``prefix*`` in ``registry`` (counters, gauges, histogram parts)."""
         self.write(step, registry_samples(registry, prefix), time=time)
 
+    def start_snapshots(self, interval_s: float = 10.0, registry: CollectorRegistry = REGISTRY) -> "Snapshotter":
+        """Snapshot ``registry`` every ``interval_s`` from a daemon thread until the returned handle's ``stop()``.
+
+        For roles that want ``rlef report`` to work without Prometheus and log no scalars of their own:
+        ``snap = MetricsLog(metrics_log_path(run_dir, "actor", i), "actor", i).start_snapshots(10)``.
+        """
+        snap = Snapshotter(self, interval_s, registry)
+        snap.start()
+        return snap
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
@@ -109,6 +120,36 @@ class MetricsLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Snapshotter(threading.Thread):
+    """Background registry snapshots into a MetricsLog; ``stop()`` writes a last snapshot and closes the log."""
+
+    def __init__(self, mlog: MetricsLog, interval_s: float, registry: CollectorRegistry) -> None:
+        super().__init__(name=f"metrics-log-{mlog.path.name}", daemon=True)
+        self.mlog, self.interval_s, self.registry = mlog, interval_s, registry
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        with self._lock:
+            if self.mlog._fh is None:
+                return
+            try:
+                self.mlog.snapshot(registry=self.registry)
+            except (OSError, DataError) as exc:  # a full disk must not kill the role: log and keep trying
+                log.warning("%s: metrics snapshot failed: %s", self.mlog.path, exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=max(self.interval_s, 1.0) + 5)
+        self._snapshot()
+        with self._lock:
+            self.mlog.close()
 
 
 def sample_key(name: str, labels: Mapping[str, str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -68,3 +69,18 @@ def test_snapshot_captures_registry_samples(tmp_path):
         mlog.snapshot(step=7, registry=registry)
     (record,) = list(read_metrics_log(tmp_path / "m.jsonl"))
     assert record.step == 7 and math.isclose(record.values['rlef_test_things_total{kind="a"}'], 3.0)
+
+
+def test_periodic_snapshots(tmp_path):
+    registry = CollectorRegistry()
+    c = Counter("rlef_test_ticks_total", "ticks", registry=registry)
+    snap = MetricsLog(tmp_path / "m.jsonl", "actor", 0).start_snapshots(0.05, registry)
+    c.inc(5)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "m.jsonl").read_text() and time.monotonic() < deadline:  # a periodic snapshot landed
+        time.sleep(0.02)
+    snap.stop()
+    records = list(read_metrics_log(tmp_path / "m.jsonl"))
+    assert len(records) >= 2
+    values = [r.values["rlef_test_ticks_total"] for r in records]
+    assert values == sorted(values) and values[-1] == 5.0  # the last snapshot is taken at stop()
