@@ -60,7 +60,7 @@ MODEL_SHAPE = dict(
     head_dim=32,
     max_position_embeddings=4096,
 )
-DEFAULT_SFT_STEPS = 60
+DEFAULT_SFT_STEPS = 100  # ~15-25 s CPU on one thread (make_tiny_model's docstring has the outcome)
 SFT_LR = 3e-3
 SFT_BATCH = 8
 MARKER = "rlef_tiny_model.json"
@@ -235,11 +235,15 @@ def _check_replaceable(out_dir: Path) -> None:
         raise RlefError(f"{out_dir} exists and is not a tiny-model directory (no {MARKER}); refusing to overwrite it")
 
 
-def make_tiny_model(out_dir: Path, seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS, threads: int | None = 2) -> Path:
+def make_tiny_model(out_dir: Path, seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS, threads: int | None = 1) -> Path:
     """Build the tiny model into ``out_dir`` (replacing a previous tiny model there) and return the path.
 
-    ``sft_steps`` = 0 skips the warm start (random weights); tests use a few steps. ``threads`` fixes
-    torch's intra-op thread count during the build (determinism; None keeps the current setting).
+    ``sft_steps`` = 0 skips the warm start (random weights); tests use a few steps. With the default 100
+    steps (final loss ~0.09), sampling at temperature 1 gave a complete code block in 42/48 responses to
+    sample-train prompts, 7/48 passing all tests, and 11/12 blocks / 0 passes on valid: rewards vary, as RL
+    needs. ``threads`` fixes torch's intra-op thread count during the build (determinism, and one thread is
+    faster than two on a shared 2-core machine; None keeps the current setting). The build is written
+    to a sibling temp dir and renamed into place, so a reader never sees a half-written model.
     """
     import torch
     from transformers import GenerationConfig
@@ -290,6 +294,18 @@ def make_tiny_model(out_dir: Path, seed: int = 0, sft_steps: int = DEFAULT_SFT_S
     log.info("tiny model written to %s in %.1f s (sft %d steps, loss %s -> %s)", out_dir, meta["build_seconds"],
              sft_steps, meta["sft_first_loss"], meta["sft_final_loss"])
     return out_dir
+
+
+def is_current(model_dir: Path, seed: int = 0) -> bool:
+    """True when ``model_dir`` holds what ``make_tiny_model(model_dir, seed)`` would build now (same builder
+    version, default warm start, same tokenizer corpus): callers may reuse it instead of rebuilding."""
+    info = tiny_model_info(model_dir)
+    return (
+        info is not None
+        and info.get("seed") == seed
+        and info.get("sft_steps") == DEFAULT_SFT_STEPS
+        and info.get("corpus_sha256") == _corpus_digest(training_corpus())
+    )
 
 
 def tiny_model_info(model_dir: Path) -> dict | None:

@@ -19,13 +19,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama + ChatML tokenizer checkpoint (rlef.common.tiny_model), built once per session.
 
-    Reuses ``artifacts/tiny-model`` when it holds a complete build of the current builder version (the
-    README's setup command makes it); otherwise builds one with the default warm start into a temp dir.
+    Reuses ``artifacts/tiny-model`` when it holds what the builder would make now (the README's setup
+    command makes it); otherwise builds one with the default warm start (about a minute) into a temp dir.
     Treat it as read-only: copy it before writing into it.
     """
-    from rlef.common.tiny_model import make_tiny_model, tiny_model_info
+    from rlef.common.tiny_model import is_current, make_tiny_model
 
     artifact = REPO / "artifacts" / "tiny-model"
-    if tiny_model_info(artifact) is not None:
+    if is_current(artifact):
         return artifact
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")

