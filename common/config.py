@@ -9,6 +9,7 @@ the dotted key and the file they came from.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -263,6 +264,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
     node[keys[-1]] = value
 
 
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``a.b=value`` -> ("a.b", value); the value is parsed as YAML so numbers, booleans and lists keep their type."""
     key, sep, raw = text.partition("=")
@@ -272,21 +276,40 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML: {exc}") from exc
+    if isinstance(value, str) and _EXPONENT_FLOAT.match(raw.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string; on a command line it means a number
     return key, value
+
+
+_UNION_TAGS = ("zmq", "collective", "filesystem")  # pydantic puts the discriminated union's tag in error locations
+_DOTTED_KEY = re.compile(r"\b[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+\b")
+
+
+def _source_of(dotted: str, origin: dict[str, str]) -> str | None:
+    """Where ``dotted`` was set: the key itself, else its closest enclosing key, else a key inside it."""
+    if dotted in origin:
+        return origin[dotted]
+    enclosing = [key for key in origin if dotted.startswith(key + ".")]
+    if enclosing:
+        return origin[max(enclosing, key=len)]
+    return next((src for key, src in origin.items() if key.startswith(dotted + ".")), None)
 
 
 def _format_validation(exc: ValidationError, origin: dict[str, str]) -> str:
     lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("zmq", "collective", "filesystem"))]
-        dotted = ".".join(loc) or "(root)"
-        where = origin.get(dotted) or next(
-            (src for key, src in origin.items() if dotted.startswith(key + ".") or key.startswith(dotted + ".")), None
-        )
-        msg = err["msg"]
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+        dotted = ".".join(loc)
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {dotted}: {msg} (from {where or 'defaults'})")
+        if not dotted:
+            # A cross-section check: name each key its message mentions, with where that key was set.
+            keys = list(dict.fromkeys(_DOTTED_KEY.findall(msg)))
+            where = "; ".join(f"{key} from {origin.get(key, 'defaults')}" for key in keys) or "defaults"
+            lines.append(f"  {keys[0] if keys else '(root)'}: {msg} ({where})")
+            continue
+        lines.append(f"  {dotted}: {msg} (from {_source_of(dotted, origin) or 'defaults'})")
     return "\n".join(lines)
 
 
