@@ -1,7 +1,7 @@
 """The README's main job for real: `rlef launch` with the tiny CPU config, every role a real process.
 
 Asserts the learner stepped (its batches log, metrics log and checkpoints), the run ended by the learner with
-exit code 0 after deploy.max_batches, and no process of the run is left behind.
+exit code 0 after deploy.max_batches, no process of the run is left behind, and the report was made.
 """
 
 from __future__ import annotations
@@ -53,3 +53,5 @@ def test_rlef_launch_tiny_run_trains_and_ends_cleanly(tmp_path: Path, tiny_model
     assert any((run_dir / "checkpoints").iterdir())
     assert {p.name for p in (run_dir / "logs").glob("*.log")} >= {"learner-0.log", "actor-0.log", "executor-0.log", "executor-broker-0.log"}
     assert seen and not [pid for pid in seen if _alive(pid)]
+    # The monitoring role's `rlef report RUN_DIR` ran at the end.
+    assert (run_dir / "logs" / "report.log").exists() and any((run_dir / "report").iterdir())
