@@ -38,6 +38,7 @@ error).
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Literal
 
@@ -217,14 +218,16 @@ def _statement(test: TestCase, max_chars: int) -> str:
 
 
 def _assert_text(test_input: str) -> str:
+    """The last top-level statement of a function test (tests made by rlef.common.data start with
+    ``candidate = <entry point>`` and the check's context; the last statement is the assert or loop)."""
     text = test_input.strip("\n")
-    lines = text.split("\n")
-    # Tests made by rlef.common.data start with "candidate = <entry point>" and context; show from the last
-    # line that starts an assert (multi-line asserts keep their continuation lines).
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("assert"):
-            return "\n".join(lines[i:])
-    return text
+    try:
+        body = ast.parse(text).body
+    except SyntaxError:
+        return text
+    if not body:
+        return text
+    return ast.get_source_segment(text, body[-1]) or text
 
 
 def _plus_failure_bullet(test: TestCase, res: TestResult, max_chars: int) -> str:

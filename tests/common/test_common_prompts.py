@@ -175,7 +175,7 @@ def test_plus_feedback_failure_and_success_bullets():
         Case(input="candidate = f\nMETADATA = {}\nassert candidate(1) == 2\n", output=""),
         Case(input="candidate = f\nassert candidate(2) == 4\n", output=""),
         Case(input="candidate = f\nassert candidate(3) == 6\n", output=""),
-        Case(input="candidate = f\nassert candidate(-1) == -2\n", output=""),
+        Case(input="candidate = f\nimport math\nfor x in range(3):\n    assert candidate(x) == 2 * x\n", output=""),
     ]
     result = _result(
         [
@@ -191,7 +191,7 @@ def test_plus_feedback_failure_and_success_bullets():
         "- Failure: assert candidate(1) == 2\n"
         "- Success: assert candidate(2) == 4\n"
         "- Failure: assert candidate(3) == 6\nTypeError: bad operand\n"
-        "- Failure: assert candidate(-1) == -2\nExecution took too long.\n\n"
+        "- Failure: for x in range(3):\n    assert candidate(x) == 2 * x\nExecution took too long.\n\n"
         "Give it another try.\n" + INSTR
     )
     assert render_feedback(_problem(kind="function"), tests, result, max_chars=200, max_tests=None, template="mbpp") == text
