@@ -54,14 +54,16 @@ class LogData:
         self.start = min(times) if times else math.nan
         self.end = max(times) if times else math.nan
 
-    def scalar(self, key: str) -> dict[str, Points]:
-        """Values of a scalar key, one series per process that logged it (label: role-id when several)."""
+    def scalar(self, key: str, role: str | None = None) -> dict[str, Points]:
+        """Values of a scalar key, one series per process (of ``role``) that logged it (label: role-id when several)."""
         out: dict[str, Points] = {}
-        for (role, pid), recs in self.by_process.items():
+        for (proc_role, pid), recs in self.by_process.items():
+            if role is not None and proc_role != role:
+                continue
             pts = [(r.time, r.values[key]) for r in recs if r.values.get(key) is not None]
             if pts:
                 t, v = zip(*pts)
-                out[f"{role}-{pid}"] = (np.array(t), np.array(v, dtype=float))
+                out[f"{proc_role}-{pid}"] = (np.array(t), np.array(v, dtype=float))
         if len(out) == 1:
             return {"": next(iter(out.values()))}
         return out
@@ -158,10 +160,10 @@ def _one(p: Points | None) -> dict[str, Points]:
     return {"": p} if p is not None else {}
 
 
-def _keys(*keys: str) -> Callable[[LogData], dict[str, Points]]:
+def _keys(*keys: str, role: str | None = None) -> Callable[[LogData], dict[str, Points]]:
     def get(data: LogData) -> dict[str, Points]:
         for key in keys:
-            found = data.scalar(key)
+            found = data.scalar(key, role)
             if found:
                 return found
         return {}
@@ -207,13 +209,14 @@ FIGURES = [
     Figure("throughput", "Throughput", [
         Axes("Rollouts per second", "rollouts/s", [
             Series("sent by actors", "rlef:actor_rollouts:rate1m",
-                   _first(lambda d: _one(d.rate("rlef_actor_rollouts_sent_total")), _keys("throughput/rollouts_per_s"))),
-            Series("trained by learner", "rlef:learner_rollouts:rate1m", lambda d: _one(d.rate("rlef_learner_rollouts_consumed_total"))),
+                   _first(lambda d: _one(d.rate("rlef_actor_rollouts_sent_total")), _keys("throughput/rollouts_per_s", role="actor"))),
+            Series("trained by learner", "rlef:learner_rollouts:rate1m",
+                   _first(lambda d: _one(d.rate("rlef_learner_rollouts_consumed_total")), _keys("throughput/rollouts_per_s", role="learner"))),
         ]),
         Axes("Tokens per second", "tokens/s", [
             Series("generated", "rlef:actor_generated_tokens:rate1m",
-                   _first(lambda d: _one(d.rate("rlef_actor_generated_tokens_total")), _keys("throughput/tokens_per_s"))),
-            Series("trained", "rlef:learner_tokens:rate1m", _keys("rlef_learner_tokens_per_second")),
+                   _first(lambda d: _one(d.rate("rlef_actor_generated_tokens_total")), _keys("throughput/tokens_per_s", role="actor"))),
+            Series("trained", "rlef:learner_tokens:rate1m", _keys("throughput/tokens_per_s", "rlef_learner_tokens_per_second", role="learner")),
         ]),
         Axes("Executor tests per second", "tests/s", [
             Series("all statuses", "sum(rlef:executor_tests:rate1m)", lambda d: _one(d.rate("rlef_executor_tests_total"))),
