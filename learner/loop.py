@@ -141,7 +141,8 @@ class Learner:
             self.hub.buffer.compact_spool()
         self.last_saved_step = self.ppo.step
         M.CHECKPOINT_SECONDS.observe(time.perf_counter() - t0)
-        log.info("checkpoint %s (step %d, version %d)", path, self.ppo.step, self.version)
+        if self.rank == 0:
+                log.info("checkpoint %s (step %d, version %d)", path, self.ppo.step, self.version)
 
     def record(self, rollouts: list[Rollout], stats: dict, updates: list[dict], seconds: dict) -> None:
         last = updates[-1]
