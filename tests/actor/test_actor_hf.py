@@ -193,7 +193,10 @@ def test_episodes_with_a_weight_update_mid_run(tiny_model_dir, tokenizer, execut
     assert runner.errors == [] and len(records) == 12 and sync.applied == [1]
     versions = [t.generation.policy_version for r in records for t in r.turns]
     assert 0 in versions and 1 in versions
-    assert records[0].rollout.turns[0].policy_version == 0 and records[-1].rollout.turns[-1].policy_version == 1
+    first = min(records, key=lambda r: int(r.rollout.rollout_id.rsplit("-", 1)[1]))
+    last = max(records, key=lambda r: int(r.rollout.rollout_id.rsplit("-", 1)[1]))
+    # The first episode ran before the update; the last one started after 8 had finished, long after it.
+    assert first.rollout.turns[0].policy_version == 0 and last.rollout.turns[-1].policy_version == 1
     for record in records:
         rollout = decode(encode(record.rollout), Rollout)
         assert [t.policy_version for t in rollout.turns] == sorted(t.policy_version for t in rollout.turns)
