@@ -353,6 +353,12 @@ def _limits(size: int, nested: int) -> dict[str, int]:
     }
 
 
+# The first pass's limits for frames of at least this size: a str or bin declared longer than the frame is
+# rejected by msgpack as incomplete input before it allocates, so only the container limits matter there.
+_FIRST_PASS_MIN = MAX_NESTED_LEN
+_FIRST_PASS = {**_limits(_FIRST_PASS_MIN, MAX_NESTED_LEN), "max_str_len": MAX_STR_BYTES, "max_bin_len": MAX_BIN_BYTES}
+
+
 def _unpack_error(exc: BaseException) -> MessageError:
     # ExtraData's text quotes the whole decoded object: name the class only.
     detail = "" if isinstance(exc, msgpack.ExtraData) else f": {exc}"
@@ -393,7 +399,8 @@ def _unpack(frame: bytes, max_frame: int) -> Any:
     if size > max_frame:
         raise MessageError(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
     try:
-        return msgpack.unpackb(frame, raw=False, strict_map_key=True, **_limits(size, MAX_NESTED_LEN))
+        limits = _FIRST_PASS if size >= _FIRST_PASS_MIN else _limits(size, MAX_NESTED_LEN)
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, **limits)
     except ValueError as exc:
         if "exceeds max_array_len" not in str(exc):
             raise _unpack_error(exc) from None
