@@ -15,6 +15,7 @@ Every figure is printed with its ratio against the baseline measured in the same
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -130,35 +131,39 @@ def main() -> None:
     print(f"ours, through broker + executor (W=1):         {rate(t_service):8.1f} tests/s  "
           f"{t_bare / t_service:5.2f}x A  {t_jail / t_service:5.2f}x B")
 
-    section("2. service throughput as the pool grows (8 jobs x 50 tests in flight)")
-    base = None
-    for workers in [int(w) for w in args.workers.split(",")]:
-        with tempfile.TemporaryDirectory() as logs, start_executor_service(Path(logs), workers=workers) as service:
-            with Transport(TransportConfig()) as transport:
-                client = ExecutionClient(transport, service.frontend, client_id="bench", timeout_s=300)
-                through_service(client, [job(make_tests(5)) for _ in range(workers)])  # warm every slot
-                elapsed = best(lambda: through_service(client, [job(make_tests(50)) for _ in range(8)]), args.repeats)
-                client.close()
-        tps = 400 / elapsed
-        base = base or tps
-        print(f"W={workers}: {tps:8.1f} tests/s  {tps / base:5.2f}x W=1")
+    section(f"2. service throughput as the pool grows (8 jobs x 50 tests in flight, best of {args.repeats} interleaved rounds)")
+    sizes = [int(w) for w in args.workers.split(",")]
+    with contextlib.ExitStack() as stack:
+        transport = stack.enter_context(Transport(TransportConfig()))
+        clients = {}
+        for workers in sizes:
+            logs = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            service = stack.enter_context(start_executor_service(logs, workers=workers))
+            clients[workers] = client = ExecutionClient(transport, service.frontend, client_id=f"bench-w{workers}", timeout_s=300)
+            stack.callback(client.close)
+            through_service(client, [job(make_tests(5)) for _ in range(workers)])  # warm every slot
+        elapsed: dict[int, list[float]] = {w: [] for w in sizes}
+        for _ in range(args.repeats):
+            for workers, client in clients.items():
+                elapsed[workers].append(best(lambda: through_service(client, [job(make_tests(50)) for _ in range(8)]), 1))
+    base = 400 / min(elapsed[sizes[0]])
+    for workers in sizes:
+        tps = 400 / min(elapsed[workers])
+        print(f"W={workers}: {tps:8.1f} tests/s  {tps / base:5.2f}x W={sizes[0]}")
 
-    section(f"3. broker overhead: {args.empty_jobs} empty jobs one at a time (median latency)")
+    section(f"3. broker overhead: {args.empty_jobs} empty jobs one at a time, alternating (median latency)")
     empty = [TestCase(input="", output="")]
-
-    def latencies(run) -> list[float]:
-        out = []
-        for _ in range(args.empty_jobs):
-            start = time.perf_counter()
-            run()
-            out.append(time.perf_counter() - start)
-        return out
-
-    direct = latencies(lambda: sandbox.run("", empty, LIMITS))
+    direct, brokered = [], []
     with tempfile.TemporaryDirectory() as logs, start_executor_service(Path(logs), workers=1) as service:
         with Transport(TransportConfig()) as transport:
             client = ExecutionClient(transport, service.frontend, client_id="bench", timeout_s=60)
-            brokered = latencies(lambda: through_service(client, [job(empty, code="")]))
+            for _ in range(args.empty_jobs):
+                start = time.perf_counter()
+                sandbox.run("", empty, LIMITS)
+                direct.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                through_service(client, [job(empty, code="")])
+                brokered.append(time.perf_counter() - start)
             client.close()
     d, b = statistics.median(direct), statistics.median(brokered)
     print(f"in-process sandbox:        {d * 1000:7.2f} ms/job  (baseline)")

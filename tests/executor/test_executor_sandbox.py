@@ -287,3 +287,69 @@ def test_binary_stdio_like_python3(sandbox: Sandbox) -> None:
     assert outcome.tests[0].status == "pass", outcome.tests
     outcome = sandbox.run("print(sum(map(int, open(0).read().split())))", [Case(input="1 2 3", output="6")], LIMITS)
     assert outcome.tests[0].status == "pass", outcome.tests
+
+
+def test_jail_dying_mid_job_is_retried_in_a_fresh_jail() -> None:
+    import uuid
+
+    from rlef.common.messages import ExecutionJob
+    from rlef.executor.jobs import execute
+
+    config = ExecutorConfig()
+    sandbox = Sandbox(config)
+    job = ExecutionJob(job_id=uuid.uuid4().hex, code="import time\ntime.sleep(0.1)\nprint(input())\n",
+                       tests=[Case(input=str(i), output=str(i)) for i in range(8)], limits=LIMITS)
+    killed: list[int] = []
+
+    def kill_first_jail() -> None:
+        while sandbox._proc is None:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        proc = sandbox._proc
+        assert proc is not None
+        killed.append(proc.pid)
+        proc.kill()  # the whole jail dies under the runner: our fault, not the program's
+
+    killer = threading.Thread(target=kill_first_jail)
+    killer.start()
+    result = execute(job, sandbox, config, "w")
+    killer.join()
+    assert killed
+    assert result.passed, result
+    assert [t.status for t in result.tests] == ["pass"] * 8
+    sandbox.close()
+
+
+def test_jail_dying_twice_is_a_sandbox_error_not_the_programs_fault() -> None:
+    import uuid
+
+    from rlef.common.messages import ExecutionJob
+    from rlef.executor.jobs import execute
+
+    config = ExecutorConfig()
+    sandbox = Sandbox(config)
+    job = ExecutionJob(job_id=uuid.uuid4().hex, code="import time\ntime.sleep(0.1)\nprint(input())\n",
+                       tests=[Case(input=str(i), output=str(i)) for i in range(20)], limits=LIMITS)
+    done = threading.Event()
+
+    def keep_killing() -> None:
+        seen: set[int] = set()
+        while not done.is_set():
+            proc = sandbox._proc
+            if proc is not None and proc.pid not in seen:
+                time.sleep(0.2)
+                seen.add(proc.pid)
+                proc.kill()
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=keep_killing)
+    killer.start()
+    try:
+        result = execute(job, sandbox, config, "w")
+    finally:
+        done.set()
+        killer.join()
+        sandbox.close()
+    assert result.status == "sandbox_error"
+    assert "exited mid-job" in result.error
+    assert result.tests_total == 20
