@@ -52,6 +52,19 @@ def _load_pair(directory: Path, name: str) -> tuple[bytes, bytes]:
     return public, secret
 
 
+def _apply_options(sock: zmq.Socket, endpoint: str, options: dict[str, Any]) -> None:
+    """Per-socket extras by lower-case ZeroMQ option name (``rcvtimeo=1000``); a bad one closes the socket."""
+    for name, value in options.items():
+        option = getattr(zmq, name.upper(), None)
+        try:
+            if not isinstance(option, int):
+                raise ValueError("no such ZeroMQ socket option")
+            sock.setsockopt(option, value)
+        except (ValueError, TypeError, zmq.ZMQError) as exc:
+            sock.close(0)
+            raise TransportError(f"socket for {endpoint}: option {name}={value!r}: {exc}") from exc
+
+
 class Transport:
     """One ZeroMQ context per process, with the project's socket options and optional CURVE.
 
@@ -115,8 +128,7 @@ class Transport:
             sock.curve_server = True
             sock.curve_publickey = public
             sock.curve_secretkey = secret
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name.upper()), value)
+        _apply_options(sock, endpoint, options)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -136,8 +148,7 @@ class Transport:
             sock.curve_publickey = public
             sock.curve_secretkey = secret
             sock.curve_serverkey = self._server_public
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name.upper()), value)
+        _apply_options(sock, endpoint, options)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:

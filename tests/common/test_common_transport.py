@@ -117,6 +117,15 @@ def test_frames_over_max_message_bytes_never_arrive() -> None:
             assert received(server, DELIVER_MS) == [[b"y" * 1024]]
 
 
+@pytest.mark.parametrize("option", [{"no_such_option": 1}, {"rcvtimeo": "soon"}, {"linger": None}])
+def test_bad_extra_option_is_a_transport_error(plain: Transport, option: dict) -> None:
+    name = next(iter(option))
+    with pytest.raises(TransportError, match=f"option {name}="):
+        plain.server(zmq.PULL, LOOPBACK, **option)
+    with pytest.raises(TransportError, match=f"option {name}="):
+        plain.client(zmq.PUSH, "tcp://127.0.0.1:9", **option)
+
+
 def test_router_mandatory_raises_on_unroutable_reply(plain: Transport) -> None:
     router = plain.server(zmq.ROUTER, LOOPBACK)
     with pytest.raises(zmq.ZMQError) as info:
