@@ -144,3 +144,22 @@ def test_metrics_are_served(tmp_path: Path) -> None:
     assert "rlef_executor_broker_workers_alive 1.0" in broker
     assert 'rlef_executor_broker_jobs_total{outcome="completed"}' in broker
     assert "rlef_executor_broker_queue_depth 0.0" in broker
+
+
+@pytest.mark.slow
+def test_service_over_curve(tmp_path: Path) -> None:
+    from rlef.common.transport import generate_keys
+
+    keys = generate_keys(tmp_path / "keys")
+    overrides = [f"transport.curve_keys_dir={keys}"]
+    # The readiness probe speaks plain TCP, which CURVE refuses: start without it and probe securely here.
+    with start_executor_service(tmp_path / "logs", workers=1, overrides=overrides, ready_timeout_s=0) as service:
+        secure = TransportConfig(curve_keys_dir=keys)
+        with Transport(secure) as transport:
+            client = ExecutionClient(transport, service.frontend, client_id="curve", timeout_s=60)
+            assert client.run_sync(slow_job(tests=2, seconds=0)).passed
+            client.close()
+        with Transport(TransportConfig()) as transport:  # no keys: no handshake, no answer
+            client = ExecutionClient(transport, service.frontend, client_id="plain", timeout_s=1.0)
+            assert client.run_sync(slow_job(tests=1, seconds=0)).error
+            client.close()

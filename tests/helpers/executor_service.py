@@ -130,7 +130,8 @@ def start_executor_service(
         service.start_broker()
         for _ in range(executors):
             service.add_executor()
-        service.wait_ready(ready_timeout_s)
+        if ready_timeout_s > 0:  # 0: the caller checks readiness itself (e.g. over CURVE)
+            service.wait_ready(ready_timeout_s)
         yield service
     finally:
         service.stop()
