@@ -92,6 +92,7 @@ def shell_env(config: RlefConfig, p: HetPlan) -> dict[str, str]:
         "RLEF_CONTROL_PORT": str(config.endpoints.control_port),
         "RLEF_START_PROMETHEUS": "1" if config.monitoring.enabled and config.monitoring.start_prometheus else "0",
         "RLEF_PROMETHEUS_PORT": str(config.monitoring.prometheus_port),
+        "RLEF_SCRAPE_INTERVAL": f"{config.monitoring.scrape_interval_s:g}",
     }
 
 

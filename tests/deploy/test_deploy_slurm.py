@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,17 @@ wait
     assert (tmp_path / "slurm" / "next-actor-index").read_text().strip() == "17"
 
 
+def _up_jobs(port: int) -> set[str]:
+    """Jobs with a target Prometheus scraped successfully (up == 1)."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?query=up"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            result = json.load(resp)["data"]["result"]
+    except (OSError, ValueError, KeyError):
+        return set()  # not up yet
+    return {r["metric"].get("job", "") for r in result if r["value"][1] == "1"}
+
+
 def _batches(run_dir: Path) -> list[dict]:
     path = run_dir / "learner" / "batches.jsonl"
     if not path.exists():
@@ -131,6 +143,7 @@ def test_hetjob_trains_and_added_actor_feeds_the_learner(slurm: dict, tmp_path: 
     """The real heterogeneous job with the tiny CPU config, then an add-actors job whose rollouts the learner trains on."""
     free = with_free_ports(load_config(ROOT / "configs" / "tiny-cpu.yaml"))
     ep = free.endpoints
+    prom_port = free_port_block(1, set())
     overrides = [
         f"run.output_dir={tmp_path}", "run.name=slurm", f"model.path={tiny_model_dir}", "learner.total_updates=1000",
         "deploy.max_batches=1000", f"endpoints.rollout_port={ep.rollout_port}", f"endpoints.weights_port={ep.weights_port}",
@@ -138,6 +151,7 @@ def test_hetjob_trains_and_added_actor_feeds_the_learner(slurm: dict, tmp_path: 
         f"endpoints.broker_backend_port={ep.broker_backend_port}", f"learner.metrics_port={free.learner.metrics_port}",
         f"executor.metrics_port={free.executor.metrics_port}", f"actor.metrics_port={free.actor.metrics_port}",
         "learner.batch_rollouts=4", "learner.updates_per_batch=2",
+        "monitoring.start_prometheus=true", f"monitoring.prometheus_port={prom_port}", "monitoring.scrape_interval_s=1",
     ]  # fmt: skip
     env = {**slurm, "RLEF_RDZV_PORT": str(free_port_block(1, set()))}
     out = run(["bash", str(SUBMIT), "configs/tiny-cpu.yaml", *overrides], env)
@@ -148,6 +162,9 @@ def test_hetjob_trains_and_added_actor_feeds_the_learner(slurm: dict, tmp_path: 
     try:
         wait_for(lambda: len(_batches(run_dir)) >= 2, 420, "two learner batches", job, env)
         assert _batches(run_dir)[1]["step"] > _batches(run_dir)[0]["step"]
+        # Prometheus started by the job on the batch host scrapes every role through the allocation's targets.
+        wait_for(lambda: _up_jobs(prom_port) >= {"learner", "actor", "executor", "executor-broker"}, 120,
+                 "Prometheus to scrape every role", job, env)  # fmt: skip
         add = run(["timeout", "30", "sbatch", "--parsable", "--ntasks=1", f"--output={run_dir}/slurm/add-%j.out",
                    f"--export=ALL,RLEF_HOME={ROOT}", str(ADD_ACTORS), str(run_dir)], env)  # fmt: skip
         assert add.returncode == 0, add.stderr
