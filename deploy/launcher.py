@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from rlef.common.config import RlefConfig, dump_config
+from rlef.common.errors import ConfigError
 from rlef.deploy.process import Backoff, ProcessSpec
 from rlef.deploy.specs import metrics_targets, rlef_command, role_specs
 from rlef.deploy.supervisor import Supervisor, summary
@@ -86,6 +87,11 @@ def launch(
     grace_s: float = 15.0,
 ) -> int:
     """Run everything until the learner exits or a signal comes; returns the learner's exit code (or 128+sig)."""
+    if config.deploy.learner_nodes != 1:
+        raise ConfigError(
+            f"deploy.learner_nodes is {config.deploy.learner_nodes}: rlef launch runs on one machine "
+            "(use deploy/slurm/submit.sh or the Helm chart in deploy/k8s for several nodes)"
+        )
     config_path = prepare_run_dir(config)
     run_dir = config.run.run_dir
     specs = role_specs(config, config_path.resolve(), resume=resume)

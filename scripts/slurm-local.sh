@@ -4,7 +4,7 @@
 #   scripts/slurm-local.sh start   # generate $DIR/slurm.conf, start munged, slurmctld, slurmd n1..n3
 #   scripts/slurm-local.sh env     # print `export SLURM_CONF=...` (eval it before sbatch/squeue/srun)
 #   scripts/slurm-local.sh status  # sinfo
-#   scripts/slurm-local.sh stop    # stop the daemons this script started (by their pid files)
+#   scripts/slurm-local.sh stop    # stop slurmctld/slurmd (by their pid files); munged, a shared system daemon, stays
 #
 # DIR defaults to /tmp/rlef-slurm (RLEF_SLURM_DIR); ports: slurmctld RLEF_SLURM_CTLD_PORT (default 16817),
 # slurmd RLEF_SLURM_NODE_PORT..+2 (default 17001). Why these settings (../shared/reference/platform-notes):

@@ -39,6 +39,13 @@ def test_role_specs_follow_the_config(tmp_path: Path) -> None:
     assert "--resume" in role_specs(cfg, tmp_path / "c.yaml", resume=True)[3].argv
 
 
+def test_launch_refuses_several_learner_nodes(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "rlef.common.cli", "launch", "--config", str(TINY), f"run.output_dir={tmp_path}",
+                          "deploy.learner_nodes=2"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "deploy.learner_nodes is 2" in out.stderr, out.stderr
+    assert not (tmp_path / "tiny-cpu" / "logs").exists()
+
+
 def test_metrics_targets_follow_the_port_rule() -> None:
     cfg = load_config(TINY, ["deploy.actors=2", "deploy.executors=2", "learner.metrics_port=7100",
                              "executor.metrics_port=7200", "actor.metrics_port=7300"])  # fmt: skip
