@@ -6,6 +6,8 @@ e.g. uuid4). No call ever hangs: after ``timeout_s`` a job is answered locally w
 
 - ``await run(job)`` / ``await run_many(jobs)``: with a ``Transport(config, asyncio=True)``.
 - ``run_sync(job)`` / ``run_many_sync(jobs)``: with a plain ``Transport(config)``, for scripts.
+
+One client per event loop (async) or per thread (sync): like its ZeroMQ socket, it is not thread-safe.
 """
 
 from __future__ import annotations

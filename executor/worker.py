@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import zmq
@@ -69,7 +70,8 @@ class ExecutorPool:
             sandbox.close()
 
     def _connect(self, index: int) -> tuple[zmq.Socket, str]:
-        identity = f"{self.executor_id}/{index}/{next(self._connections)}"
+        # Unique even when two executors were given the same id (a ROUTER ignores a duplicate identity).
+        identity = f"{self.executor_id}/{index}/{next(self._connections)}{uuid.uuid4().hex[:6]}"
         sock = self.transport.client(zmq.DEALER, self.backend, identity=identity.encode())
         return sock, identity
 
