@@ -353,3 +353,11 @@ def test_jail_dying_twice_is_a_sandbox_error_not_the_programs_fault() -> None:
     assert result.status == "sandbox_error"
     assert "exited mid-job" in result.error
     assert result.tests_total == 20
+
+
+def test_time_limit_bounds_cpu_time_and_wall_clock_is_a_multiple(sandbox: Sandbox) -> None:
+    """As in the reference harness: the limit is CPU time; waiting (sleep) is bounded by limit x wall factor."""
+    assert ExecutorConfig().wall_time_factor >= 1.5
+    outcome = sandbox.run("import time\ntime.sleep(1.3)\nprint(input())\n", [Case(input="ok", output="ok")], LIMITS)
+    assert outcome.tests[0].status == "pass", outcome.tests
+    assert outcome.tests[0].time_s >= 1.3
