@@ -48,7 +48,7 @@ def test_vllm_backend_generates_matches_hf_and_reloads_in_place(tiny_model_dir, 
 
         # 3. In-place reload while a request is in flight: the request completes (labelled with the version it
         #    started under), later requests see the new weights.
-        long = asyncio.create_task(engine.generate(prompts[0], Sampling(max_new_tokens=200, stop_token_ids=(eos,))))
+        long = asyncio.create_task(engine.generate(prompts[0], Sampling(max_new_tokens=64, stop_token_ids=(eos,))))
         await asyncio.sleep(0.3)
         new = {k: v.clone() for k, v in state.items()}
         new["lm_head.weight"].zero_()
