@@ -181,7 +181,7 @@ class ControlServer:
     def _bad(self, identity: bytes, reason: str) -> None:
         self.bad_messages += 1
         M.CONTROL_BAD_MESSAGES.inc()
-        if identity not in self._bad_logged:
+        if identity not in self._bad_logged and len(self._bad_logged) < 1000:  # log once per peer
             self._bad_logged.add(identity)
             log.warning("control hub: dropped a bad message from %r: %s", identity[:64], reason)
 
@@ -247,7 +247,8 @@ class ControlClient:
         self._beat_now = threading.Event()
         self._stop = threading.Event()
         self._listeners: list[Callable[[int], None]] = []
-        self._sock = transport.client(zmq.DEALER, endpoint)
+        # immediate: while the hub is away messages fail at once (the loop re-sends) instead of queueing up.
+        self._sock = transport.client(zmq.DEALER, endpoint, immediate=1)
         self._thread = threading.Thread(target=self._run, name=f"control-{client_id}", daemon=True)
         self._thread.start()
 

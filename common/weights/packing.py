@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -44,14 +45,54 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
 
+class _RegionPool:
+    """Recycles the memory of payload buffers. Mapping fresh memory is the costliest step of receiving a
+    version on this machine (page faults: 2-3x the copy; MAP_POPULATE helps but still zeroes every page),
+    so a buffer whose every tensor view is gone is reused for the next version of the same size.
+
+    Safety rests on reference counts: ``torch.frombuffer`` keeps the mmap referenced from the tensor's
+    storage until the last view of it dies, so a region whose only references are the pool's is free.
+    Only ``keep`` regions are retained; a region still in use when it drops out of the pool is simply freed
+    by its last view.
+    """
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._regions: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+        self.reused = 0
+
+    def _free(self, index: int) -> bool:
+        # References: the list slot and getrefcount's argument; any more means a live view.
+        return sys.getrefcount(self._regions[index]) <= 2
+
+    def tensor(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            # Index, never iterate: a loop variable (or enumerate's tuple) would hold a reference itself.
+            for index in range(len(self._regions)):
+                if len(self._regions[index]) == nbytes and self._free(index):
+                    self.reused += 1
+                    return torch.frombuffer(self._regions[index], dtype=torch.uint8)
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+            region = mmap.mmap(-1, nbytes, flags=flags)
+            out = torch.frombuffer(region, dtype=torch.uint8)  # keeps ``region`` alive as long as any view
+            self._regions.append(region)
+            del region
+            while len(self._regions) > self.keep:
+                drop = next((i for i in range(len(self._regions) - 1) if self._free(i)), 0)
+                self._regions.pop(drop)
+            return out
+
+
+_POOL = _RegionPool()
+
+
 def populated(nbytes: int) -> torch.Tensor:
-    """A zeroed uint8 tensor whose pages the kernel maps in one go (MAP_POPULATE): writing 1 GB into fresh
-    memory page by page cost 2-3x more than the copy itself (page faults), measured on this machine."""
+    """A uint8 tensor of ``nbytes`` for a payload: recycled from an earlier version's buffer whose views are
+    all gone, else freshly mapped with MAP_POPULATE. Its content is undefined: callers write every byte."""
     if nbytes == 0:
         return torch.empty(0, dtype=torch.uint8)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-    region = mmap.mmap(-1, nbytes, flags=flags)
-    return torch.frombuffer(region, dtype=torch.uint8)  # keeps ``region`` alive as long as any view
+    return _POOL.tensor(nbytes)
 
 
 def _align(n: int) -> int:
@@ -105,7 +146,10 @@ def pack(version: int, state_dict: Mapping[str, torch.Tensor], chunk_bytes: int)
     view = memoryview(payload.numpy()).cast("B")
     hasher = hashlib.sha256()
     hashed = 0
+    end_of_previous = 0
     for spec, tensor in zip(specs, state_dict.values()):
+        payload[end_of_previous : spec.offset].zero_()  # alignment padding (the buffer may be recycled)
+        end_of_previous = spec.offset + spec.nbytes
         if spec.nbytes:
             payload[spec.offset : spec.offset + spec.nbytes].copy_(
                 tensor.detach().reshape(-1).contiguous().view(torch.uint8)
@@ -164,9 +208,20 @@ def pack_frames(
         frame = region[at : at + len(prefix) + size + len(suffix)]
         at += len(frame)
         frame[: len(prefix)] = prefix
-        frame[len(prefix) + size :] = suffix  # the data in between starts zeroed: padding stays zero
+        frame[len(prefix) + size :] = suffix
         frames.append(frame)
         data.append(frame[len(prefix) : len(prefix) + size])
+    gaps = []  # alignment padding between tensors: zeroed explicitly (the region may be recycled)
+    end_of_previous = 0
+    for spec in specs:
+        gaps.append((end_of_previous, spec.offset))
+        end_of_previous = spec.offset + spec.nbytes
+    for start, stop in gaps:
+        while start < stop:
+            index, within = divmod(start, chunk_bytes)
+            step = min(stop - start, chunk_bytes - within)
+            data[index][within : within + step] = bytes(step)
+            start += step
     for spec, tensor in zip(specs, state_dict.values()):
         if not spec.nbytes:
             continue

@@ -187,6 +187,8 @@ class ZmqPublisher(WeightPublisher):
                 now = time.monotonic()
                 if now - last_gauge > 1.0:
                     last_gauge = now
+                    for identity in [i for i, seen in self._receivers.items() if now - seen > _RECEIVER_WINDOW_S]:
+                        del self._receivers[identity]  # restarted receivers come back under a new identity
                     M.RECEIVERS.labels(NAME).set(self.receivers())
         finally:
             self._sock.close(0)
@@ -194,7 +196,7 @@ class ZmqPublisher(WeightPublisher):
     def _bad(self, identity: bytes, reason: str) -> None:
         self.bad_messages += 1
         M.HUB_BAD_MESSAGES.labels(NAME).inc()
-        if identity not in self._bad_logged:  # log once per peer, count every time
+        if identity not in self._bad_logged and len(self._bad_logged) < 1000:  # log once per peer, count every time
             self._bad_logged.add(identity)
             log.warning("weights hub: dropped a bad message from %r: %s", identity[:64], reason)
 
@@ -318,7 +320,8 @@ class ZmqReceiver(WeightReceiver):
         self.poll_interval_s = poll_interval_s
         self.stall_timeout_s = stall_timeout_s
         identity = f"{receiver_id}/{uuid.uuid4().hex[:8]}".encode()
-        self._sock = transport.client(zmq.DEALER, endpoint, identity=identity)
+        # immediate: while the hub is away requests fail at once instead of piling up for a burst of answers.
+        self._sock = transport.client(zmq.DEALER, endpoint, identity=identity, immediate=1)
         self._cond = threading.Condition()
         self._ready: ReceivedWeights | None = None
         self._version = -1

@@ -101,3 +101,39 @@ def test_framed_packing_carries_the_same_payload_as_flat_packing() -> None:
     assert b"".join(bytes(d) for d in framed.data) == bytes(flat.view)
     for i, frame in enumerate(framed.frames):
         assert bytes(frame) == encode(WeightsChunk(version=4, index=i, data=bytes(flat.chunk(i))))
+
+
+def test_recycled_buffers_are_reused_only_when_every_view_is_gone() -> None:
+    from rlef.common.weights.packing import _RegionPool
+
+    pool = _RegionPool(keep=2)
+    first = pool.tensor(1 << 16)
+    view = first[100:200].view(torch.int32)
+    del first
+    second = pool.tensor(1 << 16)  # ``view`` still uses the first region: a new one is mapped
+    assert pool.reused == 0 and second.data_ptr() != view.data_ptr() - 100
+    del view
+    third = pool.tensor(1 << 16)
+    assert pool.reused == 1
+    assert third.data_ptr() != second.data_ptr()  # the region in use is never handed out twice
+
+
+def test_packing_into_a_dirty_recycled_buffer_still_zeroes_the_padding() -> None:
+    from rlef.common.weights.packing import _POOL
+
+    sd = state_dict(6)
+    reused = _POOL.reused
+    for _ in range(3):  # later rounds reuse the earlier rounds' (dirtied) regions
+        flat = pack(1, sd, chunk_bytes=64)
+        framed = pack_frames(1, sd, 64, lambda i, n: chunk_frame_parts(1, i, n))
+        expected = bytearray(flat.manifest.total_bytes)
+        for spec, tensor in zip(flat.manifest.tensors, sd.values()):
+            expected[spec.offset : spec.offset + spec.nbytes] = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        assert bytes(flat.view) == bytes(expected)
+        assert b"".join(bytes(d) for d in framed.data) == bytes(expected)
+        assert flat.manifest.sha256 == framed.manifest.sha256 == hashlib.sha256(expected).hexdigest()
+        flat.payload.fill_(0xFF)
+        for frame in framed.frames:  # dirty the whole region through the writable frames
+            frame[:] = b"\xff" * len(frame)
+        del flat, framed, frame  # the loop variable would keep the frames region in use
+    assert _POOL.reused >= reused + 2
