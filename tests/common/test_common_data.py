@@ -190,7 +190,10 @@ def test_codecontests_parquet_layout(hf_dir: Path):
     good, other = loaded.problems
     assert good.public_tests[0].input == "1 2\n" and good.public_tests[0].output == "3\n"
     assert [t.output for t in good.private_tests] == ["5\n", "0\n"]
-    assert [t.input for t in good.generated_tests] == ["9 9\n"]
+    assert good.generated_tests == []  # not read for train by default ...
+    full = load_problems("codecontests", str(hf_dir), "train", generated=True)[0]
+    assert [t.input for t in full.generated_tests] == ["9 9\n"]  # ... unless asked for
+    assert [t.output for t in load_problems("codecontests", str(hf_dir), "valid")[0].generated_tests] == ["18\n"]
     assert good.solutions == ["print(sum(map(int, input().split())))"]  # Python 3 only (language 3)
     assert good.incorrect_solutions == ["print(0)\n"]
     assert good.time_limit_s == 1.5 and good.memory_limit_bytes == 256 << 20
