@@ -20,7 +20,7 @@ from rlef.common.transport import Transport
 FAST_HEARTBEATS = ["executor.heartbeat_interval_s=0.2", "executor.heartbeat_liveness=3"]
 
 
-def slow_job(tests: int = 15, seconds: float = 0.1) -> ExecutionJob:
+def slow_job(tests: int = 30, seconds: float = 0.1) -> ExecutionJob:
     code = f"import time\ntime.sleep({seconds})\nprint(input())\n"
     return ExecutionJob(job_id=uuid.uuid4().hex, code=code, tests=[Case(input=str(i), output=str(i)) for i in range(tests)],
                         limits=Limits(time_s=5.0, memory_bytes=1 << 28))
@@ -73,7 +73,7 @@ def test_graceful_executor_stop_requeues_at_once(tmp_path: Path) -> None:
     # Long liveness: only the executor's "stop" message can make the broker requeue quickly.
     overrides = ["executor.heartbeat_interval_s=0.2", "executor.heartbeat_liveness=1000"]
     with start_executor_service(tmp_path, workers=1, executors=2, overrides=overrides) as service:
-        jobs = [slow_job(tests=10) for _ in range(2)]
+        jobs = [slow_job() for _ in range(2)]
         started = [submit_in_background(service.frontend, j) for j in jobs]
         time.sleep(0.5)
         service.kill_executor(0, signal.SIGTERM)
