@@ -86,7 +86,7 @@ def test_roles_must_alternate(tok):
 # Text drawn from everything a conversation can hold: unicode, backticks, newlines, indentation, tabs,
 # and pieces of the template's own syntax ("<|", "im_", role names) that must not break the cut.
 _ALPHABET = st.sampled_from(list("ab xyz\n\t`'\"()[]{}:=<>|_#\\") + ["é", "ß", "中", "🙂", "\u00a0", "\r", "```", "```python\n", "im_start", "<|", "|>", "user", "assistant", "    "])
-_TEXT = st.lists(_ALPHABET, max_size=40).map("".join)
+_TEXT = st.one_of(st.lists(_ALPHABET, max_size=40).map("".join), st.text(max_size=30))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
