@@ -102,7 +102,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
                 os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=8)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -135,7 +135,7 @@ def live_run(tmp_path_factory, tiny_model_dir):
         f"run.output_dir={run_dir.parent}",
         f"run.name={run_dir.name}",
         f"model.path={tiny_model_dir}",
-        "learner.batch_rollouts=8",
+        "learner.batch_rollouts=4",
         "learner.updates_per_batch=2",
         "learner.total_updates=1000000",
         "learner.checkpoint.every_batches=100000",
