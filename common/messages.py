@@ -35,10 +35,11 @@ SCHEMA_VERSION = 1
 MAX_FRAME_BYTES = 256 << 20
 MAX_STR_BYTES = 64 << 20
 MAX_BIN_BYTES = 256 << 20
-MAX_ARRAY_LEN = 1 << 20
-MAX_MAP_LEN = 1 << 16
+MAX_ARRAY_LEN = 1 << 20  # longest top-level list (decoded element by element)
+MAX_MAP_LEN = 1 << 16  # kept for importers; decode bounds every map by MAX_NESTED_LEN
 # Longest map or nested list any schema admits (turns, rewards, timings, info, capabilities, shape); only a
 # message's top-level lists (ExecutionJob/ExecutionResult.tests, WeightsManifest.tensors) may be longer.
+# A new field holding a longer map, or a longer list below the top level, must raise this bound.
 MAX_NESTED_LEN = 64
 MAX_ERROR_CHARS = 300  # Error texts quote at most this much of what the peer sent.
 
