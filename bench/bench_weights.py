@@ -6,7 +6,8 @@ Same run, same bytes, same chunk size:
 - zmq: ``ZmqPublisher`` -> ``ZmqReceiver`` (credit flow, msgpack chunks, sha256 verified, whole version);
 - collective: ``CollectivePublisher`` -> ``CollectiveReceiver`` over gloo (bucketed broadcast, sha256).
 Reported: bytes/s per receiver (payload / time from publish-done to that receiver holding the verified
-version) and the ratio to raw with the same number of receivers (target >= 0.5). Also the hashing choice:
+version; the third of three versions, i.e. steady state with recycled buffers, as in a long run) and the ratio
+to raw with the same number of receivers (target >= 0.5). Also the hashing choice:
 sha256 vs blake2b vs a plain copy of the same bytes, and publish() (copy + hash) time.
 
 Run: ``.venv/bin/python bench/bench_weights.py [--gib 1.0] [--receivers 1,2,4] [--no-collective]``.
@@ -79,27 +80,33 @@ def role_raw(port: int, total: int) -> None:
     t.close()
 
 
-def role_zmq(port: int, rid: str) -> None:
+def _report(receiver, last: int) -> None:
+    """Print one line per version (time it became whole and verified); drop it at once so its buffer can be
+    recycled for the next version, as an actor does after applying it."""
+    version = -1
+    while version < last:
+        got = receiver.poll(timeout_s=600)
+        assert got is not None, getattr(receiver, "error", None)
+        version = got.version
+        print(json.dumps({"done": time.time(), "version": version, "bytes": got.nbytes}), flush=True)
+        del got
+
+
+def role_zmq(port: int, rid: str, last: int) -> None:
     from rlef.common.weights.zmq_transport import ZmqReceiver
 
     t = transport()
     rec = ZmqReceiver(t, f"tcp://127.0.0.1:{port}", rid, credit=8, poll_interval_s=0.05)
-    got = rec.poll(timeout_s=600)
-    done = time.time()
-    assert got is not None
-    print(json.dumps({"done": done, "version": got.version, "bytes": got.nbytes, "transfer_s": got.seconds}), flush=True)
+    _report(rec, last)
     rec.close()
     t.close()
 
 
-def role_collective(port: int, world: int, rid: str) -> None:
+def role_collective(port: int, world: int, rid: str, last: int) -> None:
     from rlef.common.weights.collective import CollectiveReceiver
 
     rec = CollectiveReceiver(host="127.0.0.1", port=port, world_size=world, bucket_bytes=64 << 20, timeout_s=600, receiver_id=rid)
-    got = rec.poll(timeout_s=600)
-    done = time.time()
-    assert got is not None, rec.error
-    print(json.dumps({"done": done, "version": got.version, "bytes": got.nbytes}), flush=True)
+    _report(rec, last)
     rec.close()
 
 
@@ -108,16 +115,28 @@ def spawn(*args: str) -> subprocess.Popen:
 
 
 def collect(procs: list[subprocess.Popen]) -> list[dict]:
+    """The next line of every receiver."""
     out = []
     for p in procs:
-        stdout, _ = p.communicate(timeout=900)
-        if p.returncode != 0:
-            raise RuntimeError(f"receiver failed ({p.returncode}): {stdout}")
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
+        line = p.stdout.readline()
+        if not line:
+            p.wait(timeout=60)
+            raise RuntimeError(f"receiver exited ({p.returncode}) without reporting")
+        out.append(json.loads(line))
     return out
 
 
+def finish(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.communicate(timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"receiver failed ({p.returncode})")
+
+
 # ---------------------------------------------------------------- measurements
+
+
+VERSIONS = 3  # the last one is timed: steady state, with buffers recycled as in a long run
 
 
 def bench_raw(payload: memoryview, n: int) -> float:
@@ -134,26 +153,42 @@ def bench_raw(payload: memoryview, n: int) -> float:
         for peer in peers:
             sock.send_multipart([peer, frame], copy=False)
     results = collect(procs)
+    finish(procs)
     sock.close(0)
     t.close()
     return sum(r["done"] - start for r in results) / n
 
 
+def _versions(sd: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    # Distinct contents per version (a scaled view would alias): perturb one tensor.
+    out = []
+    for v in range(VERSIONS):
+        copy = dict(sd)
+        first = next(iter(sd))
+        copy[first] = sd[first] + v
+        out.append(copy)
+    return out
+
+
 def bench_zmq(sd: dict[str, torch.Tensor], n: int) -> tuple[float, float]:
-    """(publish seconds, mean seconds from publish-done to each receiver holding the verified version)."""
+    """(publish seconds, mean seconds from publish-done to each receiver holding the verified version), of
+    the last of VERSIONS versions."""
     from rlef.common.weights.zmq_transport import ZmqPublisher
 
     t = transport()
     port = free_port()
     pub = ZmqPublisher(t, f"tcp://127.0.0.1:{port}", chunk_bytes=CHUNK)
-    procs = [spawn("zmq", str(port), f"r{i}") for i in range(n)]
+    procs = [spawn("zmq", str(port), f"r{i}", str(VERSIONS)) for i in range(n)]
     while pub.receivers() < n:  # everybody connected and polling
         time.sleep(0.05)
-    start = time.perf_counter()
-    pub.publish(1, sd)
-    publish_s = time.perf_counter() - start
-    ready = time.time()
-    results = collect(procs)
+    for version, state in enumerate(_versions(sd), start=1):
+        start = time.perf_counter()
+        pub.publish(version, state)
+        publish_s = time.perf_counter() - start
+        ready = time.time()
+        results = collect(procs)
+        assert all(r["version"] == version for r in results), results
+    finish(procs)
     pub.close()
     t.close()
     return publish_s, sum(r["done"] - ready for r in results) / n
@@ -164,12 +199,14 @@ def bench_collective(sd: dict[str, torch.Tensor], n: int) -> float:
 
     port = free_port()
     pub = CollectivePublisher(host="127.0.0.1", port=port, world_size=n + 1, bucket_bytes=64 << 20, timeout_s=600)
-    procs = [spawn("collective", str(port), str(n + 1), f"c{i}") for i in range(n)]
+    procs = [spawn("collective", str(port), str(n + 1), f"c{i}", str(VERSIONS)) for i in range(n)]
     if not pub.formed.wait(600):  # the clock starts once every receiver joined
         raise RuntimeError(f"collective group did not form: {pub.error}")
-    pub.publish(1, sd)
-    ready = time.time()
-    results = collect(procs)
+    for version, state in enumerate(_versions(sd), start=1):
+        pub.publish(version, state)
+        ready = time.time()
+        results = collect(procs)
+    finish(procs)
     pub.close()
     return sum(r["done"] - ready for r in results) / n
 
@@ -210,9 +247,9 @@ def main() -> None:
         if kind == "raw":
             role_raw(int(rest[0]), int(rest[1]))
         elif kind == "zmq":
-            role_zmq(int(rest[0]), rest[1])
+            role_zmq(int(rest[0]), rest[1], int(rest[2]))
         else:
-            role_collective(int(rest[0]), int(rest[1]), rest[2])
+            role_collective(int(rest[0]), int(rest[1]), rest[2], int(rest[3]))
         return
 
     from rlef.common.weights.packing import pack
