@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReceivedWeights:
-    """A whole, verified version. ``tensors`` may be views of one shared buffer (treat them as read-only);
-    ``path`` is a safetensors file of this version when the transport has one (filesystem)."""
+    """A whole, verified version. ``tensors`` may be views of one shared buffer: treat them as read-only,
+    and drop this object once the engine has applied (copied) it, so the buffer can be recycled for a later
+    version. ``path`` is a safetensors file of this version when the transport has one (filesystem)."""
 
     version: int
     tensors: dict[str, torch.Tensor]

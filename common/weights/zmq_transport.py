@@ -24,7 +24,18 @@ for ``weights.stall_timeout_s`` (hub restarted, chunk lost) is restarted.
 
 Threads: the hub serves from a background thread (training never waits on receivers; ``publish`` only packs
 and hashes, once per version); each receiver transfers in a background thread (the actor never waits
-either; ``poll`` just takes the finished version). Each socket is used by exactly one thread.
+either; ``poll`` just takes the finished version) and hashes in a second one. Each socket is used by
+exactly one thread.
+
+Memory and copies: ``publish`` copies the state dict once, straight into the chunk frames (one region; the
+learner may reuse its tensors as soon as it returns); every receiver is served those frames zero-copy, and
+superseded versions are dropped at once, so the hub holds one packed version (plus any still in flight).
+A receiver parses chunk frames without copying and copies each chunk once into the version's buffer; the
+buffer of a version is recycled for a later one once every tensor view of it is gone
+(:func:`~rlef.common.weights.packing.populated`), so drop a ReceivedWeights after applying it.
+
+Versions are assumed to increase: a hub restarted from an older checkpoint announces a lower version, and a
+receiver holding a newer one waits until the hub's version passes it.
 """
 
 from __future__ import annotations
