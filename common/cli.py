@@ -41,8 +41,11 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
-    from rlef.common.tiny_model import make_tiny_model
+    from rlef.common.tiny_model import is_current, make_tiny_model
 
+    if args.if_stale and args.sft_steps is None and is_current(Path(args.dir), seed=args.seed):
+        print(f"tiny model in {args.dir} is current; not rebuilt")
+        return 0
     out = make_tiny_model(Path(args.dir), seed=args.seed, **({} if args.sft_steps is None else {"sft_steps": args.sft_steps}))
     print(f"tiny model written to {out}")
     return 0
@@ -75,6 +78,7 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--sft-steps", type=int, default=None, help="warm-start steps (default: the builder's; 0 = random weights)")
+    tiny.add_argument("--if-stale", action="store_true", help="do nothing when DIR already holds what this would build")
     tiny.set_defaults(func=_make_tiny_model)
 
     data = sub.add_parser("data", help="dataset tools")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -89,6 +90,19 @@ def test_cli_make_tiny_model(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert tiny_model_info(tmp_path / "cli")["seed"] == 3
+
+
+@pytest.mark.slow
+def test_cli_if_stale_keeps_a_current_model(tiny_model_dir: Path, tmp_path: Path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    before = (copy / "model.safetensors").stat().st_mtime_ns
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "rlef"), "make-tiny-model", str(copy), "--if-stale"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "not rebuilt" in done.stdout and (copy / "model.safetensors").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
