@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,18 @@ def test_bad_extra_option_is_a_transport_error(plain: Transport, option: dict) -
         plain.client(zmq.PUSH, "tcp://127.0.0.1:9", **option)
 
 
+def bind_when_free(transport: Transport, address: str) -> zmq.Socket:
+    """Bind ``address`` again once ZeroMQ's I/O thread has released it (closing a socket is asynchronous)."""
+    deadline = time.monotonic() + DELIVER_MS / 1000
+    while True:
+        try:
+            return transport.server(zmq.PULL, address)
+        except TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_client_reconnects_to_a_restarted_server(keys: Path) -> None:
     # A hub restarting on the same port: the connected client's later messages reach the new server
     # without any action by the client (ZeroMQ reconnects every reconnect_ivl_ms, backing off).
@@ -136,7 +149,7 @@ def test_client_reconnects_to_a_restarted_server(keys: Path) -> None:
         push.send(b"before")
         assert received(first, DELIVER_MS) == [[b"before"]]
         first.close(linger=0)
-        second = transport.server(zmq.PULL, address)
+        second = bind_when_free(transport, address)
         # Frames sent before the client notices the old connection died go down with it (ZeroMQ keeps no
         # per-message delivery guarantee: rollout accounting is by rollout_id), so keep sending until the
         # reconnected pipe carries one.
