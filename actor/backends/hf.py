@@ -1,15 +1,18 @@
 """transformers backend (the CPU default): batched ``model.generate`` across concurrently waiting requests.
 
-Requests queue up while a batch runs; when the engine frees, every queued request with the same sampling
-settings goes into the next batch (left-padded). This is static batching, not vLLM's continuous batching: a
-batch ends when its longest response does, which is acceptable for the CPU tiny-model runs it serves.
+Iteration-level batching in chunks: every step generates at most ``chunk_tokens`` tokens for a batch made of
+the unfinished requests plus every request that arrived meanwhile (same sampling settings, left-padded; the
+context is prefilled again each step, which is cheap next to the decode steps for the models this backend
+serves). Finished rows leave after at most one chunk and new episodes join at the next one, so a batch never
+waits for its longest response the way one whole ``generate`` call would (``chunk_tokens=0`` does that).
 
 Behaviour log-probs come from ``generate``'s processed scores (``output_scores``: the logits after the
 temperature / top-k / top-p processors, i.e. the distribution tokens were drawn from), so they satisfy the
 invariant stated in :mod:`rlef.actor.backends.base`. Greedy requests report the raw model log-probs.
 
-Weights: ``load_weights`` takes the same lock the generation thread holds for a batch, so a new version is
-copied in strictly between two batches; queued and in-flight episodes simply continue on the new weights.
+Weights: ``load_weights`` takes the same lock the generation thread holds for a step, so a new version is
+copied in strictly between two steps; queued and in-flight requests simply continue on the new weights (a
+response that spans an update is labelled with the version of its first chunk, the older one).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlef.actor.backends.base import Generation, GenerationBackend, ReceivedWeightsLike, Sampling
@@ -33,6 +36,9 @@ class _Request:
     prompt_ids: list[int]
     sampling: Sampling
     future: asyncio.Future
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    version: int | None = None
 
 
 def _as_tensor(value: Any):
@@ -58,9 +64,15 @@ def teacher_forced_logprobs(model: Any, prompt_ids: list[int], response_ids: lis
 class HfBackend(GenerationBackend):
     """transformers ``generate`` in one worker thread, fed by an asyncio queue; see the module docstring."""
 
-    def __init__(self, model_path: str, *, dtype: str = "float32", device: str = "cpu", seed: int = 0, max_batch: int = 64):
+    def __init__(
+        self, model_path: str, *, dtype: str = "float32", device: str = "cpu", seed: int = 0, max_batch: int = 64,
+        threads: int | None = 1, chunk_tokens: int = 16,
+    ):
         import torch
         from transformers import AutoModelForCausalLM
+
+        if threads is not None and device == "cpu":
+            torch.set_num_threads(threads)  # process-wide: the actor process runs one engine
 
         torch.manual_seed(seed)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
@@ -76,7 +88,9 @@ class HfBackend(GenerationBackend):
         self._lock = threading.Lock()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
         self._weights_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-weights")
-        self._queue: asyncio.Queue[_Request] | None = None
+        self.chunk_tokens = chunk_tokens
+        self._waiting: list[_Request] = []
+        self._wake: asyncio.Event | None = None
         self._server: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._busy = 0.0
@@ -91,10 +105,12 @@ class HfBackend(GenerationBackend):
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first call, or a new event loop (the batcher task lives on one loop)
             self._loop = loop
-            self._queue = asyncio.Queue()
+            self._waiting = []
+            self._wake = asyncio.Event()
             self._server = loop.create_task(self._serve(), name="hf-batcher")
         future = loop.create_future()
-        await self._queue.put(_Request(list(prompt_ids), sampling, future))
+        self._waiting.append(_Request(list(prompt_ids), sampling, future))
+        self._wake.set()
         return await future
 
     async def load_weights(self, received: ReceivedWeightsLike) -> None:
@@ -117,29 +133,49 @@ class HfBackend(GenerationBackend):
     # ------------------------------------------------------------------ batching
 
     async def _serve(self) -> None:
-        assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            pending = [await self._queue.get()]
-            while not self._queue.empty() and len(pending) < self.max_batch:
-                pending.append(self._queue.get_nowait())
+            if not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
             groups: dict[Sampling, list[_Request]] = {}
-            for req in pending:
-                groups.setdefault(req.sampling, []).append(req)
+            for req in batch:
+                if not req.future.done():
+                    groups.setdefault(req.sampling, []).append(req)
+            unfinished: list[_Request] = []
             for sampling, reqs in groups.items():
-                live = [r for r in reqs if not r.future.done()]
-                if not live:
-                    continue
+                longest = max(r.sampling.max_new_tokens - len(r.tokens) for r in reqs)
+                step = min(self.chunk_tokens, longest) if self.chunk_tokens > 0 else longest
+                contexts = [r.prompt_ids + r.tokens for r in reqs]
                 try:
-                    results = await loop.run_in_executor(self._thread, self._generate_batch, [r.prompt_ids for r in live], sampling)
+                    results = await loop.run_in_executor(self._thread, self._generate_batch, contexts, sampling.with_budget(step))
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting caller, which raises it
-                    for req in live:
+                    for req in reqs:
                         if not req.future.done():
                             req.future.set_exception(exc)
                     continue
-                for req, result in zip(live, results):
-                    if not req.future.done():
-                        req.future.set_result(result)
+                for req, result in zip(reqs, results):
+                    if self._advance(req, result):
+                        unfinished.append(req)
+            # Unfinished requests continue in the next step, together with everything that arrived meanwhile.
+            self._waiting = unfinished + self._waiting
+
+    @staticmethod
+    def _advance(req: _Request, chunk: Generation) -> bool:
+        """Append one chunk to ``req``; resolve it when done. True when it needs more tokens."""
+        if req.version is None:
+            req.version = chunk.policy_version
+        room = req.sampling.max_new_tokens - len(req.tokens)
+        req.tokens += chunk.token_ids[:room]
+        req.logprobs += chunk.logprobs[:room]
+        stopped = bool(req.tokens) and req.tokens[-1] in req.sampling.stop_token_ids
+        if stopped or len(req.tokens) >= req.sampling.max_new_tokens:
+            if not req.future.done():
+                req.future.set_result(Generation(req.tokens, req.logprobs, "stop" if stopped else "length", req.version))
+            return False
+        return True
 
     def _generate_batch(self, prompts: list[list[int]], sampling: Sampling) -> list[Generation]:
         import torch
