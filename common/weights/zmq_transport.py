@@ -299,15 +299,21 @@ class _Hasher:
         self._thread.join()
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            transfer, start, end = item
-            if transfer.cancelled:
-                continue
-            if start < 0:
-                self.done.put((transfer, transfer.hasher.hexdigest()))
-                continue
-            for block in range(start, end, HASH_BLOCK):
-                transfer.hasher.update(transfer.view[block : min(block + HASH_BLOCK, end)])
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._hash(*item)
+            del item  # hold no buffer while idle (it could not be recycled)
+
+    def _hash(self, transfer: _Transfer, start: int, end: int) -> None:
+        if transfer.cancelled:
+            return
+        if start < 0:
+            self.done.put((transfer, transfer.hasher.hexdigest()))
+            return
+        for block in range(start, end, HASH_BLOCK):
+            transfer.hasher.update(transfer.view[block : min(block + HASH_BLOCK, end)])
 
 
 class ZmqReceiver(WeightReceiver):
@@ -416,6 +422,7 @@ class ZmqReceiver(WeightReceiver):
                     hashed, digest = self._hasher.done.get()
                     if hashed is self._transfer:
                         self._finish(hashed, digest)
+                    del hashed  # hold no buffer while idle (it could not be recycled)
         finally:
             self._sock.close(0)
 
