@@ -123,7 +123,8 @@ async def run_actor(
         control.add_version_listener(receiver.notify)
         control.set_local_version(backend.version)
         gate = WeightSync(backend, receiver, max_policy_lag=config.actor.max_policy_lag,
-                          hub_version=lambda: control.hub_version, on_applied=control.heartbeat)
+                          hub_version=lambda: control.hub_version, hub_known=lambda: control.registered,
+                          on_applied=control.heartbeat)
         background += [
             asyncio.create_task(_register(control, config.actor.backend, instance, stop)),
             asyncio.create_task(gate.run(stop)),

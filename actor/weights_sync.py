@@ -5,7 +5,8 @@ versions) and applies each to the backend (``load_weights``: between generation 
 continue). A version that does not fit the model is rejected (counted, logged, not applied) and the actor
 keeps generating with what it holds. The hub's current version comes from the control channel; when it is
 ahead of the engine by more than ``actor.max_policy_lag``, :meth:`WeightSync.wait_fresh` blocks new episodes
-until the next version has been applied (``max_policy_lag: 0`` makes the actor synchronous).
+until the next version has been applied (``max_policy_lag: 0`` makes the actor synchronous). Until the hub has answered once, its version is unknown
+and no episode starts either (a late joiner first catches up).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class WeightSync:
         *,
         max_policy_lag: int,
         hub_version: Callable[[], int] | None = None,
+        hub_known: Callable[[], bool] | None = None,
         on_applied: Callable[[int], None] | None = None,
         poll_timeout_s: float = 0.2,
     ):
@@ -41,6 +43,7 @@ class WeightSync:
         self.receiver = receiver
         self.max_policy_lag = max_policy_lag
         self._hub_version = hub_version
+        self._hub_known = hub_known
         self._on_applied = on_applied
         self.poll_timeout_s = poll_timeout_s
         self.applied: list[int] = []
@@ -52,13 +55,19 @@ class WeightSync:
     def lag(self) -> int:
         return max(0, self.hub_version() - self.backend.version)
 
+    def fresh(self) -> bool:
+        """The hub's version is known (``hub_known``, e.g. registration answered) and the lag is within bounds."""
+        known = self._hub_known() if self._hub_known is not None else True
+        return known and self.lag() <= self.max_policy_lag
+
     async def wait_fresh(self) -> None:
-        """Return once the lag is within ``max_policy_lag``."""
-        if self.lag() <= self.max_policy_lag:
+        """Return once the hub's version is known and the lag is within ``max_policy_lag``."""
+        if self.fresh():
             return
         started = time.perf_counter()
-        log.info("version lag %d > %d: holding new episodes until weights arrive", self.lag(), self.max_policy_lag)
-        while self.lag() > self.max_policy_lag:
+        log.info("hub version %d, ours %d (max lag %d): holding new episodes until we catch up",
+                 self.hub_version(), self.backend.version, self.max_policy_lag)
+        while not self.fresh():
             await asyncio.sleep(0.05)
         M.LAG_BLOCKED_SECONDS.inc(time.perf_counter() - started)
 
