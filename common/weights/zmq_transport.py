@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -66,6 +67,7 @@ NAME = "zmq"
 _POLL_MS = 50
 _RECEIVER_WINDOW_S = 60.0
 _ZERO_COPY_BYTES = 64 << 10
+_HOST_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 _CHUNK_SUFFIX = b"\xa6schema" + msgpack.packb(schema_name(WeightsChunk))
@@ -213,9 +215,11 @@ class ZmqPublisher(WeightPublisher):
 
     def _send(self, identity: bytes, frame: bytes | memoryview) -> bool:
         try:
-            self._sock.send_multipart([identity, frame], copy=len(frame) < _ZERO_COPY_BYTES)
+            # NOBLOCK: a receiver that asks without reading (past the HWM) must not stall everybody else;
+            # its request is dropped and its stall timer makes it start over.
+            self._sock.send_multipart([identity, frame], zmq.NOBLOCK, copy=len(frame) < _ZERO_COPY_BYTES)
             return True
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: the receiver went away (ROUTER_MANDATORY)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the receiver went away (ROUTER_MANDATORY); EAGAIN: HWM
             log.info("weights hub: cannot reach receiver %r: %s", identity[:64], exc)
             return False
 
@@ -417,7 +421,13 @@ class ZmqReceiver(WeightReceiver):
                             frame = self._sock.recv(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle(frame.buffer)
+                        try:
+                            self._handle(frame.buffer)
+                        except (WeightsError, OSError, MemoryError, ValueError, RuntimeError) as exc:
+                            # e.g. a manifest too large to allocate: drop it, keep serving the actor.
+                            self._restart("error")
+                            self._bad(f"{type(exc).__name__}: {exc}")
+                            self._next_get = time.monotonic() + self.stall_timeout_s
                 while not self._hasher.done.empty():
                     hashed, digest = self._hasher.done.get()
                     if hashed is self._transfer:
@@ -469,6 +479,9 @@ class ZmqReceiver(WeightReceiver):
             if current.manifest.version == manifest.version:
                 return  # duplicate answer (a get crossed our fetches)
             self._restart("superseded")
+        if manifest.total_bytes > _HOST_MEMORY:
+            raise WeightsError(f"manifest of version {manifest.version} from {self.endpoint} announces "
+                               f"{manifest.total_bytes} bytes, more than this host's memory ({_HOST_MEMORY})")
         started = time.monotonic()
         # Ask for the first chunks before allocating: they travel while the buffer's pages are mapped.
         first = min(self.credit, manifest.num_chunks)

@@ -258,3 +258,23 @@ def test_publish_rejects_a_version_that_does_not_increase(transport: Transport) 
         pub.publish(2, {"w": torch.zeros(3)})
         with pytest.raises(WeightsError, match="must increase"):
             pub.publish(2, {"w": torch.zeros(3)})
+
+
+def test_a_manifest_too_large_to_allocate_is_dropped_and_the_receiver_survives(transport: Transport) -> None:
+    config = zmq_config()
+    sock = transport.server(zmq.ROUTER, config.endpoints.bind(config.endpoints.weights_port))
+    huge = WeightsManifest(version=1, tensors=[], total_bytes=1 << 40, chunk_bytes=1 << 20, num_chunks=1 << 20,
+                           sha256="0" * 64)
+    try:
+        with ZmqReceiver(transport, config.endpoints.learner(config.endpoints.weights_port), "r",
+                         poll_interval_s=0.05) as rec:
+            assert sock.poll(5000)
+            identity, _ = sock.recv_multipart()
+            sock.send_multipart([identity, encode(huge)])
+            deadline = time.monotonic() + 10
+            while rec.bad_messages == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert rec.bad_messages == 1 and rec.poll() is None
+            assert rec._thread.is_alive()
+    finally:
+        sock.close(0)
