@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,14 +17,21 @@ from rlef.common.weights import make_publisher, state_dict_digest
 from rlef.common.weights.collective import CollectivePublisher
 
 
+NCCL = pytest.param("nccl", marks=pytest.mark.skipif(
+    torch.cuda.device_count() < 3, reason="nccl needs one GPU per group member (3); this host has none"))
+
+
 @pytest.mark.slow
-def test_two_receiver_processes_get_identical_tensors_over_gloo(transport: Transport, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["gloo", NCCL])
+def test_two_receiver_processes_get_identical_tensors(backend: str, transport: Transport, tmp_path: Path) -> None:
     port = free_port()
-    overrides = ["weights.type=collective", "weights.backend=gloo", f"weights.init_port={port}", "weights.actors=2",
+    overrides = ["weights.type=collective", f"weights.backend={backend}", f"weights.init_port={port}", "weights.actors=2",
                  "weights.bucket_bytes=1000", "weights.timeout_s=60"]
     config = make_config(*overrides)
+    # On GPUs each receiver gets its own device (the hub here uses device 0), as actors on a fleet do.
+    envs = [dict(os.environ, CUDA_VISIBLE_DEVICES=str(i + 1)) if backend == "nccl" else None for i in range(2)]
     procs = [subprocess.Popen([python(), str(PEER), f"actor-{i}", "3", "90", *overrides], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+                              stderr=subprocess.DEVNULL, text=True, env=envs[i]) for i in range(2)]
     # The learner's own default group lives beside the weights group and must keep working.
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "default-store"), 1), rank=0, world_size=1)
     try:

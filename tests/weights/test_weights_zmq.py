@@ -278,3 +278,21 @@ def test_a_manifest_too_large_to_allocate_is_dropped_and_the_receiver_survives(t
             assert rec._thread.is_alive()
     finally:
         sock.close(0)
+
+
+def test_control_version_message_makes_an_idle_receiver_fetch_at_once(transport: Transport) -> None:
+    from rlef.common.control import make_control_client, make_control_server
+
+    config = zmq_config("weights.poll_interval_s=3600")  # it would never ask again by itself
+    with make_publisher(config, transport) as pub, make_control_server(config, transport) as hub, \
+            make_receiver(config, transport, "a0") as rec, make_control_client(config, transport, "a0") as control:
+        control.add_version_listener(rec.notify)
+        control.register(timeout_s=10)
+        pub.publish(1, state_dict(1))
+        hub.set_version(1)
+        got = rec.poll(timeout_s=20)
+        assert got is not None and got.version == 1
+        pub.publish(2, state_dict(2))
+        hub.set_version(2)
+        got = rec.poll(timeout_s=20)
+        assert got is not None and got.version == 2
