@@ -158,6 +158,9 @@ class VllmBackend(GenerationBackend):
             top_k=sampling.top_k if sampling.top_k > 0 else 0,
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=list(sampling.stop_token_ids),
+            # Stop exactly where the hf backend stops: on our end-of-turn ids only, not on other ids the
+            # checkpoint's generation config calls eos (so both engines produce the same kind of turn).
+            ignore_eos=True,
             logprobs=0,
             detokenize=False,
             skip_special_tokens=False,
