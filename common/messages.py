@@ -1,31 +1,56 @@
-"""Wire schemas of every message between roles: msgpack maps validated by pydantic.
+"""Wire schemas of every message between roles: msgpack maps decoded and validated by msgspec Structs.
 
-Every message carries ``schema = "rlef.<kind>/<version>"``. ``decode`` bounds every size before msgpack
-allocates anything, checks the schema name and version, validates every field strictly, and raises exactly
-one error type, :class:`MessageError`, for anything malformed, so a receiver's loop is
+Every message carries ``schema = "rlef.<kind>/<version>"`` (the Struct tag; written as the map's last key,
+accepted at any position). ``decode`` bounds the frame's size, checks the schema name and
+version, validates every field strictly (types, bounds, literals, patterns, finiteness, cross-field rules),
+and raises exactly one error type, :class:`MessageError`, for anything malformed, so a receiver's loop is
 ``try: decode(...) except MessageError: count, log once, continue``.
 
-Allocation bound: no string, bin, array or map may declare more than the frame's own length (each element
-costs at least one byte), and msgpack pre-allocates a list for an array's declared length, so nested
-arrays could otherwise make a few kilobytes allocate tens of megabytes before failing. The first decoding
-pass therefore admits only containers of at most ``MAX_NESTED_LEN`` entries (every schema's maps and
-nested lists fit); a frame with a longer top-level list (inline tests, tensor specs) is decoded again by a
-streaming pass that reads each element of that list separately under the same small limits. Memory used
-while rejecting a frame stays within a small multiple of the frame's length.
+Validation happens in the receiver, through :func:`decode`: msgspec checks every field's type and
+constraint (``Meta``) while it decodes, then runs each Struct's ``__post_init__`` (the cross-field rules).
+Constructing a message in Python runs ``__post_init__`` too, but NOT the per-field type and constraint
+checks (msgspec does not type-check keyword construction): senders are our own code, and every receiver
+validates the whole message on decode, so a sender's mistake is still caught, at the receiver.
+
+Decoding has two paths. The fast path decodes the frame straight into the message Structs (one C pass, ~2 us
+for an 8 KB rollout). Only when it fails does the diagnostic path run: the frame is unpacked again by
+msgpack under the bounds below to name what is wrong (not msgpack, not a map, schema name or version,
+unexpected kind) and, for a well-formed frame of a known kind, which field (dotted path, e.g.
+``turns.0.outcome``) failed validation. A malformed frame costs at most both passes.
+
+Allocation bound: msgspec never allocates a string, bin, array or map for more elements than the frame
+has bytes left (a declared length beyond the input is "truncated" before any allocation), and every list
+field has a declared maximum length checked before its elements are decoded. The diagnostic pass keeps
+the same guarantee with msgpack: no string, bin, array or map may declare more than the frame's own
+length, and since msgpack pre-allocates a list for an array's declared length, its first pass admits only
+containers of at most ``MAX_NESTED_LEN`` entries (every schema's maps and nested lists fit); a frame with a
+longer top-level list (inline tests, tensor specs) is decoded again by a streaming pass that reads each
+element of that list separately under the same small limits. Memory used while rejecting a frame stays
+within a small multiple of the frame's length.
 
 Token ids travel as little-endian int32 bytes and log-probabilities as little-endian float32 bytes: four
 bytes a token instead of msgpack's up-to-nine, and decoding is a length check instead of a per-element walk.
 Use :func:`pack_ids` / :func:`unpack_ids` and :func:`pack_floats` / :func:`unpack_floats`.
+
+Compatibility with code written against the earlier pydantic models: every message has ``model_dump()``
+(a plain dict, bytes kept as bytes, without the ``schema`` tag) and ``model_copy(update={...})`` (a new
+message with the cross-field rules checked again). Messages are frozen, keyword-only and compare by value.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+import re
+import sys
+import types
+import typing
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import msgpack
+import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from msgspec import Meta
 
 from rlef.common.errors import MessageError
 
@@ -55,85 +80,110 @@ TestStatus = Literal[
 TurnStatus = Literal[
     "pass", "wrong_answer", "runtime_error", "timeout", "oom", "output_limit", "syntax_error", "sandbox_error", "no_code"
 ]
-ID = Field(min_length=1, max_length=MAX_ID_LEN)
+
+# Field types with their constraints (checked by decode; see the module docstring for construction).
+ID = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+_FMAX = sys.float_info.max
+# No field of any message has a meaning for NaN or infinity: both fail these bounds (NaN fails every bound).
+Finite = Annotated[float, Meta(ge=-_FMAX, le=_FMAX)]
+NonNegative = Annotated[float, Meta(ge=0, le=_FMAX)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+_Str = Annotated[str, Meta(max_length=MAX_STR_BYTES)]
+_Bin = Annotated[bytes, Meta(max_length=MAX_BIN_BYTES)]
 
 
-class _Strict(BaseModel):
-    # allow_inf_nan=False: no field of any message has a meaning for NaN or infinity.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+_IO = Annotated[str, Meta(max_length=MAX_TEST_IO_BYTES)]
+_Long = Annotated[str, Meta(max_length=1 << 20)]
+_Name = Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
-class Message(_Strict):
-    """A top-level message: ``KIND`` names it on the wire."""
+class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """Base of every message and part of one: frozen, keyword-only, unknown fields rejected on decode."""
+
+    def model_dump(self) -> dict[str, Any]:
+        """The message as plain dicts, lists and scalars (bytes stay bytes), without the ``schema`` tag."""
+        out = msgspec.to_builtins(self, builtin_types=(bytes, bytearray, memoryview))
+        if isinstance(self, Message):
+            out.pop("schema", None)
+        return out
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy with ``update`` applied (``__post_init__`` checks run again; fields are not type-checked)."""
+        base = copy.deepcopy(self) if deep else self
+        return msgspec.structs.replace(base, **(update or {}))
+
+
+class Message(_Strict, tag_field="schema"):
+    """A top-level message: ``KIND`` names it on the wire; its Struct tag is ``schema_name(cls)``."""
 
     KIND: ClassVar[str]
+
+
+def _tag(kind: str) -> str:
+    return f"rlef.{kind}/{SCHEMA_VERSION}"
 
 
 # ---------------------------------------------------------------- execution
 
 
-class TestCase(_Strict):
-    input: str = Field(max_length=MAX_TEST_IO_BYTES)
-    output: str = Field(max_length=MAX_TEST_IO_BYTES)
+class TestCase(_Strict, kw_only=True):
+    input: _IO
+    output: _IO
 
 
-class TestsRef(_Strict):
+class TestsRef(_Strict, kw_only=True):
     """Tests the executor looks up itself instead of receiving them inline."""
 
     dataset: Literal["codecontests", "humaneval", "sample"]
-    split: str = Field(min_length=1, max_length=64)
-    problem_id: str = ID
+    split: Annotated[str, Meta(min_length=1, max_length=64)]
+    problem_id: ID
     test_set: Literal["public", "private", "generated", "public+private", "all"]
-    path: str | None = Field(None, max_length=4096, description="Dataset location on the executor host (codecontests).")
+    path: Annotated[str, Meta(max_length=4096)] | None = None  # dataset location on the executor host (codecontests)
 
 
-class Limits(_Strict):
-    time_s: float = Field(gt=0, le=3600)
-    memory_bytes: int = Field(gt=0, le=1 << 40)
+class Limits(_Strict, kw_only=True):
+    time_s: Annotated[float, Meta(gt=0, le=3600)]
+    memory_bytes: Annotated[int, Meta(gt=0, le=1 << 40)]
 
 
-class ExecutionJob(Message):
+class ExecutionJob(Message, tag=_tag("execution_job"), kw_only=True):
     KIND: ClassVar[str] = "execution_job"
-    job_id: str = ID
-    code: str = Field(max_length=MAX_CODE_BYTES)
-    tests: list[TestCase] | None = Field(None, max_length=1 << 16)
+    job_id: ID
+    code: Annotated[str, Meta(max_length=MAX_CODE_BYTES)]
+    tests: Annotated[list[TestCase], Meta(max_length=1 << 16)] | None = None
     tests_ref: TestsRef | None = None
     limits: Limits
     stop_on_first_failure: bool = False
     language: Literal["python"] = "python"
 
-    @model_validator(mode="after")
-    def _one_test_source(self) -> "ExecutionJob":
+    def __post_init__(self) -> None:
         if (self.tests is None) == (self.tests_ref is None):
             raise ValueError("exactly one of tests (inline) and tests_ref must be given")
-        return self
 
 
-class TestResult(_Strict):
+class TestResult(_Strict, kw_only=True):
     status: TestStatus
-    stdout: str = Field("", max_length=MAX_TEST_IO_BYTES, description="Truncated to the executor's cap.")
-    stderr: str = Field("", max_length=MAX_TEST_IO_BYTES, description="Tail, with sandbox paths cleaned.")
-    time_s: float = Field(0.0, ge=0)
+    stdout: _IO = ""  # truncated to the executor's cap
+    stderr: _IO = ""  # tail, with sandbox paths cleaned
+    time_s: NonNegative = 0.0
     exit_code: int | None = None
 
 
-class ExecutionResult(Message):
+class ExecutionResult(Message, tag=_tag("execution_result"), kw_only=True):
     KIND: ClassVar[str] = "execution_result"
-    job_id: str = ID
-    worker_id: str = Field("", max_length=MAX_ID_LEN)
+    job_id: ID
+    worker_id: Annotated[str, Meta(max_length=MAX_ID_LEN)] = ""
     compile_ok: bool
-    compile_message: str = Field("", max_length=1 << 20)
-    tests: list[TestResult] = Field(default_factory=list, max_length=1 << 16)
-    tests_total: int = Field(ge=0, description="Tests in the job; more than len(tests) when it stopped on a failure.")
-    error: str = Field("", max_length=1 << 20, description="Why the job as a whole is sandbox_error (empty otherwise).")
-    attempts: int = Field(1, ge=1)
-    seconds: float = Field(0.0, ge=0)
+    compile_message: _Long = ""
+    tests: Annotated[list[TestResult], Meta(max_length=1 << 16)] = msgspec.field(default_factory=list)
+    tests_total: NonNegInt  # tests in the job; more than len(tests) when it stopped on a failure
+    error: _Long = ""  # why the job as a whole is sandbox_error (empty otherwise)
+    attempts: Annotated[int, Meta(ge=1)] = 1
+    seconds: NonNegative = 0.0
 
-    @model_validator(mode="after")
-    def _tests_within_total(self) -> "ExecutionResult":
+    def __post_init__(self) -> None:
         if len(self.tests) > self.tests_total:
             raise ValueError(f"{len(self.tests)} test results for tests_total={self.tests_total}")
-        return self
 
     @property
     def passed(self) -> bool:
@@ -163,33 +213,29 @@ class ExecutionResult(Message):
 # ---------------------------------------------------------------- rollouts
 
 
-class TurnOutcome(_Strict):
+class TurnOutcome(_Strict, kw_only=True):
     status: TurnStatus
-    public_passed: int = Field(0, ge=0)
-    public_total: int = Field(0, ge=0)
+    public_passed: NonNegInt = 0
+    public_total: NonNegInt = 0
 
-    @model_validator(mode="after")
-    def _passed_within_total(self) -> "TurnOutcome":
+    def __post_init__(self) -> None:
         if self.public_passed > self.public_total:
             raise ValueError(f"public_passed {self.public_passed} > public_total {self.public_total}")
-        return self
 
 
-class Turn(_Strict):
-    prompt_ids: bytes = Field(max_length=MAX_BIN_BYTES, description="int32 LE: the new prompt segment of this turn.")
-    response_ids: bytes = Field(min_length=4, max_length=MAX_BIN_BYTES, description="int32 LE: the sampled response.")
-    logprobs: bytes = Field(max_length=MAX_BIN_BYTES, description="float32 LE: behaviour log-prob of each response token.")
-    policy_version: int = Field(ge=0)
+class Turn(_Strict, kw_only=True):
+    prompt_ids: _Bin  # int32 LE: the new prompt segment of this turn
+    response_ids: Annotated[bytes, Meta(min_length=4, max_length=MAX_BIN_BYTES)]  # int32 LE: the sampled response
+    logprobs: _Bin  # float32 LE: behaviour log-prob of each response token
+    policy_version: NonNegInt
     has_code: bool
     outcome: TurnOutcome
 
-    @model_validator(mode="after")
-    def _lengths(self) -> "Turn":
+    def __post_init__(self) -> None:
         if len(self.prompt_ids) % 4 or len(self.response_ids) % 4:
             raise ValueError("token id buffers must be int32 (length a multiple of 4)")
         if len(self.logprobs) != len(self.response_ids):
             raise ValueError(f"{len(self.logprobs) // 4} logprobs for {len(self.response_ids) // 4} response tokens")
-        return self
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -200,36 +246,32 @@ class Turn(_Strict):
         return len(self.response_ids) // 4
 
 
-class FinalOutcome(_Strict):
-    passed: bool = Field(description="The last program passed public + private tests.")
+class FinalOutcome(_Strict, kw_only=True):
+    passed: bool  # the last program passed public + private tests
     status: TurnStatus
-    tests_passed: int = Field(ge=0)
-    tests_total: int = Field(ge=0)
+    tests_passed: NonNegInt
+    tests_total: NonNegInt
 
-    @model_validator(mode="after")
-    def _passed_within_total(self) -> "FinalOutcome":
+    def __post_init__(self) -> None:
         if self.tests_passed > self.tests_total:
             raise ValueError(f"tests_passed {self.tests_passed} > tests_total {self.tests_total}")
-        return self
 
 
-class Rollout(Message):
+class Rollout(Message, tag=_tag("rollout"), kw_only=True):
     KIND: ClassVar[str] = "rollout"
-    rollout_id: str = ID
-    actor_id: str = ID
-    problem_id: str = ID
-    turns: list[Turn] = Field(min_length=1, max_length=MAX_TURNS)
+    rollout_id: ID
+    actor_id: ID
+    problem_id: ID
+    turns: Annotated[list[Turn], Meta(min_length=1, max_length=MAX_TURNS)]
     final: FinalOutcome
-    rewards: list[float] = Field(description="Task reward r_t of each turn (the KL term is the learner's).")
-    timings: dict[str, float] = Field(default_factory=dict, max_length=64)
+    # Task reward r_t of each turn (the KL term is the learner's); one per turn, so at most MAX_TURNS.
+    rewards: Annotated[list[Finite], Meta(max_length=MAX_TURNS)]
+    timings: Annotated[dict[Annotated[str, Meta(max_length=1024)], Finite], Meta(max_length=64)] = msgspec.field(default_factory=dict)
     random_feedback: bool = False
 
-    @model_validator(mode="after")
-    def _rewards_per_turn(self) -> "Rollout":
+    def __post_init__(self) -> None:
         if len(self.rewards) != len(self.turns):
             raise ValueError(f"{len(self.rewards)} rewards for {len(self.turns)} turns")
-        # Finiteness of rewards is enforced by allow_inf_nan=False.
-        return self
 
     @property
     def oldest_version(self) -> int:
@@ -247,32 +289,33 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "int64
 MAX_WEIGHTS_BYTES = 1 << 40  # 1 TiB: a 70B model in float32 is 280 GB.
 
 
-class TensorSpec(_Strict):
-    name: str = Field(min_length=1, max_length=1024)
-    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=16)
+class TensorSpec(_Strict, kw_only=True):
+    name: _Name
+    shape: Annotated[list[NonNegInt], Meta(max_length=16)]
     dtype: Literal["float32", "bfloat16", "float16", "int64", "int32", "uint8", "bool"]
-    offset: int = Field(ge=0, description="Byte offset in the version's flat payload.")
-    nbytes: int = Field(ge=0, description="Always prod(shape) * itemsize(dtype).")
+    offset: NonNegInt  # byte offset in the version's flat payload
+    nbytes: NonNegInt  # always prod(shape) * itemsize(dtype)
 
-    @model_validator(mode="after")
-    def _nbytes_match_shape(self) -> "TensorSpec":
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_BYTES:  # decode checks the Literal first; this guards Python construction
+            raise ValueError(f"unknown dtype {str(self.dtype)[:40]!r}")
         expected = math.prod(self.shape) * DTYPE_BYTES[self.dtype]
         if self.nbytes != expected:
             raise ValueError(f"tensor {self.name[:80]} of shape {self.shape} {self.dtype} has nbytes {self.nbytes}, expected {expected}")
-        return self
 
 
-class WeightsManifest(Message):
+class WeightsManifest(Message, tag=_tag("weights_manifest"), kw_only=True):
     KIND: ClassVar[str] = "weights_manifest"
-    version: int = Field(ge=0)
-    tensors: list[TensorSpec] = Field(max_length=1 << 16)
-    total_bytes: int = Field(ge=0, le=MAX_WEIGHTS_BYTES)
-    chunk_bytes: int = Field(gt=0, le=MAX_BIN_BYTES, description="Every chunk but the last carries exactly this many bytes.")
-    num_chunks: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the whole flat payload.")
+    version: NonNegInt
+    tensors: Annotated[list[TensorSpec], Meta(max_length=1 << 16)]
+    total_bytes: Annotated[int, Meta(ge=0, le=MAX_WEIGHTS_BYTES)]
+    chunk_bytes: Annotated[int, Meta(gt=0, le=MAX_BIN_BYTES)]  # every chunk but the last carries exactly this many
+    num_chunks: NonNegInt
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]  # of the whole flat payload
 
-    @model_validator(mode="after")
-    def _layout(self) -> "WeightsManifest":
+    def __post_init__(self) -> None:
+        if self.chunk_bytes <= 0:  # decode checks the bound first; this guards Python construction
+            raise ValueError(f"chunk_bytes {self.chunk_bytes} must be positive")
         if self.num_chunks != -(-self.total_bytes // self.chunk_bytes):
             raise ValueError(f"num_chunks {self.num_chunks} does not cover {self.total_bytes} bytes")
         end = 0
@@ -280,17 +323,16 @@ class WeightsManifest(Message):
             if spec.offset < end or spec.offset + spec.nbytes > self.total_bytes:
                 raise ValueError(f"tensor {spec.name[:80]} has byte range outside the payload or overlapping")
             end = spec.offset + spec.nbytes
-        return self
 
 
-class WeightsChunk(Message):
+class WeightsChunk(Message, tag=_tag("weights_chunk"), kw_only=True):
     KIND: ClassVar[str] = "weights_chunk"
-    version: int = Field(ge=0)
-    index: int = Field(ge=0)
-    data: bytes = Field(max_length=MAX_BIN_BYTES)
+    version: NonNegInt
+    index: NonNegInt
+    data: _Bin
 
 
-class WeightsRequest(Message):
+class WeightsRequest(Message, tag=_tag("weights_request"), kw_only=True):
     """Receiver -> hub on the zmq weights channel (see rlef.common.weights.zmq_transport): ``get`` asks for a version
     newer than ``version`` (the hub answers with its manifest, or a control ack naming its current version);
     ``fetch`` asks for chunk ``index`` of ``version`` (answered with the chunk, or the newer manifest that
@@ -298,24 +340,24 @@ class WeightsRequest(Message):
 
     KIND: ClassVar[str] = "weights_request"
     op: Literal["get", "fetch"]
-    receiver_id: str = ID
-    version: int = Field(-1, ge=-1)
-    index: int = Field(0, ge=0)
+    receiver_id: ID
+    version: Annotated[int, Meta(ge=-1)] = -1
+    index: NonNegInt = 0
 
 
 # ---------------------------------------------------------------- control
 
 
-class Control(Message):
+class Control(Message, tag=_tag("control"), kw_only=True):
     """Registration, heartbeats, version announcements and stop requests between the hub and its peers."""
 
     KIND: ClassVar[str] = "control"
     op: Literal["register", "heartbeat", "version", "stop", "ack"]
-    sender_id: str = ID
+    sender_id: ID
     role: Literal["actor", "learner", "executor", "broker", "launcher"]
-    version: int = Field(-1, ge=-1, description="Policy version the sender holds (-1: none yet).")
-    capabilities: list[str] = Field(default_factory=list, max_length=64)
-    info: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=64)
+    version: Annotated[int, Meta(ge=-1)] = -1  # policy version the sender holds (-1: none yet)
+    capabilities: Annotated[list[_Str], Meta(max_length=64)] = msgspec.field(default_factory=list)
+    info: Annotated[dict[_Str, Union[_Str, int, Finite, bool]], Meta(max_length=64)] = msgspec.field(default_factory=dict)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -329,18 +371,69 @@ def schema_name(cls: type[Message]) -> str:
     return f"rlef.{cls.KIND}/{SCHEMA_VERSION}"
 
 
+for _cls in MESSAGE_TYPES.values():  # the Struct tag is the wire's schema field: they must never drift apart
+    assert _cls.__struct_config__.tag == schema_name(_cls), _cls
+
+_ENCODER = msgspec.msgpack.Encoder()
+# msgspec writes the tag as the map's first entry; encode moves it to the end, where the earlier encoder put
+# it, so frames stay byte for byte what they were (code elsewhere may slice known frame layouts). Every
+# message has fewer than 15 fields, so its map header is the single fixmap byte.
+_TAG_BYTES = {cls: len(msgspec.msgpack.encode({"schema": schema_name(cls)})) - 1 for cls in MESSAGE_TYPES.values()}
+assert all(len(cls.__struct_fields__) < 15 for cls in MESSAGE_TYPES.values())
+# Decoding into the tagged union requires the schema field (a single tagged Struct would accept its absence).
+_DECODER = msgspec.msgpack.Decoder(Union[tuple(MESSAGE_TYPES.values())])  # type: ignore[misc]
+_KIND_DECODERS = {kind: msgspec.msgpack.Decoder(cls) for kind, cls in MESSAGE_TYPES.items()}
+
+
 def encode(message: Message) -> bytes:
-    payload = message.model_dump()
-    payload["schema"] = schema_name(type(message))
-    return msgpack.packb(payload, use_bin_type=True)
+    """The message as one msgpack map: its fields in declaration order, then ``schema``."""
+    if not isinstance(message, Message):
+        raise TypeError(f"encode takes a message, not {type(message).__name__}")
+    frame = memoryview(_ENCODER.encode(message))
+    cut = 1 + _TAG_BYTES[type(message)]
+    return b"".join((frame[:1], frame[cut:], frame[1:cut]))
 
 
+def decode(
+    frame: bytes,
+    expected: type[M] | tuple[type[Message], ...] | None = None,
+    *,
+    sender: str | None = None,
+    max_frame: int = MAX_FRAME_BYTES,
+) -> M:
+    """Decode and validate one frame; raise MessageError (naming sender, kind and field) on anything wrong.
+
+    ``expected`` restricts the accepted kinds; ``max_frame`` lowers the size cap for a channel whose
+    messages are known to be small.
+    """
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise MessageError(f"frame is {type(frame).__name__}, not bytes", sender=sender)
+    size = frame.nbytes if isinstance(frame, memoryview) else len(frame)
+    if size > max_frame:
+        raise MessageError(f"frame of {size} bytes exceeds the {max_frame}-byte limit", sender=sender)
+    try:
+        message = _DECODER.decode(frame)
+    except _DECODE_ERRORS:
+        raise _diagnose(frame, size, expected, sender) from None
+    if expected is not None and not isinstance(message, expected):
+        raise _unexpected(message.KIND, expected, sender)
+    return message  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- diagnosis of a frame that failed to decode
+
+_DECODE_ERRORS = (msgspec.MsgspecError, ValueError, TypeError, OverflowError, RecursionError, MemoryError)
 _ARRAY_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}  # fixarray, array16, array32
 _UNPACK_ERRORS = (msgpack.UnpackException, ValueError, TypeError, OverflowError, RecursionError, MemoryError)
 
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+
+
+def _unexpected(kind: str, expected: type[Message] | tuple[type[Message], ...], sender: str | None) -> MessageError:
+    names = ", ".join(c.KIND for c in (expected if isinstance(expected, tuple) else (expected,)))
+    return MessageError(f"unexpected message kind {kind} (expected {names})", sender=sender, kind=kind)
 
 
 def _limits(size: int, nested: int) -> dict[str, int]:
@@ -393,12 +486,7 @@ def _unpack_long_lists(frame: bytes | bytearray | memoryview, size: int) -> dict
     return out
 
 
-def _unpack(frame: bytes, max_frame: int) -> Any:
-    if not isinstance(frame, (bytes, bytearray, memoryview)):
-        raise MessageError(f"frame is {type(frame).__name__}, not bytes")
-    size = frame.nbytes if isinstance(frame, memoryview) else len(frame)
-    if size > max_frame:
-        raise MessageError(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
+def _unpack(frame: bytes | bytearray | memoryview, size: int) -> Any:
     try:
         limits = _FIRST_PASS if size >= _FIRST_PASS_MIN else _limits(size, MAX_NESTED_LEN)
         return msgpack.unpackb(frame, raw=False, strict_map_key=True, **limits)
@@ -413,49 +501,117 @@ def _unpack(frame: bytes, max_frame: int) -> Any:
         raise _unpack_error(exc) from None
 
 
-def decode(
-    frame: bytes,
-    expected: type[M] | tuple[type[Message], ...] | None = None,
-    *,
-    sender: str | None = None,
-    max_frame: int = MAX_FRAME_BYTES,
-) -> M:
-    """Decode and validate one frame; raise MessageError (naming sender, kind and field) on anything wrong.
-
-    ``expected`` restricts the accepted kinds (checked before the costly validation); ``max_frame`` lowers
-    the size cap for a channel whose messages are known to be small.
-    """
+def _diagnose(
+    frame: bytes | bytearray | memoryview, size: int, expected: Any, sender: str | None
+) -> MessageError:
+    """The MessageError for a frame the fast path rejected: what is wrong with it, and where."""
     try:
-        payload = _unpack(frame, max_frame)
+        payload = _unpack(frame, size)
     except MessageError as exc:
-        raise exc.with_sender(sender) if sender else exc from None
+        return exc.with_sender(sender) if sender else exc
     if not isinstance(payload, dict):
-        raise MessageError(f"message is a msgpack {type(payload).__name__}, not a map", sender=sender)
-    schema = payload.pop("schema", None)
+        return MessageError(f"message is a msgpack {type(payload).__name__}, not a map", sender=sender)
+    schema = payload.get("schema")
     if not isinstance(schema, str):
-        raise MessageError("missing or non-string 'schema' field", sender=sender, field="schema")
+        return MessageError("missing or non-string 'schema' field", sender=sender, field="schema")
     kind, _, version = schema.removeprefix("rlef.").partition("/")
     cls = MESSAGE_TYPES.get(kind)
     if not schema.startswith("rlef.") or cls is None:
-        raise MessageError(f"unknown schema {schema[:80]!r}", sender=sender, field="schema")
+        return MessageError(f"unknown schema {schema[:80]!r}", sender=sender, field="schema")
     if version != str(SCHEMA_VERSION):
-        raise MessageError(
+        return MessageError(
             f"schema version {version[:16]!r} of {kind} is not supported (this build speaks {SCHEMA_VERSION})",
             sender=sender, field="schema", kind=kind,
         )
-    allowed = expected if isinstance(expected, tuple) else (expected,) if expected else None
-    if allowed is not None and cls not in allowed:
-        names = ", ".join(c.KIND for c in allowed)
-        raise MessageError(f"unexpected message kind {kind} (expected {names})", sender=sender, kind=kind)
+    if expected is not None and not issubclass(cls, expected):
+        return _unexpected(kind, expected, sender)
     try:
-        return cls.model_validate(payload)  # type: ignore[return-value]
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = _clip(".".join(str(p) for p in first["loc"])) or None
-        reason = _clip(f"invalid {kind}: {first['msg']}") + f" ({exc.error_count()} errors)"
-        raise MessageError(reason, sender=sender, field=field, kind=kind) from None
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise MessageError(_clip(f"invalid {kind}: {exc}"), sender=sender, kind=kind) from None
+        _KIND_DECODERS[kind].decode(frame)
+    except msgspec.ValidationError as exc:
+        reason, field = _explain(exc, cls, payload)
+        return MessageError(_clip(f"invalid {kind}: {reason}"), sender=sender, field=field, kind=kind)
+    except _DECODE_ERRORS as exc:
+        return MessageError(_clip(f"invalid {kind}: {type(exc).__name__}: {exc}"), sender=sender, kind=kind)
+    # Unreachable for frames msgspec and msgpack agree on; never let a rejected frame through unexplained.
+    return MessageError(f"invalid {kind}: rejected by the decoder", sender=sender, kind=kind)
+
+
+_AT = re.compile(r" - at `\$(.*)`$", re.S)
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+|\.\.\.)\]")
+_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(.*)`$", re.S)
+_NOT_FINITE = re.compile(r"Expected `float` [<>]= -?1\.7976931348623157e\+308")
+
+
+def _explain(exc: msgspec.ValidationError, cls: type[Message], payload: dict[str, Any]) -> tuple[str, str | None]:
+    """msgspec's error text and ``$.turns[0].outcome`` path as (reason, dotted field path ``turns.0.outcome``).
+
+    A dict value's path ends in ``[...]`` in msgspec's text; the key is found again in the unpacked payload.
+    """
+    text = str(exc)
+    match = _AT.search(text)
+    reason, raw_path = (text[: match.start()], match.group(1)) if match else (text, "")
+    parts: list[str] = []
+    node: Any = payload
+    hint: Any = cls
+    for name, index in _PATH_PART.findall(raw_path):
+        if name:
+            parts.append(name)
+            node = node.get(name) if isinstance(node, dict) else None
+            hint = _field_type(hint, name)
+        elif index == "...":
+            key = _failing_key(node, hint)
+            parts.append(key if key is not None else "...")
+            node = node.get(key) if isinstance(node, dict) and key is not None else None
+            hint = _value_type(hint, dict)
+        else:
+            parts.append(index)
+            node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+            hint = _value_type(hint, list)
+    named = _NAMED_FIELD.match(reason)
+    if named:
+        parts.append(named.group(1))
+    reason = _NOT_FINITE.sub("Expected a finite `float`", reason)
+    return reason, _clip(".".join(parts)) or None
+
+
+def _strip(hint: Any) -> Any:
+    """The container or Struct type inside Annotated[...] and ``X | None``."""
+    while True:
+        if typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
+            continue
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (Union, types.UnionType) and len(args) == 1:
+            hint = args[0]
+            continue
+        return hint
+
+
+def _field_type(hint: Any, name: str) -> Any:
+    struct = _strip(hint)
+    if isinstance(struct, type) and issubclass(struct, msgspec.Struct):
+        return typing.get_type_hints(struct, include_extras=True).get(name)
+    return None
+
+
+def _value_type(hint: Any, container: type) -> Any:
+    stripped = _strip(hint)
+    if typing.get_origin(stripped) is container:
+        return typing.get_args(stripped)[-1]
+    return None
+
+
+def _failing_key(node: Any, hint: Any) -> str | None:
+    """The first key of dict ``node`` whose value does not validate as the dict's value type."""
+    value_type = _value_type(hint, dict)
+    if not isinstance(node, dict) or value_type is None:
+        return None
+    for key, value in node.items():
+        try:
+            msgspec.convert(value, value_type, strict=True)
+        except msgspec.ValidationError:
+            return str(key)
+    return None
 
 
 # ---------------------------------------------------------------- packed arrays

@@ -322,7 +322,7 @@ INVALID = [
     ("rollout", "rewards", [0.0, 0.0, "1"], "rewards.2"),
     ("rollout", "turns", "x", "turns"),
     ("weights_chunk", "data", "text", "data"),
-    ("control", "info", {"k": [1]}, "info.k.str"),  # pydantic names the union branch
+    ("control", "info", {"k": [1]}, "info.k"),  # the dict key is named, found again in the payload
     ("control", "op", "reboot", "op"),
     ("control", "role", "admin", "role"),
     # bounds
@@ -501,6 +501,67 @@ def test_error_text_is_bounded() -> None:
     assert len(str(info.value)) < 1000
 
 
+# ---------------------------------------------------------------- wire compatibility and the pydantic-style API
+
+# Frames written by the earlier pydantic encoder (``schema`` as the map's last key) for VALID["control"] and
+# VALID["weights_chunk"]: the wire format did not change when the classes became msgspec Structs.
+OLD_FRAMES = {
+    "control": "87a26f70a87265676973746572a973656e6465725f6964a76163746f722d30a4726f6c65a56163746f72a776657273696f6eff"
+               "ac6361706162696c697469657391a4766c6c6da4696e666f81a16b01a6736368656d61ae726c65662e636f6e74726f6c2f31",
+    "weights_chunk": "84a776657273696f6e01a5696e64657800a464617461c41000000000000000000000000000000000a6736368656d61b4"
+                     "726c65662e776569676874735f6368756e6b2f31",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OLD_FRAMES))
+def test_frames_of_the_earlier_encoder_decode_and_re_encode_to_the_same_map(kind: str) -> None:
+    old = bytes.fromhex(OLD_FRAMES[kind])
+    assert decode(old) == VALID[kind]
+    new = encode(VALID[kind])
+    assert len(new) == len(old) and msgpack.unpackb(new) == msgpack.unpackb(old)  # only the key order differs
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_encode_writes_model_dump_plus_schema(kind: str) -> None:
+    # Independent reference: msgpack's own packing of the plain dict (the earlier encoder) is the same map.
+    message = VALID[kind]
+    reference = msgpack.packb({**message.model_dump(), "schema": schema_name(type(message))}, use_bin_type=True)
+    assert msgpack.unpackb(encode(message)) == msgpack.unpackb(reference)
+    assert decode(reference) == message
+
+
+def test_model_dump_is_plain_data_without_the_tag() -> None:
+    dump = VALID["rollout"].model_dump()
+    assert "schema" not in dump and isinstance(dump["turns"][0]["prompt_ids"], bytes)
+    assert dump["final"] == {"passed": False, "status": "wrong_answer", "tests_passed": 3, "tests_total": 9}
+    assert VALID["rollout"].turns[0].outcome.model_dump() == {"status": "wrong_answer", "public_passed": 1, "public_total": 2}
+    assert VALID["execution_job"].model_dump()["tests_ref"] is None
+
+
+def test_model_copy_replaces_fields_and_rechecks_cross_field_rules() -> None:
+    rollout = VALID["rollout"]
+    copy_ = rollout.model_copy(update={"rollout_id": "b"})
+    assert copy_.rollout_id == "b" and copy_.turns == rollout.turns and rollout.rollout_id == "a0/1"
+    assert rollout.model_copy() == rollout
+    with pytest.raises(ValueError, match="rewards"):
+        rollout.model_copy(update={"rewards": [1.0]})
+    with pytest.raises(AttributeError):
+        rollout.rollout_id = "c"  # type: ignore[misc]  # frozen
+
+
+def test_construction_checks_cross_field_rules_and_decode_checks_the_rest() -> None:
+    with pytest.raises(ValueError, match="logprobs"):
+        Turn(prompt_ids=b"", response_ids=pack_ids([1, 2]), logprobs=pack_floats([0.0]), policy_version=0,
+             has_code=False, outcome=TurnOutcome(status="no_code"))
+    with pytest.raises(ValueError, match="exactly one"):
+        ExecutionJob(job_id="j", code="", limits=Limits(time_s=1.0, memory_bytes=1))
+    # Field constraints are not checked on keyword construction (documented), but every receiver decodes:
+    unchecked = ExecutionJob(job_id="", code="", tests=[], limits=Limits(time_s=-1.0, memory_bytes=1))
+    with pytest.raises(MessageError) as info:
+        decode(encode(unchecked))
+    assert info.value.field == "job_id"
+
+
 # ---------------------------------------------------------------- hostile sizes: bounded before allocating
 
 
@@ -519,6 +580,18 @@ HOSTILE = {
     "top-level list of nested 64K arrays": b"\x81\xa5tests" + _array32(1000) + _array32(1 << 16) * 1000,
     "top-level list declaring a 4 GiB bin": b"\x81\xa5tests" + _array32(100) + b"\xc6\xff\xff\xff\xff" * 100,
 }
+# The same declarations behind a valid schema field (first, as encode writes it), so that the typed fast
+# path decodes them, not only the msgpack diagnostic pass.
+_JOB, _ROLLOUT = msgpack.packb({"schema": "rlef.execution_job/1"}), msgpack.packb({"schema": "rlef.rollout/1"})
+HOSTILE.update({
+    "job: tests list of 4G elements": b"\x82" + _JOB[1:] + b"\xa5tests" + _array32(0xFFFFFFFF) + b"\x80" * 64,
+    "job: tests list of 64K elements": b"\x82" + _JOB[1:] + b"\xa5tests" + _array32(1 << 16) + b"\x82\xa5input\xa0\xa6output\xa0" * 8,
+    "job: code str of 4 GiB": b"\x82" + _JOB[1:] + b"\xa4code\xdb\xff\xff\xff\xff" + b"a" * 64,
+    "rollout: rewards of 4G floats": b"\x82" + _ROLLOUT[1:] + b"\xa7rewards" + _array32(0xFFFFFFFF) + b"\x00" * 64,
+    "rollout: turns of nested 64K arrays": b"\x82" + _ROLLOUT[1:] + b"\xa5turns" + _array32(60) + _array32(1 << 16) * 1000,
+    "rollout: a turn's 4 GiB bin": b"\x82" + _ROLLOUT[1:] + b"\xa5turns\x91\x81\xaaprompt_ids\xc6\xff\xff\xff\xff" + b"\x00" * 64,
+    "rollout: timings map of 4G entries": b"\x82" + _ROLLOUT[1:] + b"\xa7timings\xdf\xff\xff\xff\xff" + b"\xa1a\x00" * 20,
+})
 
 
 @pytest.mark.parametrize("frame", list(HOSTILE.values()), ids=list(HOSTILE))
