@@ -50,12 +50,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import msgpack
 import torch
 import zmq
 
 from rlef.common.errors import MessageError, WeightsError
-from rlef.common.messages import Control, Message, WeightsChunk, WeightsManifest, WeightsRequest, decode, encode, schema_name
+from rlef.common.messages import Control, Message, WeightsChunk, WeightsManifest, WeightsRequest, decode, encode
 from rlef.common.transport import Transport
 from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
 from rlef.common.weights.packing import HASH_BLOCK, FramedVersion, pack_frames, populated, unpack
@@ -70,21 +69,29 @@ _ZERO_COPY_BYTES = 64 << 10
 _HOST_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-_CHUNK_SUFFIX = b"\xa6schema" + msgpack.packb(schema_name(WeightsChunk))
+_DATA_KEY = b"\xa4data"  # msgpack fixstr "data": the key of WeightsChunk.data in any field order
+_EMPTY_BIN = b"\xc4\x00"
+
+
+def _bin_header(nbytes: int) -> bytes:
+    if nbytes < 1 << 8:
+        return b"\xc4" + nbytes.to_bytes(1, "big")
+    if nbytes < 1 << 16:
+        return b"\xc5" + nbytes.to_bytes(2, "big")
+    return b"\xc6" + nbytes.to_bytes(4, "big")
 
 
 def chunk_frame_parts(version: int, index: int, nbytes: int) -> tuple[bytes, bytes]:
-    """The bytes before and after a chunk's data in ``encode(WeightsChunk(version, index, data))``: encode()
-    writes the fields in declaration order (version, index, data) and then "schema", so a frame is
-    ``prefix + data + suffix``. A test checks this equals ``encode`` byte for byte."""
-    if nbytes < 1 << 8:
-        bin_header = b"\xc4" + nbytes.to_bytes(1, "big")
-    elif nbytes < 1 << 16:
-        bin_header = b"\xc5" + nbytes.to_bytes(2, "big")
-    else:
-        bin_header = b"\xc6" + nbytes.to_bytes(4, "big")
-    prefix = b"\x84\xa7version" + msgpack.packb(version) + b"\xa5index" + msgpack.packb(index) + b"\xa4data" + bin_header
-    return prefix, _CHUNK_SUFFIX
+    """The bytes before and after a chunk's data in ``encode(WeightsChunk(version, index, data))``, taken
+    from ``encode`` itself (a chunk with empty data, whose empty bin is replaced by the real bin header), so
+    a frame ``prefix + data + suffix`` is byte for byte what ``encode`` produces whatever its field order
+    (a test checks that)."""
+    head = encode(WeightsChunk(version=version, index=index, data=b""))
+    at = head.find(_DATA_KEY + _EMPTY_BIN)
+    if at < 0 or head.find(_DATA_KEY + _EMPTY_BIN, at + 1) >= 0:
+        raise WeightsError("cannot locate the data field in an encoded WeightsChunk (messages.encode changed?)")
+    cut = at + len(_DATA_KEY)
+    return head[:cut] + _bin_header(nbytes), head[cut + len(_EMPTY_BIN) :]
 
 
 def encode_chunk(version: int, index: int, data: memoryview | bytes) -> bytes:
@@ -93,46 +100,33 @@ def encode_chunk(version: int, index: int, data: memoryview | bytes) -> bytes:
     return b"".join((prefix, data, suffix))
 
 
-def _read_uint(buf: memoryview, pos: int) -> tuple[int, int] | None:
-    head = buf[pos]
-    if head < 0x80:
-        return head, pos + 1
-    width = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(head)
-    if width is None or pos + 1 + width > len(buf):
+def parse_chunk(frame: memoryview, sender: str | None = None) -> tuple[int, int, memoryview] | None:
+    """Zero-copy decoding of a WeightsChunk frame: (version, index, view of the data in ``frame``).
+
+    The data's bin is located after the "data" key and cut out; the rest of the frame (a few dozen bytes)
+    goes through the full ``decode`` with an empty data field, so every other field is validated as usual.
+    None when the frame does not have that shape or the rest does not validate (another message kind, or
+    anything unusual): the caller then decodes the whole frame the ordinary way, which reports the error.
+    """
+    head = bytes(frame[:256])
+    at = head.find(_DATA_KEY)
+    if at < 0 or at + len(_DATA_KEY) >= len(head):
         return None
-    return int.from_bytes(buf[pos + 1 : pos + 1 + width], "big"), pos + 1 + width
-
-
-def parse_chunk(frame: memoryview) -> tuple[int, int, memoryview] | None:
-    """Zero-copy fast path for a WeightsChunk frame in the canonical layout ``encode`` produces:
-    (version, index, data view). None when the frame is anything else; the caller then falls back to the
-    full ``decode`` (which accepts every valid encoding and reports what is wrong)."""
+    pos = at + len(_DATA_KEY)
+    width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(head[pos])
+    if width is None or pos + 1 + width > len(head):
+        return None
+    nbytes = int.from_bytes(head[pos + 1 : pos + 1 + width], "big")
+    start = pos + 1 + width
+    end = start + nbytes
+    if end > len(frame):
+        return None
+    rest = b"".join((head[:pos], _EMPTY_BIN, frame[end:]))
     try:
-        if frame[:9] != b"\x84\xa7version":
-            return None
-        parsed = _read_uint(frame, 9)
-        if parsed is None:
-            return None
-        version, pos = parsed
-        if frame[pos : pos + 6] != b"\xa5index":
-            return None
-        parsed = _read_uint(frame, pos + 6)
-        if parsed is None:
-            return None
-        index, pos = parsed
-        if frame[pos : pos + 5] != b"\xa4data":
-            return None
-        pos += 5
-        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(frame[pos])
-        if width is None:
-            return None
-        nbytes = int.from_bytes(frame[pos + 1 : pos + 1 + width], "big")
-        start = pos + 1 + width
-        if frame[start + nbytes :] != _CHUNK_SUFFIX:
-            return None
-        return version, index, frame[start : start + nbytes]
-    except IndexError:
+        chunk = decode(rest, WeightsChunk, sender=sender, max_frame=4096)
+    except MessageError:
         return None
+    return chunk.version, chunk.index, frame[start:end]
 
 
 class ZmqPublisher(WeightPublisher):
@@ -451,7 +445,7 @@ class ZmqReceiver(WeightReceiver):
                         self.receiver_id, self.endpoint, self.bad_messages, reason)
 
     def _handle(self, frame: memoryview) -> None:
-        fast = parse_chunk(frame)
+        fast = parse_chunk(frame, sender=self.endpoint)
         if fast is not None:  # the common case: no copy until the chunk lands in the payload buffer
             self._on_chunk(*fast)
             return

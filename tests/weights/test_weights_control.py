@@ -25,6 +25,18 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
     return condition()
 
 
+def rebind(start: Callable[[], ControlServer], timeout_s: float = 5.0) -> ControlServer:
+    """Start a server on a port another socket just released (ZeroMQ unbinds asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return start()
+        except TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_hub_first_register_heartbeat_version_stop(transport: Transport) -> None:
     config = make_config()
     with make_control_server(config, transport, version=5) as hub, \
@@ -72,7 +84,7 @@ def test_restarted_hub_learns_peers_from_heartbeats(transport: Transport) -> Non
     with make_control_client(config, transport, "survivor", heartbeat_interval_s=0.05) as client:
         with make_control_server(config, transport, version=1):
             client.register(timeout_s=10)
-        with make_control_server(config, transport, version=9) as hub2:
+        with rebind(lambda: make_control_server(config, transport, version=9)) as hub2:
             assert wait_until(lambda: [p.sender_id for p in hub2.peers()] == ["survivor"])
             assert wait_until(lambda: client.hub_version == 9)
 
@@ -117,6 +129,7 @@ def test_bad_messages_are_counted_on_both_sides(transport: Transport) -> None:
         rogue.close(0)
 
     # A fake hub sends junk to a client: counted, the client keeps working.
+    config = make_config()
     fake = transport.server(zmq.ROUTER, config.endpoints.bind(config.endpoints.control_port))
     with ControlClient(transport, config.endpoints.learner(config.endpoints.control_port), "c") as client:
         result: list[int] = []

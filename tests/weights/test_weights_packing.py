@@ -9,7 +9,7 @@ import torch
 from weights_util import state_dict
 
 from rlef.common.errors import WeightsError
-from rlef.common.messages import WeightsChunk, WeightsManifest, decode, encode
+from rlef.common.messages import TensorSpec, WeightsChunk, WeightsManifest, decode, encode
 from rlef.common.weights import state_dict_digest
 from rlef.common.weights.packing import ALIGN, pack, pack_frames, unpack
 from rlef.common.weights.zmq_transport import chunk_frame_parts, encode_chunk, parse_chunk
@@ -85,12 +85,17 @@ def test_zero_copy_chunk_parser_agrees_with_decode(version: int, index: int) -> 
 
 def test_zero_copy_chunk_parser_declines_anything_else() -> None:
     frame = encode(WeightsChunk(version=1, index=2, data=b"abc"))
-    assert parse_chunk(memoryview(frame[:-1])) is None  # truncated schema
+    assert parse_chunk(memoryview(frame[:-1])) is None  # truncated
     assert parse_chunk(memoryview(frame + b"x")) is None  # trailing bytes
+    assert parse_chunk(memoryview(frame.replace(b"weights_chunk", b"weights_chunX"))) is None  # unknown kind
     assert parse_chunk(memoryview(frame.replace(b"weights_chunk/1", b"weights_chunk/2"))) is None
     assert parse_chunk(memoryview(b"\x84")) is None
     other = encode(WeightsManifest(version=1, tensors=[], total_bytes=0, chunk_bytes=1, num_chunks=0, sha256="0" * 64))
     assert parse_chunk(memoryview(other)) is None
+    named_data = encode(WeightsManifest(  # a tensor called "data" puts the key's bytes into a manifest
+        version=1, tensors=[TensorSpec(name="data", shape=[1], dtype="uint8", offset=0, nbytes=1)],
+        total_bytes=1, chunk_bytes=1, num_chunks=1, sha256="0" * 64))
+    assert parse_chunk(memoryview(named_data)) is None
 
 
 def test_framed_packing_carries_the_same_payload_as_flat_packing() -> None:
