@@ -550,9 +550,14 @@ def test_model_copy_replaces_fields_and_rechecks_cross_field_rules() -> None:
 
 
 def test_construction_checks_cross_field_rules_and_decode_checks_the_rest() -> None:
-    with pytest.raises(ValueError, match="logprobs"):
-        Turn(prompt_ids=b"", response_ids=pack_ids([1, 2]), logprobs=pack_floats([0.0]), policy_version=0,
-             has_code=False, outcome=TurnOutcome(status="no_code"))
+    # A Rollout checks the rules of its turns and final outcome (one Python call per decoded rollout).
+    bad_turn = Turn(prompt_ids=b"", response_ids=pack_ids([1, 2]), logprobs=pack_floats([0.0]), policy_version=0,
+                    has_code=False, outcome=TurnOutcome(status="no_code"))
+    good = VALID["rollout"]
+    with pytest.raises(ValueError, match="at turns.1: 1 logprobs for 2 response tokens"):
+        good.model_copy(update={"turns": [good.turns[0], bad_turn, good.turns[2]]})
+    with pytest.raises(ValueError, match="at final: tests_passed 2 > tests_total 1"):
+        good.model_copy(update={"final": FinalOutcome(passed=True, status="pass", tests_passed=2, tests_total=1)})
     with pytest.raises(ValueError, match="exactly one"):
         ExecutionJob(job_id="j", code="", limits=Limits(time_s=1.0, memory_bytes=1))
     # Field constraints are not checked on keyword construction (documented), but every receiver decodes:
