@@ -96,8 +96,9 @@ class FilesystemPublisher(WeightPublisher):
         self.root = Path(root)
         self.keep = keep
         self.root.mkdir(parents=True, exist_ok=True)
-        existing = complete_versions(self.root)
-        self._version = existing[-1] if existing else -1
+        # Versions already on disk belong to an earlier run of the learner: a resumed learner may publish
+        # lower numbers again, and those replace what is there (see publish).
+        self._version = -1
 
     @property
     def version(self) -> int:
@@ -120,6 +121,10 @@ class FilesystemPublisher(WeightPublisher):
             for name in (FILE, MANIFEST):
                 _fsync(tmp / name)
             _fsync(tmp)
+            # Versions >= this one on disk come from before a learner restart: retire them first, so the
+            # newest version in the directory is always the one just published.
+            for stale in [v for v in complete_versions(self.root) if v >= version]:
+                self._retire(stale)
             tmp.rename(final)
             _fsync(self.root)
         except BaseException:
@@ -131,16 +136,18 @@ class FilesystemPublisher(WeightPublisher):
         M.PUBLISHED_BYTES.labels(NAME).inc(nbytes)
         M.PUBLISHED_VERSION.labels(NAME).set(version)
 
+    def _retire(self, version: int) -> None:
+        # Rename first so a reader never sees a half-deleted directory under a version name.
+        doomed = self.root / f".old-v{version:08d}-{uuid.uuid4().hex[:8]}"
+        try:
+            version_dir(self.root, version).rename(doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+
     def _prune(self) -> None:
         for old in complete_versions(self.root)[: -self.keep]:
-            target = version_dir(self.root, old)
-            # Rename first so a reader never sees a half-deleted directory under a version name.
-            doomed = self.root / f".old-v{old:08d}-{uuid.uuid4().hex[:8]}"
-            try:
-                target.rename(doomed)
-            except FileNotFoundError:
-                continue
-            shutil.rmtree(doomed, ignore_errors=True)
+            self._retire(old)
 
     def close(self) -> None:
         pass

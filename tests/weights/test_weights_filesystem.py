@@ -91,3 +91,16 @@ def test_tied_tensors_are_saved(tmp_path: Path) -> None:
     with FilesystemReceiver(tmp_path, "a") as rec:
         got = rec.poll(timeout_s=10)
         assert got is not None and state_dict_digest(got.tensors) == state_dict_digest(sd)
+
+
+def test_a_restarted_learner_replaces_versions_left_by_its_earlier_run(tmp_path: Path) -> None:
+    before = FilesystemPublisher(tmp_path, keep=3)
+    for version in (8, 9, 10):
+        before.publish(version, state_dict(version))
+    resumed = FilesystemPublisher(tmp_path, keep=3)  # resumed from a checkpoint at version 8
+    resumed.publish(9, state_dict(90))
+    assert complete_versions(tmp_path) == [8, 9]
+    with FilesystemReceiver(tmp_path, "late") as rec:
+        got = rec.poll(timeout_s=10)
+        assert got is not None and got.version == 9
+        assert state_dict_digest(got.tensors) == state_dict_digest(state_dict(90))
