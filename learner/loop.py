@@ -142,7 +142,7 @@ class Learner:
         self.last_saved_step = self.ppo.step
         M.CHECKPOINT_SECONDS.observe(time.perf_counter() - t0)
         if self.rank == 0:
-                log.info("checkpoint %s (step %d, version %d)", path, self.ppo.step, self.version)
+            log.info("checkpoint %s (step %d, version %d)", path, self.ppo.step, self.version)
 
     def record(self, rollouts: list[Rollout], stats: dict, updates: list[dict], seconds: dict) -> None:
         last = updates[-1]
