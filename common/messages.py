@@ -100,7 +100,11 @@ _Name = Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
 class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
-    """Base of every message and part of one: frozen, keyword-only, unknown fields rejected on decode."""
+    """Base of every message and part of one: frozen, keyword-only, unknown fields rejected on decode.
+
+    ``gc=False``: messages are trees (a Struct never refers back to its parent), so the cycle collector
+    need not track them: a decoded rollout adds 3 tracked objects (its lists and dict) instead of 11.
+    """
 
     def model_dump(self) -> dict[str, Any]:
         """The message as plain dicts, lists and scalars (bytes stay bytes), without the ``schema`` tag."""
