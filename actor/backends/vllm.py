@@ -99,7 +99,9 @@ class VllmBackend(GenerationBackend):
             seed=seed,
             logprobs_mode="processed_logprobs",
             disable_log_stats=True,
-            enable_prefix_caching=False,
+            # Turns 2 and 3 of an episode extend turn 1's context: prefix caching saves re-computing it. The
+            # cache is reset after every weight reload (its entries were computed with the old weights).
+            enable_prefix_caching=True,
         )
         self.model_path = model_path
         self.engine = AsyncLLM.from_engine_args(args)
@@ -204,6 +206,10 @@ class VllmBackend(GenerationBackend):
                     await asyncio.to_thread(received.save_safetensors, target / "model.safetensors")
                 try:
                     await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(target)})
+                    if not await self.engine.reset_prefix_cache():
+                        # Refused while requests run: cached prefixes of the old weights may serve a few more
+                        # requests. Their log-probs are still the ones sampled from (a valid behaviour policy).
+                        log.warning("vllm backend: prefix cache not reset after reloading version %d", received.version)
                 except Exception as exc:  # noqa: BLE001 - the engine's RPC raises its own error types
                     raise WeightsError(f"vLLM reload of weights version {received.version} failed: {type(exc).__name__}: {exc}") from exc
             finally:
