@@ -194,6 +194,7 @@ class EpisodeRunner:
         self.errors: list[str] = []
         self._t0 = time.perf_counter()
         self._busy0 = backend.busy_seconds()
+        self._busy_reported = self._busy0
 
     # ------------------------------------------------------------------ the loop
 
@@ -255,6 +256,9 @@ class EpisodeRunner:
         return (self.backend.busy_seconds() - self._busy0) / wall if wall > 0 else 0.0
 
     def _report_busy(self) -> None:
+        busy = self.backend.busy_seconds()
+        M.ENGINE_BUSY_SECONDS.inc(max(0.0, busy - self._busy_reported))
+        self._busy_reported = busy
         M.ENGINE_BUSY_FRACTION.set(self.busy_fraction())
 
     # ------------------------------------------------------------------ one episode

@@ -67,6 +67,7 @@ def test_slow_learner_blocks_new_episodes_then_everything_arrives(tiny_model_dir
     assert runner.errors == [] and runner.finished == 10
     assert _metric("rlef_actor_episodes_total") - episodes_before >= 10
     assert _metric("rlef_actor_turn_outcomes_total", {"turn": "1", "status": "wrong_answer"}) > 0
+    assert _metric("rlef_actor_turns_per_episode_count") >= 10 and _metric("rlef_actor_episode_reward_count") >= 10
 
 
 def test_shards_are_disjoint_and_streams_are_seeded():
