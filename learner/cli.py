@@ -1,6 +1,6 @@
 """`rlef` subcommands of the learner role (found through the rlef.commands entry point; keep imports light).
 
-    torchrun --nproc_per_node N -m rlef.common.cli learner --config FILE [--resume auto|none|PATH] [k=v ...]
+    torchrun --nproc_per_node N -m rlef.common.cli learner --config FILE [--resume none|auto|PATH] [k=v ...]
     rlef learner --config FILE            (one rank, no torchrun needed)
     rlef export CKPT DIR [--config FILE]  (Hugging Face checkpoint of a learner checkpoint's policy)
 """
@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this role's subcommands (heavy imports stay inside the handlers)."""
     learner = subparsers.add_parser("learner", help="run the FSDP2 PPO learner (launch under torchrun for N ranks)")
     add_config_arguments(learner)
-    learner.add_argument("--resume", default="auto",
-                         help="auto: newest complete checkpoint if any (default); none: start fresh; or a checkpoint path")
+    learner.add_argument("--resume", default="none",
+                         help="none: start fresh (default); auto: newest complete checkpoint of the run if any, else "
+                              "fresh (spooled rollouts of a crashed run are trained on); or a checkpoint directory")
     learner.set_defaults(func=_learner)
 
     export = subparsers.add_parser("export", help="write a learner checkpoint's policy as a Hugging Face checkpoint")

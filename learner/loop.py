@@ -97,8 +97,12 @@ class Learner:
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "learner-config.yaml").write_text(dump_config(config))
-            self.hub = Hub(config, vocab_size=self.ppo.vocab_size, version=self.version,
-                           spool_path=self.run_dir / "learner" / "rollout-spool.bin")
+            spool = self.run_dir / "learner" / "rollout-spool.bin"
+            if resume == "none" and spool.exists():
+                # A fresh start: rollouts spooled by an earlier run of this run directory are not ours to train on.
+                log.warning("--resume none: discarding %s left by an earlier run", spool)
+                spool.unlink()
+            self.hub = Hub(config, vocab_size=self.ppo.vocab_size, version=self.version, spool_path=spool)
             self.hub.restore(consumed, self.version)
             self.mlog = MetricsLog(metrics_log_path(self.run_dir, "learner", 0), role="learner", process_id=0)
             self.batch_log = open(self.run_dir / "learner" / "batches.jsonl", "a")
@@ -214,7 +218,7 @@ class Learner:
         return 0
 
 
-def main(config: RlefConfig, resume: str = "auto") -> int:
+def main(config: RlefConfig, resume: str = "none") -> int:
     learner = Learner(config, resume)
     try:
         return learner.run()
