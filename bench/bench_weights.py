@@ -6,8 +6,8 @@ Same run, same bytes, same chunk size:
 - zmq: ``ZmqPublisher`` -> ``ZmqReceiver`` (credit flow, msgpack chunks, sha256 verified, whole version);
 - collective: ``CollectivePublisher`` -> ``CollectiveReceiver`` over gloo (bucketed broadcast, sha256).
 Reported: bytes/s per receiver (payload / time from publish-done to that receiver holding the verified
-version; the third of three versions, i.e. steady state with recycled buffers, as in a long run) and the ratio
-to raw with the same number of receivers (target >= 0.5). Also the hashing choice:
+version; best of versions 2-4, i.e. steady state with recycled buffers as in a long run; raw: best of 3
+passes) and the ratio to raw with the same number of receivers (target >= 0.5). Also the hashing choice:
 sha256 vs blake2b vs a plain copy of the same bytes, and publish() (copy + hash) time.
 
 Run: ``.venv/bin/python bench/bench_weights.py [--gib 1.0] [--receivers 1,2,4] [--no-collective]``.
@@ -64,18 +64,15 @@ def transport() -> Transport:
 # ---------------------------------------------------------------- receiver processes
 
 
-def role_raw(port: int, total: int) -> None:
+def role_raw(port: int, total: int, passes: int) -> None:
     t = transport()
     sock = t.client(zmq.DEALER, f"tcp://127.0.0.1:{port}")
     sock.send(b"ready")
-    got = 0
-    first = None
-    while got < total:
-        frame = sock.recv(copy=False)
-        if first is None:
-            first = time.time()
-        got += len(frame.buffer)
-    print(json.dumps({"done": time.time(), "first": first, "bytes": got}), flush=True)
+    for _ in range(passes):
+        got = 0
+        while got < total:
+            got += len(sock.recv(copy=False).buffer)
+        print(json.dumps({"done": time.time(), "bytes": got}), flush=True)
     sock.close(0)
     t.close()
 
@@ -136,27 +133,32 @@ def finish(procs: list[subprocess.Popen]) -> None:
 # ---------------------------------------------------------------- measurements
 
 
-VERSIONS = 3  # the last one is timed: steady state, with buffers recycled as in a long run
+VERSIONS = 4  # versions 2.. are timed (steady state, buffers recycled as in a long run); best one reported
+PASSES = 3  # raw passes; best one reported (the host is shared: best-of-N damps other jobs' noise)
 
 
 def bench_raw(payload: memoryview, n: int) -> float:
-    """Seconds per receiver (mean) to receive the payload from a ROUTER sending zero-copy chunk frames."""
+    """Seconds per receiver (mean over receivers, best of PASSES) to receive the payload from a ROUTER
+    sending zero-copy chunk frames."""
     t = transport()
     port = free_port()
     sock = t.server(zmq.ROUTER, f"tcp://127.0.0.1:{port}")
     sock.setsockopt(zmq.SNDHWM, 16)
-    procs = [spawn("raw", str(port), str(len(payload))) for _ in range(n)]
+    procs = [spawn("raw", str(port), str(len(payload)), str(PASSES)) for _ in range(n)]
     peers = [sock.recv_multipart()[0] for _ in range(n)]
-    start = time.time()
-    for offset in range(0, len(payload), CHUNK):  # interleave receivers, as the weights hub does
-        frame = payload[offset : offset + CHUNK]
-        for peer in peers:
-            sock.send_multipart([peer, frame], copy=False)
-    results = collect(procs)
+    best = float("inf")
+    for _ in range(PASSES):
+        start = time.time()
+        for offset in range(0, len(payload), CHUNK):  # interleave receivers, as the weights hub does
+            frame = payload[offset : offset + CHUNK]
+            for peer in peers:
+                sock.send_multipart([peer, frame], copy=False)
+        results = collect(procs)
+        best = min(best, sum(r["done"] - start for r in results) / n)
     finish(procs)
     sock.close(0)
     t.close()
-    return sum(r["done"] - start for r in results) / n
+    return best
 
 
 def _versions(sd: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -181,6 +183,7 @@ def bench_zmq(sd: dict[str, torch.Tensor], n: int) -> tuple[float, float]:
     procs = [spawn("zmq", str(port), f"r{i}", str(VERSIONS)) for i in range(n)]
     while pub.receivers() < n:  # everybody connected and polling
         time.sleep(0.05)
+    best_publish = best = float("inf")
     for version, state in enumerate(_versions(sd), start=1):
         start = time.perf_counter()
         pub.publish(version, state)
@@ -188,10 +191,13 @@ def bench_zmq(sd: dict[str, torch.Tensor], n: int) -> tuple[float, float]:
         ready = time.time()
         results = collect(procs)
         assert all(r["version"] == version for r in results), results
+        if version >= 2:
+            best_publish = min(best_publish, publish_s)
+            best = min(best, sum(r["done"] - ready for r in results) / n)
     finish(procs)
     pub.close()
     t.close()
-    return publish_s, sum(r["done"] - ready for r in results) / n
+    return best_publish, best
 
 
 def bench_collective(sd: dict[str, torch.Tensor], n: int) -> float:
@@ -202,13 +208,16 @@ def bench_collective(sd: dict[str, torch.Tensor], n: int) -> float:
     procs = [spawn("collective", str(port), str(n + 1), f"c{i}", str(VERSIONS)) for i in range(n)]
     if not pub.formed.wait(600):  # the clock starts once every receiver joined
         raise RuntimeError(f"collective group did not form: {pub.error}")
+    best = float("inf")
     for version, state in enumerate(_versions(sd), start=1):
         pub.publish(version, state)
         ready = time.time()
         results = collect(procs)
+        if version >= 2:
+            best = min(best, sum(r["done"] - ready for r in results) / n)
     finish(procs)
     pub.close()
-    return sum(r["done"] - ready for r in results) / n
+    return best
 
 
 def bench_receiver_work(view: memoryview) -> dict[str, float]:
@@ -245,7 +254,7 @@ def main() -> None:
     if args.role:
         kind, rest = args.role[0], args.role[1:]
         if kind == "raw":
-            role_raw(int(rest[0]), int(rest[1]))
+            role_raw(int(rest[0]), int(rest[1]), int(rest[2]))
         elif kind == "zmq":
             role_zmq(int(rest[0]), rest[1], int(rest[2]))
         else:
