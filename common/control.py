@@ -90,6 +90,8 @@ class ControlServer:
         self._bad_logged: set[bytes] = set()
         self.bad_messages = 0
         self._sock = transport.server(zmq.ROUTER, endpoint, router_handover=1)
+        # What peers connect to (the real port when ``endpoint`` asked for port 0).
+        self.bound_endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._thread = threading.Thread(target=self._serve, name="control-hub", daemon=True)
         self._thread.start()
 

@@ -139,6 +139,8 @@ class ZmqPublisher(WeightPublisher):
         self.chunk_bytes = chunk_bytes
         self.hub_id = hub_id
         self._sock = transport.server(zmq.ROUTER, endpoint, router_handover=1)
+        # What receivers connect to (the real port when ``endpoint`` asked for port 0).
+        self.bound_endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._current: tuple[FramedVersion, bytes] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -145,10 +145,12 @@ def test_bad_messages_are_counted_on_both_sides(transport: Transport) -> None:
     fake.close(0)
 
 
-def test_server_is_usable_as_a_plain_object(transport: Transport) -> None:
-    config = make_config()
-    hub = ControlServer(transport, config.endpoints.bind(config.endpoints.control_port))
-    assert hub.version == -1 and hub.peers() == []
+def test_server_is_usable_as_a_plain_object_on_a_free_port(transport: Transport) -> None:
+    hub = ControlServer(transport, "tcp://127.0.0.1:0")
+    assert hub.bound_endpoint.startswith("tcp://127.0.0.1:") and not hub.bound_endpoint.endswith(":0")
+    with ControlClient(transport, hub.bound_endpoint, "x") as client:
+        assert client.register(timeout_s=10) == -1
+    assert hub.version == -1 and [p.sender_id for p in hub.peers()] == ["x"]
     hub.set_version(1)
     assert hub.version == 1
     hub.close()

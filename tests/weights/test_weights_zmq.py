@@ -296,3 +296,12 @@ def test_control_version_message_makes_an_idle_receiver_fetch_at_once(transport:
         hub.set_version(2)
         got = rec.poll(timeout_s=20)
         assert got is not None and got.version == 2
+
+
+def test_publisher_on_a_free_port_reports_where_to_connect(transport: Transport) -> None:
+    with ZmqPublisher(transport, "tcp://127.0.0.1:0", chunk_bytes=1024) as pub:
+        assert not pub.bound_endpoint.endswith(":0")
+        with ZmqReceiver(transport, pub.bound_endpoint, "r", poll_interval_s=0.05) as rec:
+            pub.publish(0, state_dict(0))
+            got = rec.poll(timeout_s=20)
+            assert got is not None and got.version == 0
