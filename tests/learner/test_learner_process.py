@@ -1,4 +1,4 @@
-"""The learner as a real process (torchrun, gloo) fed by a real ZeroMQ pusher of synthetic rollouts.
+"""The learner as a real process (torchrun, 2 gloo ranks) fed by a real ZeroMQ pusher of synthetic rollouts.
 
 One run covers: malformed / duplicate rollouts are rejected and counted while training goes on; kill -9
 mid-run then ``--resume auto`` continues at the checkpoint's step and version with no rollout trained on
@@ -106,7 +106,7 @@ class Pusher:
 
 def start_learner(config_path: Path, log_path: Path) -> subprocess.Popen:
     (master,) = free_ports(1)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", f"--master_port={master}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={master}",
            "-m", "rlef.common.cli", "learner", "--config", str(config_path), "--resume", "auto"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     return subprocess.Popen(cmd, cwd=ROOT, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env,
