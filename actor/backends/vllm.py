@@ -218,5 +218,8 @@ class VllmBackend(GenerationBackend):
         log.info("vllm backend: reloaded weights version %d in place", received.version)
 
     async def close(self) -> None:
-        self.engine.shutdown()
+        if self.engine is not None:
+            self.engine.shutdown()
+            # Drop the engine now: its __del__ shuts down again, which fails during interpreter teardown.
+            self.engine = None
         shutil.rmtree(self._weights_dir, ignore_errors=True)
