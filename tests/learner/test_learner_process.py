@@ -255,3 +255,34 @@ def test_kill_resume_rejects_and_export(learner_model_dir, tmp_path):
     version, tensors = received["latest"]
     assert version == 8
     assert state_dict_digest(tensors) == state_dict_digest(model.state_dict())
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_final_checkpoint_and_keeps_waiting_rollouts(learner_model_dir, tmp_path):
+    """What a supervisor's stop does: the learner finishes its step, checkpoints, and exits; the rollouts still
+    waiting stay unconsumed in the spool for the next --resume auto."""
+    from rlef.learner.buffer import Spool
+
+    config_path = write_config(tmp_path, learner_model_dir)
+    run_dir = load_config(config_path).run.run_dir
+    log_path = tmp_path / "learner.log"
+    pusher = Pusher(config_path)
+    proc = start_learner(config_path, log_path)
+    try:
+        pusher.push(6)  # one batch of 4 + 2 waiting (and one round of malformed frames)
+        wait_for(lambda: len(batches(run_dir)) >= 1, 240, proc, log_path)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)  # torchrun forwards it to its workers
+        proc.wait(timeout=120)
+    finally:
+        pusher.close()
+        if proc.poll() is None:
+            kill9(proc)
+    (final,) = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert final.name == "step-00000002" and (final / "COMPLETE").exists()
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert state["consumed"] == sorted(batches(run_dir)[0]["rollout_ids"])
+    spool = Spool(run_dir / "learner" / "rollout-spool.bin")
+    waiting = spool.read()
+    spool.close()
+    assert len(waiting) == 2
