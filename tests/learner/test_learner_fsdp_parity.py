@@ -101,9 +101,29 @@ def reference_update(model_dir, perturbed, batch, config):
     (torch.cat(pi_terms).mean() + torch.cat(v_terms).mean()).backward()
     torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
     torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.max_grad_norm)
+    grads = {f"policy {n}": p.grad.clone() for n, p in policy.named_parameters()}
+    grads.update({f"value {n}": p.grad.clone() for n, p in value.named_parameters()})
     opt_p.step()
     opt_v.step()
-    return policy.state_dict(), value.state_dict()
+    return policy.state_dict(), value.state_dict(), grads
+
+
+def assert_same_update(got: torch.Tensor, expected: torch.Tensor, grad: torch.Tensor | None, label: str, lr: float) -> None:
+    """Equal within fp32 tolerance wherever the gradient stands above float32 noise.
+
+    AdamW's first step moves each weight by about lr * sign(g): an element whose gradient is a cancellation
+    at rounding level (|g| below 1e-5 of the tensor's largest) can flip sign with the summation order (thread
+    count, sharding), so there we only require a move no larger than one step, and such elements must be rare.
+    """
+    if grad is None:
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-6, msg=label)
+        return
+    # Exactly-zero gradients (embedding rows of unseen tokens) are no noise: both sides only decay them.
+    noise = (grad != 0) & (grad.abs() <= 1e-5 * grad.abs().max())
+    assert noise.float().mean().item() < 0.1, f"{label}: too many near-zero gradients to compare"
+    torch.testing.assert_close(got[~noise], expected[~noise], rtol=1e-4, atol=2e-6, msg=label)
+    if noise.any():
+        assert (got[noise] - expected[noise]).abs().max().item() <= 2.5 * lr, label
 
 
 def run_learner(model_dir, tmp_path, batch, world: int, extra: list[str]) -> dict:
@@ -118,16 +138,16 @@ def test_two_rank_fsdp_update_matches_unsharded(learner_model_dir, tmp_path, ext
     batch = make_rollouts(6, VOCAB, seed=5, max_prompt=20, max_response=12)
     result = run_learner(learner_model_dir, tmp_path, batch, 2, extra)
     config = load_config(None, OVERRIDES + [f"model.path={learner_model_dir}"])
-    ref_policy, ref_value = reference_update(str(learner_model_dir), result["perturbed"], batch, config)
+    ref_policy, ref_value, grads = reference_update(str(learner_model_dir), result["perturbed"], batch, config)
     assert result["stats"]["kl"] != 0.0
     moved = 0
     for name, expected in ref_policy.items():
         got = result["policy"][name]
         moved += int(not torch.allclose(got, result["perturbed"][name]))
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-6, msg=f"policy {name}")
+        assert_same_update(got, expected, grads.get(f"policy {name}"), f"policy {name}", config.learner.lr)
     assert moved > 0
     for name, expected in ref_value.items():
-        torch.testing.assert_close(result["value"][name], expected, rtol=1e-4, atol=2e-6, msg=f"value {name}")
+        assert_same_update(result["value"][name], expected, grads.get(f"value {name}"), f"value {name}", config.learner.lr)
 
 
 @pytest.mark.slow
