@@ -422,5 +422,8 @@ class EpisodeRunner:
         M.EPISODES.inc()
         M.TURNS_PER_EPISODE.observe(len(turns))
         M.EPISODE_REWARD.observe(sum(rewards))
+        M.EPISODE_REWARD_SUM.inc(sum(rewards))
+        for turn, reward in enumerate(rewards, start=1):
+            M.TURN_REWARD_SUM.labels(str(turn)).inc(reward)
         M.FINAL_OUTCOMES.labels(final.status).inc()
         return EpisodeRecord(rollout, problem, turns, final_result)

@@ -65,11 +65,9 @@ OVERVIEW = (
         _q("rlef:learner_tokens:rate1m", "trained"),
     ), unit="short", roles=ACTOR_LEARNER),
     Panel("Mean reward", (
-        # always=False until the actor exports rlef_actor_episode_reward_running_sum (see recording.yml).
-        _q("rlef:episode_reward:mean5m", "actor episodes", always=False),
+        _q("rlef:episode_reward:mean5m", "actor episodes"),
         _q("rlef:learner_batch_reward:avg5m", "learner batches"),
-        # always=False until the actor exports rlef_actor_turn_reward_running_sum{turn}.
-        _q("rlef:turn_reward:mean5m", "turn {{turn}}", always=False),
+        _q("rlef:turn_reward:mean5m", "turn {{turn}}"),
     ), unit="none", roles=ACTOR_LEARNER,
           description="Mean summed task reward per episode (solved 1, unsolved -1, no-code -0.2 per turn)."),
     Panel("Solve rate by turn (public tests)", (

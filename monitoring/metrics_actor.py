@@ -30,6 +30,14 @@ FINAL_OUTCOMES = Counter(
 EPISODE_REWARD = Histogram(
     "rlef_actor_episode_reward", "Sum of an episode's task rewards.", buckets=(-1.8, -1.5, -1.25, -1.0, -0.5, 0.0, 0.5, 0.9, 1.0)
 )
+# prometheus_client drops a histogram's _sum when a bucket bound is negative, so the mean reward needs its
+# own running sums (gauges: rewards are negative too; dashboards use delta(), never rate()).
+EPISODE_REWARD_SUM = Gauge(
+    "rlef_actor_episode_reward_running_sum", "Running sum of episode rewards (goes down too: use delta())."
+)
+TURN_REWARD_SUM = Gauge(
+    "rlef_actor_turn_reward_running_sum", "Running sum of task rewards by turn (goes down too: use delta()).", ["turn"]
+)
 POLICY_VERSION_LAG = Gauge("rlef_actor_policy_version_lag", "Hub's current policy version minus the version this actor holds.")
 ENGINE_BUSY_SECONDS = Counter("rlef_actor_engine_busy_seconds_total", "Seconds the inference engine spent generating.")
 ENGINE_BUSY_FRACTION = Gauge("rlef_actor_engine_busy_fraction", "Fraction of wall time the engine was generating, since the last report.")
