@@ -35,6 +35,7 @@ import zmq
 from rlef.common.config import RlefConfig
 from rlef.common.errors import MessageError, TransportError
 from rlef.common.messages import Control, decode, encode
+from rlef.common.router_loop import serve_router
 from rlef.common.transport import Transport
 from rlef.monitoring import metrics_weights as M
 
@@ -143,25 +144,8 @@ class ControlServer:
             log.debug("control hub: cannot reach %r: %s", identity[:64], exc)
 
     def _serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        last_gauge = 0.0
-        try:
-            while not self._stop.is_set():
-                self._run_commands()
-                if poller.poll(_POLL_MS):
-                    for _ in range(1000):
-                        try:
-                            frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._handle(frames)
-                now = time.monotonic()
-                if now - last_gauge > 1.0:
-                    last_gauge = now
-                    self._expire()
-        finally:
-            self._sock.close(0)
+        serve_router(self._sock, self._stop, self._handle, self._bad, lambda _now: self._expire(),
+                     before_poll=self._run_commands, poll_ms=_POLL_MS)
 
     def _run_commands(self) -> None:
         while True:
@@ -187,11 +171,7 @@ class ControlServer:
             self._bad_logged.add(identity)
             log.warning("control hub: dropped a bad message from %r: %s", identity[:64], reason)
 
-    def _handle(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            self._bad(frames[0] if frames else b"?", f"{len(frames)} frames, expected identity + message")
-            return
-        identity, frame = frames
+    def _handle(self, identity: bytes, frame: bytes) -> None:
         try:
             message = decode(frame, Control, sender=identity[:64].decode(errors="replace"), max_frame=_MAX_FRAME)
         except MessageError as exc:

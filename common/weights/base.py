@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import abc
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from rlef.monitoring import metrics_weights as M
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +100,65 @@ class WeightReceiver(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ThreadedReceiver(WeightReceiver):
+    """A receiver whose background thread (``_run``) fetches versions and hands each whole, verified one to
+    ``_deliver``; ``poll`` gives out the newest delivered one, at most once (a newer delivery replaces one not
+    yet taken). Subclasses set their own fields, call ``_start_thread`` last in ``__init__``, and stop through
+    ``_stop_thread`` in ``close``. Metrics carry the subclass's ``transport_name`` as label."""
+
+    def __init__(self, thread_name: str):
+        self._cond = threading.Condition()
+        self._ready: ReceivedWeights | None = None
+        self._version = -1
+        self._have = -1  # newest complete version received (returned by poll or waiting in _ready)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """The background thread: fetch, verify, ``_deliver``; return once ``_stop`` is set."""
+
+    def _start_thread(self) -> None:
+        self._thread.start()
+
+    def _stop_thread(self, timeout: float | None = None, *, wake: bool = False) -> None:
+        """Set ``_stop`` (then ``_wake`` if asked), join the thread (up to ``timeout``), then wake every
+        waiting ``poll`` so it returns."""
+        self._stop.set()
+        if wake:
+            self._wake.set()
+        self._thread.join(timeout)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _poll_done(self) -> bool:
+        """Whether a waiting ``poll`` gives up before ``timeout_s`` (called under ``_cond``)."""
+        return self._stop.is_set()
+
+    def _deliver(self, received: ReceivedWeights) -> None:
+        """Called by ``_run`` with a whole, verified version newer than ``_have``."""
+        self._have = received.version
+        with self._cond:
+            self._ready = received  # a newer whole version replaces one not yet taken
+            self._cond.notify_all()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def poll(self, timeout_s: float = 0.0) -> ReceivedWeights | None:
+        with self._cond:
+            if self._ready is None and timeout_s > 0:
+                self._cond.wait_for(lambda: self._ready is not None or self._poll_done(), timeout_s)
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            self._version = ready.version
+            M.VERSIONS_APPLIED.labels(self.transport_name).inc()
+        return ready
+
+    def notify(self, hub_version: int) -> None:
+        if hub_version > self._have:
+            self._wake.set()

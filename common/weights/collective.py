@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from rlef.common.errors import MessageError, TransportError, WeightsError
 from rlef.common.messages import WeightsManifest, decode, encode
-from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
+from rlef.common.weights.base import ReceivedWeights, ThreadedReceiver, WeightPublisher
 from rlef.common.weights.packing import HASH_BLOCK, PackedVersion, pack, populated, unpack
 from rlef.monitoring import metrics_weights as M
 
@@ -187,41 +187,29 @@ class CollectivePublisher(WeightPublisher):
         self._thread.join(timeout=5.0)
 
 
-class CollectiveReceiver(WeightReceiver):
+class CollectiveReceiver(ThreadedReceiver):
     """A non-zero rank of the learner-actors group: joins it in the background and receives every broadcast."""
 
     transport_name = NAME
 
     def __init__(self, *, host: str, port: int, world_size: int, backend: str = "gloo", bucket_bytes: int = 64 << 20,
                  timeout_s: float = 600.0, receiver_id: str = "actor"):
+        super().__init__(f"weights-collective-{receiver_id}")
         self.receiver_id = receiver_id
         self.world_size = world_size
         self.bucket_bytes = bucket_bytes
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self._host, self._port, self._backend = host, port, backend
-        self._cond = threading.Condition()
-        self._ready: ReceivedWeights | None = None
-        self._version = -1
-        self._stop = threading.Event()
         self.rank = -1
         self.checksum_failures = 0
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"weights-collective-{receiver_id}", daemon=True)
-        self._thread.start()
+        self._start_thread()
 
-    @property
-    def version(self) -> int:
-        return self._version
+    def _poll_done(self) -> bool:
+        return self._stop.is_set() or self.error is not None  # a failed group delivers nothing more
 
-    def poll(self, timeout_s: float = 0.0) -> ReceivedWeights | None:
-        with self._cond:
-            if self._ready is None and timeout_s > 0:
-                self._cond.wait_for(lambda: self._ready is not None or self._stop.is_set() or self.error is not None, timeout_s)
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            self._version = ready.version
-            M.VERSIONS_APPLIED.labels(NAME).inc()
-        return ready
+    def notify(self, hub_version: int) -> None:
+        """Ignored: every broadcast reaches every rank by itself."""
 
     def _run(self) -> None:
         try:
@@ -278,12 +266,7 @@ class CollectiveReceiver(WeightReceiver):
                                    nbytes=manifest.total_bytes, seconds=time.monotonic() - started)
         M.RECEIVE_SECONDS.labels(NAME).observe(received.seconds)
         M.RECEIVED_VERSION.labels(NAME).set(manifest.version)
-        with self._cond:
-            self._ready = received
-            self._cond.notify_all()
+        self._deliver(received)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-        with self._cond:
-            self._cond.notify_all()
+        self._stop_thread(timeout=5.0)

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from rlef.common.errors import WeightsError
-from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
+from rlef.common.weights.base import ReceivedWeights, ThreadedReceiver, WeightPublisher
 from rlef.common.weights.packing import HASH_BLOCK
 from rlef.monitoring import metrics_weights as M
 
@@ -153,50 +152,22 @@ class FilesystemPublisher(WeightPublisher):
         pass
 
 
-class FilesystemReceiver(WeightReceiver):
+class FilesystemReceiver(ThreadedReceiver):
     """Scans the shared directory in a background thread and hands out the newest verified version."""
 
     transport_name = NAME
 
     def __init__(self, root: Path, receiver_id: str, *, poll_interval_s: float = 0.5):
+        super().__init__(f"weights-fs-{receiver_id}")
         self.root = Path(root)
         self.receiver_id = receiver_id
         self.poll_interval_s = poll_interval_s
-        self._cond = threading.Condition()
-        self._ready: ReceivedWeights | None = None
-        self._version = -1
-        self._have = -1
         self._rejected: set[int] = set()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self.checksum_failures = 0
-        self._thread = threading.Thread(target=self._run, name=f"weights-fs-{receiver_id}", daemon=True)
-        self._thread.start()
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    def poll(self, timeout_s: float = 0.0) -> ReceivedWeights | None:
-        with self._cond:
-            if self._ready is None and timeout_s > 0:
-                self._cond.wait_for(lambda: self._ready is not None or self._stop.is_set(), timeout_s)
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            self._version = ready.version
-            M.VERSIONS_APPLIED.labels(NAME).inc()
-        return ready
-
-    def notify(self, hub_version: int) -> None:
-        if hub_version > self._have:
-            self._wake.set()
+        self._start_thread()
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join()
-        with self._cond:
-            self._cond.notify_all()
+        self._stop_thread(wake=True)  # wake: the scan loop sleeps on _wake between scans
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -233,12 +204,9 @@ class FilesystemReceiver(WeightReceiver):
                         directory, exc)
             return
         seconds = time.monotonic() - started
-        self._have = version
         received = ReceivedWeights(version=version, tensors=tensors, path=path, sha256=digest,
                                    nbytes=path.stat().st_size if path.exists() else 0, seconds=seconds)
         M.RECEIVED_BYTES.labels(NAME).inc(received.nbytes)
         M.RECEIVE_SECONDS.labels(NAME).observe(seconds)
         M.RECEIVED_VERSION.labels(NAME).set(version)
-        with self._cond:
-            self._ready = received
-            self._cond.notify_all()
+        self._deliver(received)

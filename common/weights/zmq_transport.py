@@ -55,8 +55,9 @@ import zmq
 
 from rlef.common.errors import MessageError, WeightsError
 from rlef.common.messages import Control, Message, WeightsChunk, WeightsManifest, WeightsRequest, decode, encode
+from rlef.common.router_loop import serve_router
 from rlef.common.transport import Transport
-from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
+from rlef.common.weights.base import ReceivedWeights, ThreadedReceiver, WeightPublisher
 from rlef.common.weights.packing import HASH_BLOCK, FramedVersion, pack_frames, populated, unpack
 from rlef.monitoring import metrics_weights as M
 
@@ -180,27 +181,12 @@ class ZmqPublisher(WeightPublisher):
     # ------------------------------------------------------------------ serving thread
 
     def _serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        last_gauge = 0.0
-        try:
-            while not self._stop.is_set():
-                if poller.poll(_POLL_MS):
-                    # Drain what is queued so one busy receiver does not starve the stop check.
-                    for _ in range(1000):
-                        try:
-                            frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._handle(frames)
-                now = time.monotonic()
-                if now - last_gauge > 1.0:
-                    last_gauge = now
-                    for identity in [i for i, seen in self._receivers.items() if now - seen > _RECEIVER_WINDOW_S]:
-                        del self._receivers[identity]  # restarted receivers come back under a new identity
-                    M.RECEIVERS.labels(NAME).set(self.receivers())
-        finally:
-            self._sock.close(0)
+        serve_router(self._sock, self._stop, self._handle, self._bad, self._forget_receivers, poll_ms=_POLL_MS)
+
+    def _forget_receivers(self, now: float) -> None:
+        for identity in [i for i, seen in self._receivers.items() if now - seen > _RECEIVER_WINDOW_S]:
+            del self._receivers[identity]  # restarted receivers come back under a new identity
+        M.RECEIVERS.labels(NAME).set(self.receivers())
 
     def _bad(self, identity: bytes, reason: str) -> None:
         self.bad_messages += 1
@@ -219,11 +205,7 @@ class ZmqPublisher(WeightPublisher):
             log.info("weights hub: cannot reach receiver %r: %s", identity[:64], exc)
             return False
 
-    def _handle(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            self._bad(frames[0] if frames else b"?", f"{len(frames)} frames, expected identity + message")
-            return
-        identity, frame = frames
+    def _handle(self, identity: bytes, frame: bytes) -> None:
         try:
             request = decode(frame, WeightsRequest, sender=identity[:64].decode(errors="replace"), max_frame=4096)
         except MessageError as exc:
@@ -316,7 +298,7 @@ class _Hasher:
             transfer.hasher.update(transfer.view[block : min(block + HASH_BLOCK, end)])
 
 
-class ZmqReceiver(WeightReceiver):
+class ZmqReceiver(ThreadedReceiver):
     """Actor side: a background thread pulls versions from the hub; ``poll`` hands out finished ones."""
 
     transport_name = NAME
@@ -331,6 +313,7 @@ class ZmqReceiver(WeightReceiver):
         poll_interval_s: float = 0.5,
         stall_timeout_s: float = 10.0,
     ):
+        super().__init__(f"weights-recv-{receiver_id}")
         self.endpoint = endpoint
         self.receiver_id = receiver_id
         self.credit = credit
@@ -339,12 +322,6 @@ class ZmqReceiver(WeightReceiver):
         identity = f"{receiver_id}/{uuid.uuid4().hex[:8]}".encode()
         # immediate: while the hub is away requests fail at once instead of piling up for a burst of answers.
         self._sock = transport.client(zmq.DEALER, endpoint, identity=identity, immediate=1)
-        self._cond = threading.Condition()
-        self._ready: ReceivedWeights | None = None
-        self._version = -1
-        self._have = -1  # newest complete version received (returned by poll or waiting in _ready)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self.hub_version = -1
         self.checksum_failures = 0
         self.bad_messages = 0
@@ -353,34 +330,12 @@ class ZmqReceiver(WeightReceiver):
         self._transfer: _Transfer | None = None
         self._next_get = 0.0
         self._hasher = _Hasher(f"weights-hash-{receiver_id}")
-        self._thread = threading.Thread(target=self._run, name=f"weights-recv-{receiver_id}", daemon=True)
-        self._thread.start()
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    def poll(self, timeout_s: float = 0.0) -> ReceivedWeights | None:
-        with self._cond:
-            if self._ready is None and timeout_s > 0:
-                self._cond.wait_for(lambda: self._ready is not None or self._stop.is_set(), timeout_s)
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            self._version = ready.version
-            M.VERSIONS_APPLIED.labels(NAME).inc()
-        return ready
-
-    def notify(self, hub_version: int) -> None:
-        if hub_version > self._have:
-            self._wake.set()
+        self._start_thread()
 
     def close(self) -> None:
         if not self._stop.is_set():
-            self._stop.set()
-            self._thread.join()
+            self._stop_thread()
             self._hasher.stop()
-            with self._cond:
-                self._cond.notify_all()
 
     # ------------------------------------------------------------------ transfer thread
 
@@ -556,12 +511,8 @@ class ZmqReceiver(WeightReceiver):
         seconds = time.monotonic() - transfer.started
         self._transfer = None
         self._failures_in_a_row = 0
-        self._have = manifest.version
-        received = ReceivedWeights(version=manifest.version, tensors=tensors, sha256=manifest.sha256,
-                                   nbytes=manifest.total_bytes, seconds=seconds)
-        with self._cond:
-            self._ready = received  # a newer whole version replaces one not yet taken
-            self._cond.notify_all()
+        self._deliver(ReceivedWeights(version=manifest.version, tensors=tensors, sha256=manifest.sha256,
+                                      nbytes=manifest.total_bytes, seconds=seconds))
         M.RECEIVE_SECONDS.labels(NAME).observe(seconds)
         M.RECEIVED_VERSION.labels(NAME).set(manifest.version)
         log.info("weights receiver %s: version %d complete (%d bytes in %.2fs)", self.receiver_id,
