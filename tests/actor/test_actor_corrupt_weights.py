@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 import zmq
-from conftest import ScriptedBackend, actor_config
+from helpers.actor_support import ScriptedBackend, actor_config
 
 from rlef.actor.episodes import EpisodeRunner
 from rlef.actor.problem_stream import problem_stream

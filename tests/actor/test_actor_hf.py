@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ScriptedBackend, actor_config
+from helpers.actor_support import ScriptedBackend, actor_config
 
 from rlef.actor.backends.base import Sampling
 from rlef.actor.backends.hf import HfBackend, teacher_forced_logprobs

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import ScriptedBackend, actor_config
+from helpers.actor_support import ScriptedBackend, actor_config
 from prometheus_client import REGISTRY
 
 from rlef.actor.episodes import EpisodeRunner

@@ -5,20 +5,18 @@ Other areas can reuse the same service through ``tests/helpers/executor_service.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers
 
-from helpers.executor_service import ExecutorService, start_executor_service  # noqa: E402
+from helpers.executor_service import ExecutorService, start_executor_service
 
-from rlef.common.config import ExecutorConfig, TransportConfig  # noqa: E402
-from rlef.common.execution_client import ExecutionClient  # noqa: E402
-from rlef.common.transport import Transport  # noqa: E402
-from rlef.executor.sandbox import Sandbox  # noqa: E402
+from rlef.common.config import ExecutorConfig, TransportConfig
+from rlef.common.execution_client import ExecutionClient
+from rlef.common.transport import Transport
+from rlef.executor.sandbox import Sandbox
 
 # Small caps so oversize jobs are cheap to build.
 SERVICE_OVERRIDES = ["executor.max_tests_per_job=500", "executor.max_code_bytes=200000"]

@@ -1,6 +1,6 @@
 """Start a real executor broker and real executor processes for tests of any role.
 
-Import from a test with ``sys.path.insert(0, str(Path(__file__).resolve().parents[1]))`` then
+Importable from any test (pytest's ``pythonpath`` holds tests/):
 ``from helpers.executor_service import start_executor_service``::
 
     with start_executor_service(tmp_path, workers=2) as service:

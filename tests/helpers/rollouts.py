@@ -1,6 +1,6 @@
 """Synthetic but valid Rollout messages for tests of any role (shared helper, no test of its own here).
 
-Import from a test with ``sys.path.insert(0, str(Path(__file__).resolve().parents[1]))`` then
+Importable from any test (pytest's ``pythonpath`` holds tests/):
 ``from helpers.rollouts import make_rollout``. Token ids are random within ``vocab_size``; behaviour
 log-probs are random negatives; rewards follow the method's shape (final turn +1/-1, -0.2 without code).
 """

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers
 
 
 def build_tiny_llama(path: Path, vocab_size: int = 97, seed: int = 0) -> Path:

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,13 +24,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.executor_service import RLEF, ROOT, start_executor_service  # noqa: E402
+from helpers.executor_service import RLEF, ROOT, start_executor_service
 
-from rlef.monitoring.prometheus_api import PrometheusAPI  # noqa: E402
-from rlef.monitoring.promconfig import free_port, start_prometheus, write_prometheus_config  # noqa: E402
-from rlef.monitoring.targets import write_targets  # noqa: E402
+from rlef.monitoring.prometheus_api import PrometheusAPI
+from rlef.monitoring.promconfig import free_port, start_prometheus, write_prometheus_config
+from rlef.monitoring.targets import write_targets
 
 JOB_MIX = [
     ("print(input())", "pass"),
