@@ -168,6 +168,7 @@ class EpisodeRunner:
         gate: Gate | None = None,
         feedback_problems: Sequence[Problem] = (),
         seed: int = 0,
+        final_test_set: str = "public+private",
     ):
         self.config = config
         self.backend = backend
@@ -178,6 +179,9 @@ class EpisodeRunner:
         self.actor_id = actor_id
         self.instance = instance
         self.gate = gate
+        # Tests the last program is scored on: training uses public + private; `rlef evaluate` passes "all"
+        # (CodeContests' generated tests too, as the paper's evaluation scores do).
+        self.final_test_set = final_test_set
         self.eot = chat.end_of_turn_id(tokenizer)
         self.sampling = Sampling.from_config(config.actor.sampling, (self.eot,))
         self._rng = random.Random(seed)
@@ -382,10 +386,10 @@ class EpisodeRunner:
     async def _final(
         self, problem: Problem, rollout_id: str, last: TurnRecord, timer: _Timer
     ) -> tuple[FinalOutcome, ExecutionResult | None]:
-        tests = problem.public_tests + problem.private_tests
+        tests = problem.tests(self.final_test_set)
         if last.code is None:
             return FinalOutcome(passed=False, status="no_code", tests_passed=0, tests_total=len(tests)), None
-        if not problem.private_tests and last.result is not None:
+        if len(tests) == len(problem.public_tests) and last.result is not None:  # nothing beyond the public tests
             result = last.result
         else:
             result = await self._execute(problem, last.code, tests, f"{rollout_id}-final", timer)

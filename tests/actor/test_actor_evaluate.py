@@ -1,0 +1,149 @@
+"""`rlef evaluate`: the aggregation against hand-computed counts and estimates, and (slow) the command as a
+real process with the tiny model against a real broker + executor."""
+
+from __future__ import annotations
+
+import json
+from math import comb
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlef.actor.evaluate import (
+    EpisodeSummary,
+    aggregate,
+    count_problems,
+    default_rollouts,
+    estimate,
+    repeated,
+    turn_errors,
+)
+from rlef.common.evaluation import bootstrap_ci
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Problem A: 4 episodes, B: 1 episode, C: skipped by the runner (prompt too long).
+EPISODES = [
+    EpisodeSummary("A", ("wrong_answer", "pass"), True),
+    EpisodeSummary("A", ("pass",), True),
+    EpisodeSummary("A", ("pass",), False),  # passes public, fails private
+    EpisodeSummary("A", ("no_code", "runtime_error", "timeout"), False),
+    EpisodeSummary("B", ("syntax_error", "wrong_answer", "pass"), False),
+]
+SKIPPED = [("C", "prompt_too_long")]
+SETTINGS = {"model": "m", "dataset": "sample", "split": "valid", "rollouts_per_problem": 4, "max_turns": 3,
+            "temperature": 0.2, "top_p": 0.95, "test_set": "all"}
+
+
+def _counts():
+    return {c.problem_id: c for c in count_problems(["A", "B", "C"], EPISODES, SKIPPED)}
+
+
+def test_counts_per_problem():
+    c = _counts()
+    a, b, skipped = c["A"], c["B"], c["C"]
+    assert (a.rollouts, a.public_pass, a.correct, a.first_turn_public_pass, a.first_turn_correct) == (4, 3, 2, 2, 1)
+    assert (b.rollouts, b.public_pass, b.correct, b.first_turn_public_pass, b.first_turn_correct) == (1, 1, 0, 0, 0)
+    assert (skipped.rollouts, skipped.skipped) == (0, "prompt_too_long")
+
+
+def test_unknown_problem_is_an_error():
+    with pytest.raises(ValueError, match="not in the evaluated set"):
+        count_problems(["A"], [EpisodeSummary("Z", ("pass",), True)])
+
+
+def test_multi_turn_one_at_three():
+    # max_turns 3: 1@3 draws one rollout, so it is correct/rollouts: A 2/4, B 0/1, C (skipped) 0.
+    e = estimate(list(_counts().values()), 1, 3, 3)
+    assert e["problems"] == 3
+    assert e["mean"] == pytest.approx((0.5 + 0 + 0) / 3)
+    assert (e["mean"], e["ci_low"], e["ci_high"]) == pytest.approx(bootstrap_ci([0.5, 0.0, 0.0], resamples=200))
+    assert e["ci_low"] <= e["mean"] <= e["ci_high"]
+
+
+def test_single_turn_one_at_three():
+    # Three first turns of A drawn from {correct, public-but-wrong, rest, rest}: the 4 triples solve with
+    # probability 0 (no correct), 1 (correct alone passes public), 1/2, 1/2 -> 0.5. B has too few rollouts
+    # (1 < 3) and is left out; C counts 0.
+    e = estimate(list(_counts().values()), 1, 3, 3, single=True)
+    assert e["problems"] == 2
+    assert e["mean"] == pytest.approx(0.25)
+
+
+def test_ten_at_hundred_needs_33_rollouts():
+    counts = list(_counts().values())
+    assert estimate(counts, 10, 100, 3) is None  # only the skipped problem would be left
+    many = [EpisodeSummary("A", ("pass",), i < 5) for i in range(33)]
+    e = estimate(count_problems(["A"], many), 10, 100, 3)
+    # All 33 rollouts are drawn and all pass the public tests: 10 of them are submitted uniformly, 5 of the 33
+    # are correct, so the problem is solved unless all 10 come from the 28 wrong ones.
+    assert e["mean"] == pytest.approx(1 - comb(28, 10) / comb(33, 10))
+    assert e["problems"] == 1 and e["ci_low"] == e["ci_high"] == e["mean"]
+
+
+def test_turn_errors_and_fixes():
+    turns = turn_errors(EPISODES)
+    assert [t["episodes"] for t in turns] == [5, 3, 2]
+    assert turns[0]["status"] == {"no_code": 1, "pass": 2, "syntax_error": 1, "wrong_answer": 1}
+    assert turns[0]["fixed_later"] == {"no_code": 0, "syntax_error": 1, "wrong_answer": 1}
+    assert turns[0]["fixed_later_correct"] == {"no_code": 0, "syntax_error": 0, "wrong_answer": 1}
+    assert turns[1]["status"] == {"pass": 1, "runtime_error": 1, "wrong_answer": 1}
+    assert turns[1]["fixed_later"] == {"runtime_error": 0, "wrong_answer": 1}
+    assert turns[2]["status"] == {"pass": 1, "timeout": 1}
+    assert turns[2]["fixed_later"] == {"timeout": 0}  # the last turn has no later turn
+
+
+def test_report_json_and_markdown():
+    report = aggregate(SETTINGS, ["A", "B", "C"], EPISODES, SKIPPED, ["A: boom"])
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["estimates"]["pass@1 (final program)"]["mean"] == pytest.approx(0.5 / 3)
+    assert data["estimates"]["1@3"]["mean"] == pytest.approx(0.5 / 3)
+    assert data["estimates"]["1@3 single-turn"]["mean"] == pytest.approx(0.25)
+    assert data["estimates"]["10@100"] is None and data["estimates"]["10@100 single-turn"] is None
+    assert [p["problem_id"] for p in data["problems"]] == ["A", "B", "C"]
+    md = report.markdown()
+    assert "| 1@3 | 0.1667 |" in md and "10@100 | n/a" in md and "C (skipped: prompt_too_long)" in md
+    assert "1 episodes failed" in md
+
+
+def test_defaults_and_repetition():
+    assert default_rollouts("1@3", 3) == 3
+    assert default_rollouts("10@100", 3) == 33
+    assert list(repeated(["x", "y"], 2)) == ["x", "x", "y", "y"]
+
+
+@pytest.mark.slow
+def test_rlef_evaluate_process(tiny_model_dir, executor_service, tmp_path):
+    rlef = str(Path(sys.executable).with_name("rlef"))
+    overrides = [o for o in executor_service.overrides if o.startswith("endpoints.")] + [
+        "actor.sampling.max_new_tokens=16", "actor.episodes_in_flight=4", "actor.execution_timeout_s=30",
+    ]
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [rlef, "evaluate", "--config", str(ROOT / "configs/tiny-cpu.yaml"), "--model", str(tiny_model_dir),
+         "--split", "valid", "--limit", "2", "-R", "2", "--output", str(out), *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "evaluation.json").read_text())
+    assert (out / "evaluation.md").read_text().startswith("# Evaluation")
+    assert data["settings"]["temperature"] == 0.2 and data["settings"]["top_p"] == 0.95
+    assert data["settings"]["test_set"] == "all" and data["errors"] == []
+    problems = data["problems"]
+    assert len(problems) == 2 and all(p["rollouts"] == 2 for p in problems)
+    for p in problems:
+        assert 0 <= p["correct"] <= p["public_pass"] <= p["rollouts"]
+        assert 0 <= p["first_turn_correct"] <= p["first_turn_public_pass"] <= p["rollouts"]
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 4
+    # Final programs were scored on public + private + generated tests (the sample valid split has all three).
+    assert all(e["final"]["tests_total"] > 0 for e in episodes)
+    assert data["turns"][0]["episodes"] == 4
+    assert sum(t["episodes"] for t in data["turns"]) == sum(len(e["turns"]) for e in episodes)
+    assert sum(data["turns"][0]["status"].values()) == 4
+    one = data["estimates"]["1@3"]
+    assert one["problems"] == 2 and one["ci_low"] <= one["mean"] <= one["ci_high"]
+    assert data["estimates"]["10@100"] is None
+    assert "1@3" in proc.stdout
