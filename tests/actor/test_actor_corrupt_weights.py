@@ -1,15 +1,14 @@
-"""A hub that serves a weights version whose chunks are corrupt: the actor never applies it (the receiver's
+"""A hub (tests/helpers/weights_hub.py) that serves a weights version whose chunks are corrupt: the actor never applies it (the receiver's
 checksum refuses it), keeps its version, and keeps producing rollouts with the real executor service."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 import torch
-import zmq
 from helpers.actor_support import ScriptedBackend, actor_config
+from helpers.weights_hub import ScriptedHub
 
 from rlef.actor.episodes import EpisodeRunner
 from rlef.actor.problem_stream import problem_stream
@@ -18,7 +17,6 @@ from rlef.actor.weights_sync import WeightSync
 from rlef.common.config import TransportConfig
 from rlef.common.data import load_problems
 from rlef.common.execution_client import ExecutionClient
-from rlef.common.messages import Control, WeightsRequest, decode, encode
 from rlef.common.transport import Transport
 from rlef.common.weights.packing import pack
 from rlef.common.weights.zmq_transport import ZmqReceiver, encode_chunk
@@ -26,37 +24,8 @@ from rlef.common.weights.zmq_transport import ZmqReceiver, encode_chunk
 pytestmark = pytest.mark.slow
 
 
-class CorruptHub:
-    """A real ROUTER speaking the zmq weights protocol whose every chunk has one flipped byte."""
-
-    def __init__(self, transport: Transport):
-        self.packed = pack(1, {"w": torch.arange(4096, dtype=torch.float32)}, 4096)
-        self.sock = transport.server(zmq.ROUTER, "tcp://127.0.0.1:0")
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.fetches = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.sock.poll(50):
-                continue
-            identity, frame = self.sock.recv_multipart()
-            request = decode(frame, WeightsRequest)
-            if request.op == "get":
-                reply = encode(self.packed.manifest) if request.version < 1 else encode(
-                    Control(op="ack", sender_id="hub", role="learner", version=1))
-            else:
-                self.fetches += 1
-                data = bytes(self.packed.chunk(request.index))
-                reply = encode_chunk(request.version, request.index, bytes([data[0] ^ 0xFF]) + data[1:])
-            self.sock.send_multipart([identity, reply])
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close(0)
+def flip_first_byte(version: int, index: int, data: bytes) -> bytes:
+    return encode_chunk(version, index, bytes([data[0] ^ 0xFF]) + data[1:])
 
 
 def test_corrupt_weights_are_never_applied_and_episodes_go_on(tiny_model_dir, tokenizer, executor_service):
@@ -65,7 +34,8 @@ def test_corrupt_weights_are_never_applied_and_episodes_go_on(tiny_model_dir, to
 
     async def go():
         sync_transport = Transport(TransportConfig())
-        hub = CorruptHub(sync_transport)
+        packed = pack(1, {"w": torch.arange(4096, dtype=torch.float32)}, 4096)
+        hub = ScriptedHub(sync_transport, "tcp://127.0.0.1:0", packed, flip_first_byte)
         receiver = ZmqReceiver(sync_transport, hub.endpoint, "actor-corrupt", poll_interval_s=0.1)
         transport = Transport(TransportConfig(), asyncio=True)
         client = ExecutionClient(transport, executor_service.frontend, client_id="actor-corrupt", timeout_s=30)

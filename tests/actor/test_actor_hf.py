@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 
 import pytest
 import torch

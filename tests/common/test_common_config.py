@@ -134,7 +134,7 @@ def test_wrong_types_name_every_key_and_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     text = str(info.value)
-    assert f"learner.lr: " in text and f"actor.sampling.max_new_tokens: " in text
+    assert "learner.lr: " in text and "actor.sampling.max_new_tokens: " in text
     assert text.count(f"(from {path})") == 2
 
 

@@ -6,7 +6,6 @@ Other areas can reuse the same service through ``tests/helpers/executor_service.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 

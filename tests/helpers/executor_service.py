@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.processes import stop_process_groups
+
 ROOT = Path(__file__).resolve().parents[2]
 RLEF = str(Path(sys.executable).with_name("rlef"))
 
@@ -97,18 +99,7 @@ class ExecutorService:
         raise TimeoutError(f"executor service not ready after {timeout_s} s:\n{self.logs()}")
 
     def stop(self) -> None:
-        procs = [p for p in [*self.executors, self.broker] if p is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_groups([p for p in [*self.executors, self.broker] if p is not None], timeout_s=5)
 
 
 @contextlib.contextmanager

@@ -10,10 +10,7 @@ actor applying new weights (or fails with the processes' logs). Everything is st
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -26,6 +23,7 @@ import pytest
 
 
 from helpers.executor_service import RLEF, ROOT, start_executor_service
+from helpers.processes import stop_process_groups
 
 from rlef.monitoring.prometheus_api import PrometheusAPI
 from rlef.monitoring.promconfig import free_port, start_prometheus, write_prometheus_config
@@ -94,17 +92,7 @@ def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen:
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_process_groups(procs, timeout_s=8)
 
 
 def _logs(log_dir: Path) -> str:

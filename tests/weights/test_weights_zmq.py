@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import zmq
+from helpers.weights_hub import ScriptedHub
 from weights_util import PEER, python, state_dict, zmq_config
 
 from rlef.common.config import RlefConfig
 from rlef.common.messages import Control, WeightsManifest, WeightsRequest, decode, encode
 from rlef.common.transport import Transport, generate_keys
 from rlef.common.weights import make_publisher, make_receiver, state_dict_digest
-from rlef.common.weights.packing import PackedVersion, pack
+from rlef.common.weights.packing import pack
 from rlef.common.weights.zmq_transport import ZmqPublisher, ZmqReceiver, encode_chunk
 from rlef.monitoring import metrics_weights as M
 
@@ -119,43 +118,6 @@ def test_hub_counts_bad_messages_and_keeps_serving(transport: Transport) -> None
         sock.close(0)
 
 
-class ScriptedHub:
-    """A hand-driven hub (real ROUTER): answers get with ``manifest`` and fetch through ``chunk_reply``."""
-
-    def __init__(self, transport: Transport, config: RlefConfig, packed: PackedVersion,
-                 chunk_reply: Callable[[int, int, bytes], bytes | None]):
-        self.sock = transport.server(zmq.ROUTER, config.endpoints.bind(config.endpoints.weights_port))
-        self.packed = packed
-        self.manifest_frame = encode(packed.manifest)
-        self.chunk_reply = chunk_reply
-        self.gets: list[int] = []
-        self.fetches = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.sock.poll(50):
-                continue
-            identity, frame = self.sock.recv_multipart()
-            request = decode(frame, WeightsRequest)
-            if request.op == "get":
-                self.gets.append(request.version)
-                reply = self.manifest_frame if request.version < self.packed.manifest.version else encode(
-                    Control(op="ack", sender_id="hub", role="learner", version=self.packed.manifest.version))
-            else:
-                self.fetches += 1
-                reply = self.chunk_reply(request.version, request.index, bytes(self.packed.chunk(request.index)))
-            if reply is not None:
-                self.sock.send_multipart([identity, reply])
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close(0)
-
-
 def test_corrupt_chunk_is_never_applied_counted_and_rerequested(transport: Transport) -> None:
     config = zmq_config()
     sd = state_dict(7, scale=10)
@@ -169,7 +131,7 @@ def test_corrupt_chunk_is_never_applied_counted_and_rerequested(transport: Trans
         return encode_chunk(version, index, data)
 
     before = M.CHECKSUM_FAILURES.labels("zmq")._value.get()
-    hub = ScriptedHub(transport, config, packed, reply)
+    hub = ScriptedHub(transport, config.endpoints.bind(config.endpoints.weights_port), packed, reply)
     try:
         with make_receiver(config, transport, "victim") as rec:
             assert isinstance(rec, ZmqReceiver)
@@ -188,7 +150,7 @@ def test_corrupt_chunk_is_never_applied_counted_and_rerequested(transport: Trans
 def test_a_persistently_corrupt_hub_never_gets_a_version_applied(transport: Transport) -> None:
     config = zmq_config()
     packed = pack(1, state_dict(8), config.weights.chunk_bytes)
-    hub = ScriptedHub(transport, config, packed, lambda v, i, d: encode_chunk(v, i, d[:-1] + bytes([d[-1] ^ 255])))
+    hub = ScriptedHub(transport, config.endpoints.bind(config.endpoints.weights_port), packed, lambda v, i, d: encode_chunk(v, i, d[:-1] + bytes([d[-1] ^ 255])))
     try:
         with make_receiver(config, transport, "victim") as rec:
             assert isinstance(rec, ZmqReceiver)
@@ -213,7 +175,7 @@ def test_receiver_follows_a_superseding_manifest_mid_transfer(transport: Transpo
             return encode_chunk(1, index, data) if index < 2 else new_frame
         return encode_chunk(2, index, bytes(new.chunk(index)))
 
-    hub = ScriptedHub(transport, config, old, reply)
+    hub = ScriptedHub(transport, config.endpoints.bind(config.endpoints.weights_port), old, reply)
     try:
         with make_receiver(config, transport, "follower") as rec:
             assert isinstance(rec, ZmqReceiver)
