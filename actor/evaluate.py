@@ -27,7 +27,8 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from rlef.common.evaluation import ProblemRollouts, bootstrap_ci, n_at_k, pass_at_k
 
@@ -45,11 +46,12 @@ CONFIDENCE = 0.95
 
 
 def default_rollouts(protocol: str, max_turns: int) -> int:
-    """Rollouts per problem the protocol's estimate needs: k // max_turns multi-turn rollouts, and for 1@3
-    also k first turns so the single-turn number exists (single-turn 10@100 needs 100: ask for it)."""
+    """Rollouts per problem the protocol's estimate needs: ``k // max_turns`` multi-turn rollouts; for 1@3
+    at least k = 3, so the single-turn 1@3 (three first turns) exists too. Single-turn 10@100 needs 100
+    rollouts: ask for them (the paper samples 200)."""
     _, k, _, _ = PROTOCOLS[protocol]
     multi = max(1, k // max_turns)
-    return max(multi, k) if k <= 3 else multi
+    return max(multi, k) if protocol == "1@3" else multi
 
 
 # ---------------------------------------------------------------------------------------------- episodes
@@ -79,7 +81,7 @@ class EpisodeSummary:
         return len(self.turn_statuses) == 1 and self.final_passed
 
     @classmethod
-    def from_record(cls, record: Any) -> "EpisodeSummary":
+    def from_record(cls, record: Any) -> EpisodeSummary:
         """From an :class:`~rlef.actor.episodes.EpisodeRecord`."""
         return cls(record.problem.problem_id, tuple(t.outcome.status for t in record.turns), record.rollout.final.passed)
 
@@ -204,9 +206,9 @@ class EvaluationReport:
         lines = [
             f"# Evaluation of `{s['model']}` on {s['dataset']}/{s['split']}",
             "",
-            f"{len(self.problems)} problems, {s['rollouts_per_problem']} rollouts each requested, "
+            (f"{len(self.problems)} problems, {s['rollouts_per_problem']} rollouts each requested, "
             f"{sum(p.rollouts for p in self.problems)} finished; up to {s['max_turns']} turns; temperature "
-            f"{s['temperature']}, top-p {s['top_p']}; final programs scored on test set `{s['test_set']}`.",
+            f"{s['temperature']}, top-p {s['top_p']}; final programs scored on test set `{s['test_set']}`."),
             "",
             "| estimate | mean | 95% CI | problems |",
             "|---|---|---|---|",
@@ -333,7 +335,5 @@ async def run_evaluation(
     output.mkdir(parents=True, exist_ok=True)
     (output / "evaluation.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     (output / "evaluation.md").write_text(report.markdown())
-    with open(output / "episodes.jsonl", "w") as f:
-        for line in sink.lines:
-            f.write(json.dumps(line) + "\n")
+    (output / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in sink.lines))
     return report
