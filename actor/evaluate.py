@@ -282,9 +282,11 @@ class _CollectSink:
 
 async def run_evaluation(
     config: Any, *, rollouts: int, protocol: str, output: Path, split: str, limit: int | None = None,
+    backend: Any = None,
 ) -> EvaluationReport:
     """Run ``rollouts`` episodes of every problem of ``split`` (first ``limit``) and write
-    ``output/evaluation.{json,md}`` and ``output/episodes.jsonl``. ``config.actor.sampling`` is what samples."""
+    ``output/evaluation.{json,md}`` and ``output/episodes.jsonl``. ``config.actor.sampling`` is what samples;
+    ``backend`` (a GenerationBackend, closed here) replaces the one ``make_backend(config)`` would load."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import AutoTokenizer
 
@@ -298,7 +300,7 @@ async def run_evaluation(
     data = config.data
     problems = load_problems(data.dataset, data.path, split, limit, generated=True)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
-    backend = make_backend(config, seed=config.run.seed)
+    backend = backend if backend is not None else make_backend(config, seed=config.run.seed)
     instance = new_instance_nonce()
     atransport = Transport(config.transport, asyncio=True)
     endpoints = config.endpoints

@@ -147,3 +147,80 @@ def test_rlef_evaluate_process(tiny_model_dir, executor_service, tmp_path):
     assert one["problems"] == 2 and one["ci_low"] <= one["mean"] <= one["ci_high"]
     assert data["estimates"]["10@100"] is None
     assert "1@3" in proc.stdout
+
+
+def _fenced(code: str) -> str:
+    return f"```python\n{code}```"
+
+
+@pytest.mark.slow
+def test_evaluation_of_a_policy_that_repairs_on_turn_two(tiny_model_dir, tokenizer, executor_service, tmp_path):
+    """A scripted policy: a wrong program first, the problem's reference solution after the feedback. Every
+    episode is then a repair: public pass and correct on turn 2, wrong_answer on turn 1 fixed later."""
+    import asyncio
+
+    from helpers.actor_support import ScriptedBackend, actor_config
+
+    from rlef.actor.evaluate import run_evaluation
+    from rlef.common.data import load_problems
+
+    problems = load_problems("sample", split="valid", limit=2)
+    solutions = {p.description: p.solutions[0] for p in problems}
+
+    def script(text: str, turn: int) -> str:
+        if turn == 1:
+            return _fenced("print('nope')\n")
+        return _fenced(next(code for desc, code in solutions.items() if desc in text))
+
+    config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")])
+    report = asyncio.run(run_evaluation(config, rollouts=3, protocol="1@3", output=tmp_path, split="valid", limit=2,
+                                        backend=ScriptedBackend(tokenizer, script)))
+    counts = [(p.problem_id, p.rollouts, p.public_pass, p.correct, p.first_turn_public_pass) for p in report.problems]
+    assert counts == [(p.problem_id, 3, 3, 3, 0) for p in problems]
+    assert report.estimates["1@3"]["mean"] == 1.0 and report.estimates["1@3 single-turn"]["mean"] == 0.0
+    assert report.turns[0] == {"turn": 1, "episodes": 6, "status": {"wrong_answer": 6},
+                               "fixed_later": {"wrong_answer": 6}, "fixed_later_correct": {"wrong_answer": 6}}
+    assert report.turns[1]["status"] == {"pass": 6} and len(report.turns) == 2
+    lines = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    totals = {p.problem_id: len(p.tests("all")) for p in problems}
+    assert all(x["final"]["tests_total"] == totals[x["problem_id"]] and x["final"]["passed"] for x in lines)
+
+
+@pytest.mark.slow
+def test_runner_scores_final_programs_on_generated_tests_when_asked(tiny_model_dir, tokenizer, executor_service):
+    """final_test_set="all" brings in generated tests: a generated test the reference solution fails makes the
+    episode unsolved, while the default (public + private) scores it solved."""
+    import asyncio
+    import dataclasses
+
+    from helpers.actor_support import ScriptedBackend, actor_config
+
+    from rlef.actor.episodes import EpisodeRunner
+    from rlef.actor.sinks import ListSink
+    from rlef.common.execution_client import ExecutionClient
+    from rlef.common.messages import TestCase
+    from rlef.common.transport import Transport
+    from rlef.common.data import load_problems
+
+    base = load_problems("sample", split="valid", limit=1)[0]
+    problem = dataclasses.replace(base, generated_tests=[TestCase(input="2\n1 1\n", output="7\n")])
+    config = actor_config(tiny_model_dir)
+
+    async def final(test_set: str):
+        transport = Transport(config.transport, asyncio=True)
+        client = ExecutionClient(transport, executor_service.frontend, client_id=f"eval-{test_set}", timeout_s=30)
+        try:
+            sink = ListSink()
+            runner = EpisodeRunner(config, backend=ScriptedBackend(tokenizer, lambda _t, _n: _fenced(base.solutions[0])),
+                                   executor=client, tokenizer=tokenizer, problems=iter([problem]), sink=sink,
+                                   actor_id="t", instance="n0", final_test_set=test_set)
+            await runner.run(1)
+            return sink.records[0].rollout.final
+        finally:
+            client.close()
+            transport.close()
+
+    default, everything = asyncio.run(final("public+private")), asyncio.run(final("all"))
+    assert default.passed and default.tests_total == len(base.tests("public+private"))
+    assert not everything.passed and everything.tests_total == default.tests_total + 1
+    assert everything.tests_passed == default.tests_total
