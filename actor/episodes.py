@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from rlef.actor.backends.base import Generation, GenerationBackend, Sampling
 from rlef.actor.rewards import episode_rewards
