@@ -76,3 +76,13 @@ def test_help_lists_every_role_command() -> None:
     roles = ("actor", "executor", "executor-broker", "learner", "export", "launch", "report", "monitoring")
     for command in builtins + roles:
         assert command in out.stdout
+
+
+def test_no_undefined_names_or_unused_imports() -> None:
+    """pyflakes' checks (ruff F) and syntax errors over the whole tree: dead imports and undefined names."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--output-format", "concise", "--no-cache", str(ROOT),
+         "--exclude", ".venv,build,runs,artifacts"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
