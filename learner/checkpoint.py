@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from rlef.common.files import fsync_path
 from rlef.common.errors import RlefError
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def save(learner, root: Path, *, version: int, batches: int, consumed: list[str]
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_path(root)
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -133,14 +134,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def export_hf(checkpoint: Path, out_dir: Path, model_path: str | Path) -> Path:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from rlef.common.errors import WeightsError
+from rlef.common.files import fsync_path
 from rlef.common.weights.base import ReceivedWeights, ThreadedReceiver, WeightPublisher
 from rlef.common.weights.packing import HASH_BLOCK
 from rlef.monitoring import metrics_weights as M
@@ -62,14 +63,6 @@ def complete_versions(root: Path) -> list[int]:
     except FileNotFoundError:
         return []
     return sorted(int(m.group(1)) for n in names if (m := _VERSION_DIR.match(n)) and (root / n / MANIFEST).is_file())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unshared(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,14 +111,14 @@ class FilesystemPublisher(WeightPublisher):
             manifest = {"schema": SCHEMA, "version": version, "file": FILE, "bytes": nbytes, "sha256": file_sha256(tmp / FILE)}
             (tmp / MANIFEST).write_text(json.dumps(manifest))
             for name in (FILE, MANIFEST):
-                _fsync(tmp / name)
-            _fsync(tmp)
+                fsync_path(tmp / name)
+            fsync_path(tmp)
             # Versions >= this one on disk come from before a learner restart: retire them first, so the
             # newest version in the directory is always the one just published.
             for stale in [v for v in complete_versions(self.root) if v >= version]:
                 self._retire(stale)
             tmp.rename(final)
-            _fsync(self.root)
+            fsync_path(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -13,19 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-
+from helpers.processes import is_alive
 from rlef.deploy.process import descendants
 from rlef.deploy.progress import learner_progress
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 @pytest.mark.slow
@@ -52,6 +45,6 @@ def test_rlef_launch_tiny_run_trains_and_ends_cleanly(tmp_path: Path, tiny_model
     assert learner_progress(run_dir).step == batches[1]["step"]
     assert any((run_dir / "checkpoints").iterdir())
     assert {p.name for p in (run_dir / "logs").glob("*.log")} >= {"learner-0.log", "actor-0.log", "executor-0.log", "executor-broker-0.log"}
-    assert seen and not [pid for pid in seen if _alive(pid)]
+    assert seen and not [pid for pid in seen if is_alive(pid)]
     # The monitoring role's `rlef report RUN_DIR` ran at the end.
     assert (run_dir / "logs" / "report.log").exists() and any((run_dir / "report").iterdir())

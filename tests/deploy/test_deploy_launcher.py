@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-
+from helpers.processes import is_alive
 from rlef.common.config import load_config
 from rlef.deploy.process import descendants
 from rlef.deploy.progress import learner_progress
@@ -72,7 +72,6 @@ def test_free_ports_are_distinct_and_bindable() -> None:
 
 def test_status_table_shows_every_process_and_the_learner_progress(tmp_path: Path) -> None:
     from rich.console import Console
-
     from rlef.deploy.process import ProcessSpec
     from rlef.deploy.progress import status_line, status_table
     from rlef.deploy.supervisor import Supervisor
@@ -109,13 +108,6 @@ def status_of(run_dir: Path, name: str) -> str:
     return json.loads((run_dir / "launch.json").read_text())["processes"][name]["state"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
 
 @pytest.mark.slow
 def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -150,5 +142,5 @@ def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: 
     status = json.loads((run_dir / "launch.json").read_text())
     assert status["signal"] == signal.SIGTERM and set(status["processes"]) >= {"learner-0", "actor-1"}
     assert seen, "no child process was ever seen"
-    assert not [pid for pid in seen if _alive(pid)], err
+    assert not [pid for pid in seen if is_alive(pid)], err
     assert os.path.exists(run_dir / "logs" / "learner-0.log")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
+from helpers.processes import is_alive
 from rlef.deploy.process import Backoff, descendants
 
 DRIVER = Path(__file__).with_name("supervise_driver.py")
@@ -33,14 +33,6 @@ def write_plan(tmp_path: Path, specs: list[dict], backoff=(0.25, 1.0, 60.0), gra
 def run_driver(plan: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(DRIVER), str(plan)], capture_output=True, text=True, timeout=timeout)
 
-
-def alive(pid: int) -> bool:
-    """Running (a zombie counts as gone: it holds no resources and its parent, not us, must reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
@@ -150,7 +142,7 @@ def test_sigterm_stops_everything_with_no_orphans(tmp_path: Path) -> None:
     try:
         wait_for(lambda: len(list(pids.iterdir())) >= 5, what="all 5 processes to start")
         started = {int(p.name) for p in pids.iterdir()}
-        assert all(alive(pid) for pid in started)
+        assert all(is_alive(pid) for pid in started)
         assert started <= descendants(driver.pid)
         driver.send_signal(signal.SIGTERM)
         _, err = driver.communicate(timeout=60)
@@ -158,7 +150,7 @@ def test_sigterm_stops_everything_with_no_orphans(tmp_path: Path) -> None:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == 128 + signal.SIGTERM, err
-    left = [pid for pid in started if alive(pid)]
+    left = [pid for pid in started if is_alive(pid)]
     assert not left, f"orphans left running: {left}\n{err}"
     summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
     assert {v["state"] for v in summary.values()} == {"stopped"}
@@ -176,7 +168,7 @@ def test_launcher_sigint_while_actor_in_backoff(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     log = tmp_path / "logs" / "actor-0.log"
-    wait_for(lambda: log.exists() and alive(driver.pid) and not (descendants(driver.pid) - _learner_tree(driver.pid)),
+    wait_for(lambda: log.exists() and is_alive(driver.pid) and not (descendants(driver.pid) - _learner_tree(driver.pid)),
              what="the actor to die and wait for its restart")  # fmt: skip
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=60)

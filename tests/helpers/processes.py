@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def stop_process_groups(procs: Iterable[subprocess.Popen], timeout_s: float = 5.0) -> None:
@@ -23,3 +24,12 @@ def stop_process_groups(procs: Iterable[subprocess.Popen], timeout_s: float = 5.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def is_alive(pid: int) -> bool:
+    """Running (a zombie counts as gone: it holds no resources and its parent, not us, must reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
