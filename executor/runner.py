@@ -32,7 +32,7 @@ import sys
 import time
 
 # Pre-import what competitive programs and test harnesses use, so children find them warm.
-import atexit, bisect, collections, functools, heapq, io, itertools, math, re, string, threading, traceback  # noqa: E401,F401
+import atexit, bisect, collections, functools, heapq, io, itertools, linecache, math, re, string, threading, traceback  # noqa: E401,F401
 
 CTRL_IN = os.dup(0)
 CTRL_OUT = os.dup(1)
@@ -129,6 +129,8 @@ def child_main(code_obj, stdin_fd, out_w, err_w, setup):
     module.__file__ = "main.py"
     module.__builtins__ = __builtins__
     sys.modules["__main__"] = module
+    global _reserve
+    _reserve = bytearray(MEMORY_RESERVE)
     status = 0
     try:
         exec(code_obj, module.__dict__)
@@ -154,16 +156,120 @@ def exit_status(exc):
     return 1
 
 
-def print_exception(exc):
-    tb = exc.__traceback__
+# Bounded traceback rendering: a deep recursion (sys.setrecursionlimit(10**6)) leaves a traceback of a
+# million frames, and traceback.format_exception would build a million FrameSummary objects first, running
+# out of memory and printing only the exception's name. This walks the chain once keeping a fixed number of
+# frames, so the type, the message and the innermost frames always come out.
+TB_OUTER = 3  # outermost frames kept (where the program started)
+TB_INNER = 30  # innermost frames kept (where it failed)
+TB_REPEAT = 3  # like python3: a line repeated more often is shown this many times, then counted
+MAX_CHAIN = 5  # causes / contexts shown
+MAX_MESSAGE_CHARS = 4000
+MEMORY_RESERVE = 1 << 20  # freed before rendering so a MemoryError can still be reported
+_reserve = None
+
+
+def _frame_lines(tb):
+    """(outer entries, omitted count, inner entries), each entry (filename, lineno, name)."""
+    outer, inner = [], collections.deque(maxlen=TB_INNER)
+    total = 0
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        entry = (code.co_filename, tb.tb_lineno, code.co_name)
+        if total < TB_OUTER:
+            outer.append(entry)
+        else:
+            inner.append(entry)
+        total += 1
+        tb = tb.tb_next
+    return outer, max(0, total - TB_OUTER - TB_INNER), list(inner)
+
+
+def _render_entries(entries, out):
+    last, repeats = None, 0
+    for filename, lineno, name in entries:
+        if (filename, lineno, name) == last:
+            repeats += 1
+            if repeats >= TB_REPEAT:
+                continue
+        else:
+            _flush_repeats(repeats, out)
+            last, repeats = (filename, lineno, name), 0
+        out.append('  File "%s", line %s, in %s\n' % (filename, lineno, name))
+        line = linecache.getline(filename, lineno or 0).strip() if filename == "main.py" else ""
+        if line:
+            out.append("    %s\n" % line[:200])
+    _flush_repeats(repeats, out)
+
+
+def _flush_repeats(repeats, out):
+    if repeats >= TB_REPEAT:
+        more = repeats - TB_REPEAT + 1
+        out.append("  [Previous line repeated %d more time%s]\n" % (more, "s" if more > 1 else ""))
+
+
+def _exception_only(exc):
+    try:
+        text = "".join(traceback.format_exception_only(type(exc), exc))
+    except BaseException:
+        text = "%s\n" % type(exc).__name__
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[:MAX_MESSAGE_CHARS] + "...\n"
+    return text
+
+
+def _skip_runner(tb):
     # Drop the runner's own frame so the model sees only its program ("main.py").
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
+        return tb.tb_next
+    return tb
+
+
+def format_exception_bounded(exc):
+    """The text python3 prints for an uncaught ``exc``, with at most TB_OUTER + TB_INNER frames per exception."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen and len(chain) < MAX_CHAIN:
+        seen.add(id(exc))
+        chain.append(exc)
+        if exc.__cause__ is not None:
+            exc = exc.__cause__
+        elif exc.__context__ is not None and not exc.__suppress_context__:
+            exc = exc.__context__
+        else:
+            exc = None
+    out = []
+    for index in range(len(chain) - 1, -1, -1):
+        exc = chain[index]
+        tb = _skip_runner(exc.__traceback__)
+        if tb is not None:
+            out.append("Traceback (most recent call last):\n")
+            outer, omitted, inner = _frame_lines(tb)
+            _render_entries(outer, out)
+            if omitted:
+                out.append("  [... %d frames omitted ...]\n" % omitted)
+            _render_entries(inner, out)
+        out.append(_exception_only(exc))
+        if index:
+            newer = chain[index - 1]
+            if newer.__cause__ is exc:
+                out.append("\nThe above exception was the direct cause of the following exception:\n\n")
+            else:
+                out.append("\nDuring handling of the above exception, another exception occurred:\n\n")
+    return "".join(out)
+
+
+def print_exception(exc):
+    global _reserve
+    _reserve = None
     try:
-        sys.stderr.write("".join(traceback.format_exception(type(exc), exc, tb)))
+        text = format_exception_bounded(exc)
+    except BaseException:
+        text = "%s\n" % type(exc).__name__
+    try:
+        sys.stderr.write(text)
         sys.stderr.flush()
     except BaseException:
-        os.write(2, ("%s\n" % type(exc).__name__).encode())
+        os.write(2, text.encode("utf-8", "backslashreplace")[-65536:])
 
 
 def finish(status):
@@ -302,7 +408,8 @@ def run_test(spare, setup, data):
     kill_others()
     os.close(out_r)
     os.close(err_r)
-    header = {"time_s": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime, "exit_code": None, "signal": None}
+    header = {"time_s": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_bytes": usage.ru_maxrss * 1024,
+              "exit_code": None, "signal": None}
     if os.WIFEXITED(status):
         header["exit_code"] = os.WEXITSTATUS(status)
     elif os.WIFSIGNALED(status):
@@ -332,16 +439,20 @@ def main():
         message = "".join(traceback.format_exception_only(type(exc), exc))
         send_result({"compile_ok": False, "message": message})
         return 0
-    send_result({"compile_ok": True, "message": ""})
+    # The program's source, for traceback lines like python3 prints (the file itself is not in the jail).
+    linecache.cache["main.py"] = (len(setup["code"]), None, setup["code"].splitlines(True), "main.py")
+    # The next test's child is forked BEFORE each report: once the host has a report, the child it will
+    # run next exists and waits, so the host can move it into the test's cgroup before it runs any code.
     spare = prefork(code_obj, setup)
+    send_result({"compile_ok": True, "message": ""})
     while True:
         data = read_frame()
         if data is None:
             discard(spare)
             return 0
         header, out, err = run_test(spare, setup, data)
-        send_result(header, out, err)
         spare = prefork(code_obj, setup)
+        send_result(header, out, err)
 
 
 if __name__ == "__main__":

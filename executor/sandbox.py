@@ -32,6 +32,7 @@ from pathlib import Path
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import SandboxError
 from rlef.common.messages import Limits, TestCase, TestResult
+from rlef.executor.cgroups import CgroupError, CgroupUnavailable, Cgroups, TestGroup, TestUsage, open_cgroups
 from rlef.executor.checker import outputs_match
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ START_TIMEOUT_S = 30.0
 # runner whose host vanished reads EOF and exits.
 JAIL_WALL_BACKSTOP_S = 24 * 3600
 REAP_GRACE_S = 2.0
+# How often the host reads a running test's cgroup CPU time (every process of the test together).
+CPU_POLL_S = 0.02
 # Headroom of the jail's own address-space limit over a test's, for the runner's interpreter and buffers.
 JAIL_AS_HEADROOM = 256 * MB
 
@@ -108,9 +111,14 @@ def runner_path() -> str:
     return target
 
 
-def nsjail_command(nsjail: str, python: str, runner: str, memory_bytes: int, wall_s: float) -> list[str]:
-    """The nsjail command line for one job's jail (limits on the whole jail; per-test ones are the runner's)."""
+def nsjail_command(
+    nsjail: str, python: str, runner: str, memory_bytes: int, wall_s: float, max_processes: int = 64
+) -> list[str]:
+    """The nsjail command line for one job's jail (limits on the whole jail; per-test ones are the runner's
+    and, with cgroups, the test's own cgroup's)."""
     as_mb = math.ceil((memory_bytes + JAIL_AS_HEADROOM) / MB)
+    # The runner and the test's waiting spare count too.
+    nproc = max(64, max_processes + 2)
     return [
         nsjail, "-Mo", "-Q", "--hostname", "sandbox", "--cwd", "/tmp",
         "-u", "65534:65534:1", "-g", "65534:65534:1",
@@ -118,7 +126,7 @@ def nsjail_command(nsjail: str, python: str, runner: str, memory_bytes: int, wal
         # nsjail's default nice 19 starves tests on a busy node until they hit the wall clock; the CPU-time
         # limit is what bounds a program's share.
         "--nice_level", "0",
-        "--rlimit_cpu", "max", "--rlimit_as", str(as_mb), "--rlimit_nproc", "64",
+        "--rlimit_cpu", "max", "--rlimit_as", str(as_mb), "--rlimit_nproc", str(nproc),
         "--rlimit_fsize", "64", "--rlimit_nofile", "64",
         # The tmpfs /tmp goes before any bind under it (platform notes).
         "-m", f"none:/tmp:tmpfs:size={TMPFS_BYTES}",
@@ -134,7 +142,8 @@ def clean_paths(text: str) -> str:
     return text.replace(JAIL_RUNNER, "runner")
 
 
-def is_oom(stderr: str) -> bool:
+def is_memory_error(stderr: str) -> bool:
+    """The program died of its address-space limit (a failed allocation it reported itself)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     return (
@@ -145,8 +154,20 @@ def is_oom(stderr: str) -> bool:
     )
 
 
-def classify(header: dict, stdout: bytes, stderr: bytes, expected: str, limits: Limits) -> TestResult:
-    """Turn one runner report into a TestResult (the checker decides pass vs wrong_answer)."""
+# Kept for importers: the stderr half of the weak-limits guess.
+is_oom = is_memory_error
+
+
+def classify(
+    header: dict, stdout: bytes, stderr: bytes, expected: str, limits: Limits, usage: TestUsage | None = None
+) -> TestResult:
+    """Turn one runner report (and, with cgroups, the test's cgroup usage) into a TestResult.
+
+    With ``usage`` (cgroups): CPU time is every process of the test together, ``timeout`` when it reached the
+    limit (the host killed the test there), ``oom`` when the cgroup's own OOM counter moved or the program
+    died of its address-space limit (MemoryError). Without (weak limits): CPU time is the test's own process,
+    and a SIGKILL nobody sent is presumed to be the kernel's OOM killer.
+    """
     out = stdout.decode("utf-8", errors="replace")
     err = clean_paths(stderr.decode("utf-8", errors="replace"))
     kind = header.get("status")
@@ -154,23 +175,66 @@ def classify(header: dict, stdout: bytes, stderr: bytes, expected: str, limits: 
     exit_code = header.get("exit_code")
     if sig is not None:
         exit_code = -int(sig)
-    if kind == "ok":
-        status = "pass" if outputs_match(expected, out) else "wrong_answer"
-    elif kind in ("timeout", "output_limit"):
+    cpu_s = float(header.get("cpu_s", 0.0))
+    memory: int | None = header.get("maxrss_bytes")
+    if usage is not None:
+        cpu_s, memory = usage.cpu_s, usage.memory_peak_bytes
+    over_cpu = usage is not None and (usage.killed_for_cpu or usage.cpu_s > limits.time_s)
+    if kind in ("timeout", "output_limit"):
         status = kind
+    elif kind in ("ok", "exit") and over_cpu:
+        status = "timeout"
+    elif kind in ("ok", "exit") and usage is not None and usage.oom_kills > 0:
+        # The kernel killed a process of this test at the test's memory limit: the test is over its limit,
+        # whatever the surviving parent printed or returned afterwards.
+        status = "oom"
+    elif kind == "ok":
+        status = "pass" if outputs_match(expected, out) else "wrong_answer"
     elif kind == "exit":
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and header.get("cpu_s", 0.0) >= limits.time_s):
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and float(header.get("cpu_s", 0.0)) >= limits.time_s):
             status = "timeout"
-        elif is_oom(err) or sig == signal.SIGKILL:
-            # A SIGKILL we did not send (the runner reports its own kills as timeout/output_limit) is the
-            # kernel's memory killer.
+        elif usage is not None:
+            status = "oom" if is_memory_error(err) else "runtime_error"
+        elif is_memory_error(err) or sig == signal.SIGKILL:
+            # Weak limits: a SIGKILL we did not send (the runner reports its own kills as timeout/output_limit)
+            # is presumed to be the kernel's memory killer.
             status = "oom"
         else:
             status = "runtime_error"
     else:
         status = "sandbox_error"
         err = str(header.get("error", f"runner reported {kind!r}"))
-    return TestResult(status=status, stdout=out, stderr=err, time_s=float(header.get("time_s", 0.0)), exit_code=exit_code)
+    return TestResult(
+        status=status, stdout=out, stderr=err, time_s=float(header.get("time_s", 0.0)), exit_code=exit_code,
+        cpu_s=max(0.0, cpu_s), memory_bytes=int(memory) if memory is not None else None,
+    )
+
+
+_weak_warned = False
+
+
+def per_test_cgroups(config: ExecutorConfig) -> Cgroups | None:
+    """The cgroups per-test limits go through, or None when the user opted into weak limits.
+
+    Refuses (SandboxError) when no cgroup is usable and ``executor.allow_weak_limits`` is false.
+    """
+    global _weak_warned
+    try:
+        return open_cgroups(config.cgroup, config.cgroup_root)
+    except CgroupUnavailable as exc:
+        if not config.allow_weak_limits:
+            raise SandboxError(
+                f"no cgroup for per-test limits ({exc}); refusing to start, since without one a program that forks "
+                "escapes its CPU-time and memory limits. Set executor.allow_weak_limits=true to run with per-process "
+                "rlimits only."
+            ) from None
+        if not _weak_warned:
+            _weak_warned = True
+            log.warning(
+                "WEAK LIMITS: no cgroup for per-test limits (%s); executor.allow_weak_limits=true, so CPU time, memory "
+                "and processes are bounded per process only: a forking program can exceed its test's limits", exc
+            )
+        return None
 
 
 class Sandbox:
@@ -182,6 +246,8 @@ class Sandbox:
         self.runner = runner_path()
         if not os.access(config.python, os.X_OK):
             raise SandboxError(f"executor.python {config.python} is not an executable interpreter")
+        self.cgroups = per_test_cgroups(config)
+        self.limits_mode = self.cgroups.version if self.cgroups is not None else "weak"
         self.aborted = False
         self._proc: subprocess.Popen | None = None
         self._ready: _Jail | None = None  # started ahead of the next job, waiting for its setup frame
@@ -235,7 +301,9 @@ class Sandbox:
                     log.warning("could not start a jail ahead of the next job: %s", exc)
 
     def _spawn(self, memory: int) -> "_Jail":
-        cmd = nsjail_command(self.nsjail, self.config.python, self.runner, memory, JAIL_WALL_BACKSTOP_S)
+        cmd = nsjail_command(
+            self.nsjail, self.config.python, self.runner, memory, JAIL_WALL_BACKSTOP_S, self.config.max_processes
+        )
         jail_log = tempfile.TemporaryFile()
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=jail_log)
@@ -285,13 +353,42 @@ class Sandbox:
             return JobOutcome(compile_ok=False, compile_message=str(header.get("message", "")))
         for test in tests:
             wait = self.wall_s(limits) + HOST_GRACE_S
-            jail.send(test.input.encode("utf-8", errors="surrogateescape"), wait, results)
-            header, out, err = jail.receive(wait, results)
-            result = classify(header, out, err, test.output, limits)
+            group = self._group_for_next_test(jail, limits, results)
+            try:
+                jail.send(test.input.encode("utf-8", errors="surrogateescape"), wait, results)
+                watch = _CpuWatch(group, limits.time_s) if group is not None else None
+                header, out, err = jail.receive(wait, results, watch)
+                usage = group.usage() if group is not None else None
+            except CgroupError as exc:
+                raise JailDied(str(exc), results) from None
+            finally:
+                if group is not None:
+                    assert self.cgroups is not None
+                    self.cgroups.release(group)
+            result = classify(header, out, err, test.output, limits, usage)
             results.append(result)
             if stop and result.status != "pass":
                 break
         return JobOutcome(compile_ok=True, tests=results)
+
+    def _group_for_next_test(self, jail: "_Jail", limits: Limits, results: list[TestResult]) -> TestGroup | None:
+        """A fresh cgroup holding the child that will run the next test (forked, waiting, no code run yet)."""
+        if self.cgroups is None:
+            return None
+        pids = jail.spare_pids()
+        if not pids:
+            return None  # the runner could not fork: it reports runner_error for this test
+        try:
+            group = self.cgroups.create(limits.memory_bytes, self.config.max_processes)
+        except CgroupError as exc:
+            raise JailDied(str(exc), results) from None
+        try:
+            for pid in pids:
+                group.add(pid)
+        except CgroupError as exc:
+            self.cgroups.release(group)
+            raise JailDied(str(exc), results) from None
+        return group
 
 
 class _Jail:
@@ -302,6 +399,7 @@ class _Jail:
         self.log = jail_log
         self.memory = memory
         self.retired_at: float | None = None
+        self._runner_pid: int | None = None
         assert proc.stdin is not None and proc.stdout is not None
         self.stdin_fd = proc.stdin.fileno()
         self.stdout_fd = proc.stdout.fileno()
@@ -333,13 +431,34 @@ class _Jail:
             if not self.writable.select(max(0.0, deadline - time.monotonic())):
                 raise self._died("did not accept input in time", results)
 
-    def _read_exact(self, n: int, deadline: float, results: list[TestResult]) -> bytes:
+    def runner_pid(self) -> int | None:
+        """Host pid of the runner (nsjail's only child, pid 1 of the jail)."""
+        if self._runner_pid is None:
+            children = _children(self.proc.pid)
+            self._runner_pid = children[0] if len(children) == 1 else None
+        return self._runner_pid
+
+    def spare_pids(self) -> list[int]:
+        """Host pids of the runner's children: after a report, only the child waiting to run the next test."""
+        runner = self.runner_pid()
+        return _children(runner) if runner is not None else []
+
+    def _read_exact(
+        self, n: int, deadline: float, results: list[TestResult], watch: "_CpuWatch | None" = None
+    ) -> bytes:
         buf = bytearray()
         while len(buf) < n:
             try:
                 chunk = os.read(self.stdout_fd, n - len(buf))
             except BlockingIOError:
-                if not self.readable.select(max(0.0, deadline - time.monotonic())):
+                remaining = max(0.0, deadline - time.monotonic())
+                if watch is not None and watch.active:
+                    if not self.readable.select(min(remaining, CPU_POLL_S)):
+                        if remaining <= 0:
+                            raise self._died("did not answer in time", results) from None
+                        watch.check()
+                    continue
+                if not self.readable.select(remaining):
                     raise self._died("did not answer in time", results) from None
                 continue
             if not chunk:
@@ -348,9 +467,11 @@ class _Jail:
             buf += chunk
         return bytes(buf)
 
-    def receive(self, timeout: float, results: list[TestResult]) -> tuple[dict, bytes, bytes]:
+    def receive(
+        self, timeout: float, results: list[TestResult], watch: "_CpuWatch | None" = None
+    ) -> tuple[dict, bytes, bytes]:
         deadline = time.monotonic() + timeout
-        head_len, out_len, err_len = struct.unpack(">III", self._read_exact(12, deadline, results))
+        head_len, out_len, err_len = struct.unpack(">III", self._read_exact(12, deadline, results, watch))
         body = self._read_exact(head_len + out_len + err_len, deadline, results)
         try:
             header = json.loads(body[:head_len])
@@ -382,3 +503,26 @@ class _Jail:
             self.proc.wait()
         self.log.close()
         return True
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+class _CpuWatch:
+    """Kills a test's whole process tree once its cgroup's CPU time reaches the limit (polled by receive)."""
+
+    def __init__(self, group: TestGroup, limit_s: float):
+        self.group = group
+        self.limit_s = limit_s
+        self.active = True
+
+    def check(self) -> None:
+        if self.group.cpu_s() >= self.limit_s:
+            self.group.killed_for_cpu = True
+            self.group.kill()
+            self.active = False  # the runner now sees its child die and reports
