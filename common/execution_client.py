@@ -31,6 +31,33 @@ from rlef.monitoring import metrics_execution_client as m
 log = logging.getLogger(__name__)
 
 TIMEOUT_ERROR = "timed out waiting for an executor"
+# Every refusal's error starts with this, then who refused it: "job refused by the client: ...".
+REFUSED = "job refused by the"
+
+
+def refusal(job_id: str, who: str, reason: str, tests_total: int = 0) -> ExecutionResult:
+    """The answer to a job that will not run: a sandbox_error result whose error names the field and limit."""
+    return ExecutionResult(job_id=job_id, compile_ok=True, tests_total=tests_total, error=f"{REFUSED} {who}: {reason}"[:1 << 20])
+
+
+def job_problem(job: ExecutionJob, config: ExecutorConfig) -> str | None:
+    """Why ``config``'s executor would refuse ``job`` (None: it fits). Shared by the client, broker and executor.
+
+    Tests by reference are counted by the executor once it has looked them up.
+    """
+    code_bytes = len(job.code.encode("utf-8", errors="surrogatepass"))
+    if code_bytes > config.max_code_bytes:
+        return f"code is {code_bytes} bytes, more than executor.max_code_bytes={config.max_code_bytes}"
+    if job.tests is not None and len(job.tests) > config.max_tests_per_job:
+        return f"job has {len(job.tests)} tests, more than executor.max_tests_per_job={config.max_tests_per_job}"
+    if job.limits.time_s > config.max_time_limit_s:
+        return f"limits.time_s={job.limits.time_s} is more than executor.max_time_limit_s={config.max_time_limit_s}"
+    if job.limits.memory_bytes > config.max_memory_limit_bytes:
+        return (
+            f"limits.memory_bytes={job.limits.memory_bytes} is more than "
+            f"executor.max_memory_limit_bytes={config.max_memory_limit_bytes}"
+        )
+    return None
 
 
 def limits_for(problem: Problem, config: ExecutorConfig) -> Limits:
@@ -65,10 +92,26 @@ def timeout_result(job: ExecutionJob, timeout_s: float) -> ExecutionResult:
 
 
 class ExecutionClient:
-    def __init__(self, transport: Transport, endpoint: str, *, client_id: str, timeout_s: float):
+    """Submits jobs; a job that would be refused on the way is answered at once instead of being sent.
+
+    Before sending, every job is encoded and validated as the broker will validate it (every field's type and
+    bound, e.g. ``limits.time_s`` > 0), its frame is checked against ``transport.max_message_bytes`` (ZeroMQ
+    would drop a longer frame, and the connection with it, without a word), and, when ``executor`` is given,
+    against that executor config's caps (``max_code_bytes``, ``max_tests_per_job``, ``max_time_limit_s``,
+    ``max_memory_limit_bytes``). A refusal is a sandbox_error result whose error starts with REFUSED.
+    """
+
+    def __init__(
+        self, transport: Transport, endpoint: str, *, client_id: str, timeout_s: float,
+        executor: ExecutorConfig | None = None,
+    ):
         self.endpoint = endpoint
         self.client_id = client_id
         self.timeout_s = timeout_s
+        self.executor = executor
+        self.max_frame_bytes = transport.config.max_message_bytes
+        self.refused = 0
+        self._logged_refusals: set[str] = set()
         identity = f"{client_id}/{uuid.uuid4().hex[:8]}".encode()
         self.sock = transport.client(zmq.DEALER, endpoint, identity=identity)
         self.is_async = isinstance(self.sock, zmq.asyncio.Socket)
@@ -86,16 +129,20 @@ class ExecutionClient:
             raise TypeError("ExecutionClient.run needs Transport(config, asyncio=True); use run_sync otherwise")
         if job.job_id in self._pending:
             raise ValueError(f"job_id {job.job_id} is already in flight on this client")
+        start = time.monotonic()
+        frame, refused = self._prepare(job)
+        if refused is not None:
+            self._account(refused, start)
+            return refused
         loop = asyncio.get_running_loop()
         if self._receiver is None or self._receiver.done():
             self._receiver = loop.create_task(self._receive())
         future: asyncio.Future = loop.create_future()
         self._pending[job.job_id] = future
         m.CLIENT_PENDING.inc()
-        start = time.monotonic()
         try:
             # The send is inside the timeout too: with the send queue full (no broker) it would block.
-            result = await asyncio.wait_for(self._send_and_wait(encode(job), future), self.timeout_s)
+            result = await asyncio.wait_for(self._send_and_wait(frame, future), self.timeout_s)
         except asyncio.TimeoutError:
             result = self._timed_out(job)
         finally:
@@ -138,9 +185,15 @@ class ExecutionClient:
         if len(waiting) != len(jobs):
             raise ValueError("job_ids in one batch must be unique")
         deadline = start + self.timeout_s
-        for job in jobs:
-            self._send_before(encode(job), deadline)
         results: dict[str, ExecutionResult] = {}
+        for job in jobs:
+            frame, refused = self._prepare(job)
+            if refused is not None:
+                del waiting[job.job_id]
+                results[job.job_id] = refused
+                self._account(refused, start)
+                continue
+            self._send_before(frame, deadline)
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.sock.poll(remaining * 1000, zmq.POLLIN):
@@ -171,6 +224,34 @@ class ExecutionClient:
                     return False
 
     # ------------------------------------------------------------ shared
+
+    def _prepare(self, job: ExecutionJob) -> tuple[bytes, ExecutionResult | None]:
+        """The job's frame, or the refusal to answer it with instead of sending it."""
+        reason = None
+        frame = b""
+        try:
+            frame = encode(job)
+        except (TypeError, ValueError, OverflowError) as exc:  # msgspec cannot encode what was put in the job
+            reason = f"cannot encode the job: {type(exc).__name__}: {exc}"
+        if reason is None and len(frame) > self.max_frame_bytes:
+            reason = f"the job is {len(frame)} bytes encoded, more than transport.max_message_bytes={self.max_frame_bytes}"
+        if reason is None:
+            try:
+                decode(frame, ExecutionJob, sender="this client")
+            except MessageError as exc:
+                reason = str(exc)
+        if reason is None and self.executor is not None:
+            reason = job_problem(job, self.executor)
+        if reason is None:
+            return frame, None
+        self.refused += 1
+        key = reason.split(":", 1)[0][:80]
+        if key not in self._logged_refusals and len(self._logged_refusals) < 1000:
+            self._logged_refusals.add(key)
+            log.warning("execution client %s refused job %s: %s (further refusals like it are only counted)",
+                        self.client_id, job.job_id, reason)
+        tests_total = len(job.tests) if isinstance(job.tests, list) else 0
+        return frame, refusal(str(job.job_id)[:256] or "?", "client", reason, tests_total)
 
     def _decode(self, frame: bytes) -> ExecutionResult | None:
         try:

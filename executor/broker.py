@@ -12,7 +12,9 @@ Invariants:
   accepted job gets exactly one answer while the broker lives; a requester's own timeout covers the rest.
 - A result is matched by job_id, whichever worker sends it (a late result of a requeued job still wins; the
   duplicate that follows is dropped).
-- Bad frames are counted, logged once per sender and cause, and dropped; the loop never dies on input.
+- Bad frames are counted, logged once per sender and cause, and dropped; the loop never dies on input. A
+  job that fails validation but has a readable job_id, or that exceeds this config's executor caps
+  (``job_problem``), is answered at once with a refusal naming the field and the limit, never queued.
 The broker holds no durable state: restarting it loses queued jobs (requesters time out and resubmit);
 workers notice the silence and reconnect by themselves.
 """
@@ -29,9 +31,11 @@ import zmq
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
+from rlef.common.execution_client import job_problem, refusal
 from rlef.common.messages import Control, ExecutionJob, ExecutionResult, decode, encode
 from rlef.common.transport import Transport
 from rlef.executor.dropped import DropLog
+from rlef.executor.refusals import salvage_job_id
 from rlef.monitoring import metrics_executor as m
 from rlef.monitoring.metrics import beat
 
@@ -119,6 +123,13 @@ class Broker:
             job = decode(frame, ExecutionJob, sender=client.hex())
         except MessageError as exc:
             self.drops.drop(str(exc), client.hex(), exc.field or exc.reason[:40])
+            job_id = salvage_job_id(frame)
+            if job_id is not None:  # a job we cannot run still gets its answer now, naming the field
+                self._refuse(client, job_id, str(exc))
+            return
+        reason = job_problem(job, self.config)
+        if reason is not None:
+            self._refuse(client, job.job_id, reason, len(job.tests or []))
             return
         if job.job_id in self.jobs:
             self.drops.drop(f"job_id {job.job_id} is already queued or running", client.hex(), "duplicate job_id")
@@ -126,6 +137,16 @@ class Broker:
         self.jobs[job.job_id] = _Job(job.job_id, client, frame, time.monotonic())
         self.queue.append(job.job_id)
         m.BROKER_JOBS.labels("received").inc()
+
+    def _refuse(self, client: bytes, job_id: str, reason: str, tests_total: int = 0) -> None:
+        """Answer a job that will not be queued (never touches a queued job of the same id)."""
+        try:
+            self.frontend.send_multipart([client, encode(refusal(job_id, "broker", reason, tests_total))], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            m.BROKER_JOBS.labels("requester_gone").inc()
+            log.info("refusal of job %s not delivered to %s: %s", job_id, client.hex(), exc)
+            return
+        m.BROKER_JOBS.labels("refused").inc()
 
     def _reply(self, job: _Job, result: ExecutionResult, outcome: str) -> None:
         self.jobs.pop(job.job_id, None)

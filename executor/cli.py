@@ -7,6 +7,8 @@
   ``endpoints.bind_host:broker_frontend_port`` and the backend (workers) on ``broker_backend_port``; metrics
   on ``executor.metrics_port - 1``.
 Both stop cleanly on SIGINT/SIGTERM.
+- ``rlef sandbox run PROGRAM --input FILE --expected FILE [--time-limit S] [--memory-limit BYTES] [--json]``:
+  one program through the real sandbox as a training job runs it (executor/sandbox_run.py).
 """
 
 from __future__ import annotations
@@ -90,3 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     broker = subparsers.add_parser("executor-broker", help="run the load-balancing broker between actors and executors")
     add_config_arguments(broker)
     broker.set_defaults(func=_run_broker)
+
+    from rlef.executor import sandbox_run
+
+    sandbox_run.register(subparsers)

@@ -14,6 +14,7 @@ import time
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import DataError, SandboxError
+from rlef.common.execution_client import REFUSED, job_problem
 from rlef.common.messages import ExecutionJob, ExecutionResult, TestCase, TestResult
 from rlef.common.problems import FUNCTION_HARNESS, Problem
 from rlef.executor.sandbox import JailDied, Sandbox
@@ -40,9 +41,9 @@ def _problem(dataset: str, split: str, problem_id: str, path: str | None) -> Pro
 
 def resolve(job: ExecutionJob, config: ExecutorConfig) -> tuple[str, list[TestCase]]:
     """The program to run and its tests; raises JobRejected when the job is unusable."""
-    code_bytes = len(job.code.encode("utf-8", errors="surrogatepass"))
-    if code_bytes > config.max_code_bytes:
-        raise JobRejected(f"code is {code_bytes} bytes, more than executor.max_code_bytes={config.max_code_bytes}")
+    problem_text = job_problem(job, config)
+    if problem_text is not None:
+        raise JobRejected(problem_text)
     code = job.code
     if job.tests is not None:
         tests = job.tests
@@ -86,7 +87,7 @@ def execute(job: ExecutionJob, sandbox: Sandbox, config: ExecutorConfig, worker_
         code, tests = resolve(job, config)
     except JobRejected as exc:
         m.SANDBOX_ERRORS.labels("rejected").inc()
-        result = _failed(job, worker_id, str(exc), len(job.tests or []), start)
+        result = _failed(job, worker_id, f"{REFUSED} executor: {exc}", len(job.tests or []), start)
         m.JOBS.labels(result.status).inc()
         return result
     result = None

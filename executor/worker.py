@@ -25,10 +25,12 @@ import zmq
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
+from rlef.common.execution_client import refusal
 from rlef.common.messages import Control, ExecutionJob, ExecutionResult, decode, encode
 from rlef.common.transport import Transport
 from rlef.executor.dropped import DropLog
 from rlef.executor.jobs import execute
+from rlef.executor.refusals import salvage_job_id
 from rlef.executor.sandbox import Sandbox
 from rlef.monitoring import metrics_executor as m
 from rlef.monitoring.metrics import beat
@@ -98,8 +100,10 @@ class ExecutorPool:
                     now = time.monotonic()
                     if recv in done:
                         heard = now
-                        job = self._parse(recv.result(), identity)
+                        job, refused = self._parse(recv.result(), identity)
                         recv = asyncio.ensure_future(sock.recv())
+                        if refused is not None:
+                            await sock.send(encode(refused))
                         if job is not None:
                             if job_task is None:
                                 current, job_task = job, self._start(job, index, identity)
@@ -129,13 +133,19 @@ class ExecutorPool:
                 recv.cancel()
                 sock.close()
 
-    def _parse(self, frame: bytes, identity: str) -> ExecutionJob | None:
+    def _parse(self, frame: bytes, identity: str) -> tuple[ExecutionJob | None, ExecutionResult | None]:
+        """The job in ``frame``, or the refusal to answer an undecodable job with (it still has a job_id)."""
         try:
             message = decode(frame, (ExecutionJob, Control), sender="broker")
         except MessageError as exc:
             self.drops.drop(str(exc), "broker", exc.field or exc.reason[:40])
-            return None
-        return message if isinstance(message, ExecutionJob) else None
+            job_id = salvage_job_id(frame)
+            if job_id is None:
+                return None, None
+            m.SANDBOX_ERRORS.labels("rejected").inc()
+            result = refusal(job_id, "executor", str(exc))
+            return None, result.model_copy(update={"worker_id": identity})
+        return (message if isinstance(message, ExecutionJob) else None), None
 
     def _start(self, job: ExecutionJob, index: int, identity: str) -> asyncio.Future:
         loop = asyncio.get_running_loop()
