@@ -81,17 +81,21 @@ async def run_actor(
     from rlef.actor.backends import make_backend
     from rlef.actor.episodes import EpisodeRunner
     from rlef.actor.problem_stream import problem_stream
+    from rlef.actor.samples import SamplingSink
     from rlef.actor.sinks import JsonlSink, PushSink
     from rlef.actor.weights_sync import WeightSync
     from rlef.common.data import load_problems
     from rlef.common.execution_client import ExecutionClient
     from rlef.common.transport import Transport
-    from rlef.monitoring.metrics import serve_metrics
+    from rlef.monitoring.metrics import serve_metrics, stop_metrics_log
 
     actor_id = f"actor-{index}"
     instance = new_instance_nonce()
     port = config.actor.metrics_port
-    serve_metrics("actor", actor_id, port + index if port > 0 and config.monitoring.enabled else 0)
+    run_dir = Path(config.run.run_dir)
+    # Also starts this actor's metrics log (RUN_DIR/metrics/actor-<index>.jsonl: registry snapshots + throughput).
+    serve_metrics("actor", actor_id, port + index if port > 0 and config.monitoring.enabled else 0,
+                  run_dir=None if dry_run else run_dir, log_interval_s=config.monitoring.metrics_log_interval_s)
     data = config.data
     problems = load_problems(data.dataset, data.path, data.split, data.limit)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
@@ -130,6 +134,8 @@ async def run_actor(
             asyncio.create_task(gate.run(stop)),
             asyncio.create_task(_watch_stop(control, stop)),
         ]
+    if not dry_run:  # a dry run writes whole episodes to --output already
+        sink = SamplingSink(sink, run_dir, actor_id, config.monitoring.episode_samples, seed=seed)
     runner = EpisodeRunner(
         config, backend=backend, executor=executor, tokenizer=tokenizer,
         problems=problem_stream(problems, index, config.deploy.actors, seed), sink=sink,
@@ -155,4 +161,5 @@ async def run_actor(
         await backend.close()
         atransport.close()
         transport.close()
+        stop_metrics_log()
     return summary

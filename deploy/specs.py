@@ -65,7 +65,9 @@ def learner_command(config: RlefConfig, config_path: Path, resume: bool) -> tupl
 def role_specs(config: RlefConfig, config_path: Path, *, resume: bool = False, cwd: str | None = None) -> list[ProcessSpec]:
     """Broker, executors, learner, actors: start order only matters for how soon the first rollout comes."""
     cfg = str(config_path)
-    env = dict(OFFLINE_ENV)
+    # Every role appends its metrics to the run's metrics log (rlef.monitoring.metrics.serve_metrics reads these).
+    env = {**OFFLINE_ENV, "RLEF_RUN_DIR": str(config.run.run_dir),
+           "RLEF_METRICS_LOG_INTERVAL_S": str(config.monitoring.metrics_log_interval_s)}
     specs = [ProcessSpec("executor-broker-0", "executor-broker", rlef_command("executor-broker", "--config", cfg), env, cwd)]
     specs += [
         ProcessSpec(f"executor-{i}", "executor", rlef_command("executor", "--config", cfg, _index("executor"), str(i)), env, cwd, index=i)

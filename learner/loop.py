@@ -30,6 +30,7 @@ from rlef.learner.ppo import PPOLearner
 from rlef.monitoring import metrics_learner as M
 from rlef.monitoring.metrics import beat, serve_metrics
 from rlef.monitoring.metrics_log import MetricsLog, metrics_log_path
+from rlef.monitoring.trackers import start_run_tracker
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,10 @@ class Learner:
         torch.manual_seed(config.run.seed * 1000 + self.rank)
         self.run_dir = Path(config.run.run_dir)
         self.ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir is not None else self.run_dir / "checkpoints"
-        if cfg.metrics_port:
-            serve_metrics("learner", f"rank{self.rank}", cfg.metrics_port + self.rank)
-        else:
-            serve_metrics("learner", f"rank{self.rank}", 0)
+        # Every rank also snapshots its registry into RUN_DIR/metrics/learner-rank<r>.jsonl (rank 0's scalars of
+        # each batch go to learner-0.jsonl below).
+        serve_metrics("learner", f"rank{self.rank}", cfg.metrics_port + self.rank if cfg.metrics_port else 0,
+                      run_dir=self.run_dir, log_interval_s=config.monitoring.metrics_log_interval_s)
         self.stop = _StopFlag()
         self.ppo = PPOLearner(config, self.device)
         self.version, self.batches, consumed = 0, 0, []
@@ -92,6 +93,7 @@ class Learner:
         self.last_saved_step = self.ppo.step
         self.hub = None
         self.mlog = None
+        self.tracker = None
         if self.rank == 0:
             from rlef.learner.hub import Hub
 
@@ -105,6 +107,10 @@ class Learner:
             self.hub = Hub(config, vocab_size=self.ppo.vocab_size, version=self.version, spool_path=spool)
             self.hub.restore(consumed, self.version)
             self.mlog = MetricsLog(metrics_log_path(self.run_dir, "learner", 0), role="learner", process_id=0)
+            # TensorBoard / W&B when switched on: fed from a background thread, never a reason to stop training.
+            self.tracker = start_run_tracker(config, self.run_dir, own_log=self.mlog.path)
+            if self.tracker is not None:
+                self.mlog.add_sink(self.tracker.log_scalars)
             self.batch_log = open(self.run_dir / "learner" / "batches.jsonl", "a")
         M.STEP.set(self.ppo.step)
         self.sync_weights()
@@ -213,6 +219,8 @@ class Learner:
             if self.hub is not None:
                 self.hub.close(stop_peers=finished)
                 self.mlog.close()
+                if self.tracker is not None:
+                    self.tracker.close()
                 self.batch_log.close()
         log.info("learner done: step %d, version %d, %d batches", self.ppo.step, self.version, self.batches)
         return 0

@@ -62,3 +62,7 @@ WEIGHTS_APPLY_SECONDS = Histogram("rlef_actor_weights_apply_seconds", "Time to a
 LAG_BLOCKED_SECONDS = Counter(
     "rlef_actor_lag_blocked_seconds_total", "Seconds new episodes were held back because the version lag exceeded actor.max_policy_lag."
 )
+EPISODE_SAMPLES = Counter("rlef_actor_episode_samples_total", "Episodes written to the run's readable sample (run_dir/samples/).")
+EPISODE_SAMPLE_ERRORS = Counter(
+    "rlef_actor_episode_sample_errors_total", "Episode samples that could not be built or written (the actor goes on)."
+)

@@ -26,7 +26,7 @@ import math
 import os
 import threading
 import time as _time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -46,6 +46,8 @@ REPORT_KEYS: dict[str, str] = {
     "solve_rate/final": "fraction of rollouts solved (public + private tests) at their last turn",
     "throughput/rollouts_per_s": "rollouts per second (read by role: an actor's = sent, the learner's = trained)",
     "throughput/tokens_per_s": "tokens per second (read by role: an actor's = generated, the learner's = trained)",
+    "throughput/tests_per_s": "tests per second run by an executor",
+    "reward/episode_mean": "mean task reward of an actor's episodes since its previous snapshot",
     "staleness/mean": "mean policy lag (learner version minus the oldest turn's version) of a batch",
     "staleness/dropped": "rollouts dropped as too stale in this batch",
     "loss/policy": "PPO clipped policy loss",
@@ -81,6 +83,11 @@ class MetricsLog:
         self.role = role
         self.process_id = str(process_id)
         self._fh: IO[str] | None = open(self.path, "a", buffering=1)
+        self._sinks: list[Callable[[int | None, dict[str, float | None], float], None]] = []
+
+    def add_sink(self, sink: Callable[[int | None, dict[str, float | None], float], None]) -> None:
+        """Also hand every record to ``sink(step, values, time)`` (trackers); a failing sink is dropped, logged once."""
+        self._sinks.append(sink)
 
     def write(self, step: int | None, values: Mapping[str, float], *, time: float | None = None) -> None:
         """Append one record: ``values`` at ``step`` (or None) and ``time`` (default: now)."""
@@ -95,18 +102,33 @@ class MetricsLog:
             "values": {str(k): _clean(v, str(k), self.path) for k, v in values.items()},
         }
         self._fh.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
+        for sink in list(self._sinks):
+            try:
+                sink(record["step"], record["values"], record["time"])
+            except Exception as exc:  # noqa: BLE001 - a tracker must never stop the role that logs
+                self._sinks.remove(sink)
+                log.warning("%s: metrics sink %r failed and was removed: %s", self.path, sink, exc)
 
     def snapshot(self, step: int | None = None, registry: CollectorRegistry = REGISTRY, prefix: str = "rlef_", *, time: float | None = None) -> None:
         """Append every sample of metrics named ``prefix*`` in ``registry`` (counters, gauges, histogram parts)."""
         self.write(step, registry_samples(registry, prefix), time=time)
 
-    def start_snapshots(self, interval_s: float = 10.0, registry: CollectorRegistry = REGISTRY) -> "Snapshotter":
+    def start_snapshots(
+        self, interval_s: float = 10.0, registry: CollectorRegistry = REGISTRY, *,
+        rates: Mapping[str, str] | None = None, ratios: Mapping[str, tuple[str, str]] | None = None,
+        step_from: str | None = None,
+    ) -> "Snapshotter":
         """Snapshot ``registry`` every ``interval_s`` from a daemon thread until the returned handle's ``stop()``.
 
         For roles that want ``rlef report`` to work without Prometheus and log no scalars of their own:
         ``snap = MetricsLog(metrics_log_path(run_dir, "actor", i), "actor", i).start_snapshots(10)``.
+        ``rates`` adds canonical per-second keys derived from counters between two snapshots
+        (``{"throughput/rollouts_per_s": "rlef_actor_rollouts_sent_total"}``, summed over label sets);
+        ``ratios`` adds increase(a) / increase(b) between two snapshots (``{"reward/episode_mean":
+        ("rlef_actor_episode_reward_running_sum", "rlef_actor_episodes_total")}``; left out when b did not grow);
+        ``step_from`` names a counter whose value is each record's ``step``.
         """
-        snap = Snapshotter(self, interval_s, registry)
+        snap = Snapshotter(self, interval_s, registry, rates=rates, ratios=ratios, step_from=step_from)
         snap.start()
         return snap
 
@@ -125,31 +147,69 @@ class MetricsLog:
 class Snapshotter(threading.Thread):
     """Background registry snapshots into a MetricsLog; ``stop()`` writes a last snapshot and closes the log."""
 
-    def __init__(self, mlog: MetricsLog, interval_s: float, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, mlog: MetricsLog, interval_s: float, registry: CollectorRegistry, *,
+        rates: Mapping[str, str] | None = None, ratios: Mapping[str, tuple[str, str]] | None = None,
+        step_from: str | None = None,
+    ) -> None:
         super().__init__(name=f"metrics-log-{mlog.path.name}", daemon=True)
         self.mlog, self.interval_s, self.registry = mlog, interval_s, registry
+        self.rates = dict(rates or {})
+        self.ratios = dict(ratios or {})
+        self.step_from = step_from
+        self._previous: tuple[float, dict[str, float]] | None = None
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
+        self._warned = False
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             self._snapshot()
+
+    def _values(self) -> tuple[int | None, dict[str, float]]:
+        now = _time.time()
+        samples = registry_samples(self.registry)
+        names = {*self.rates.values(), *(n for pair in self.ratios.values() for n in pair), *([self.step_from] if self.step_from else [])}
+        totals = {name: family_total(samples, name) for name in names}
+        values: dict[str, float] = dict(samples)
+        if self._previous is not None:
+            then, before = self._previous
+            dt = now - then
+            for key, name in self.rates.items():
+                if dt > 0:
+                    values[key] = max(0.0, totals[name] - before.get(name, 0.0)) / dt
+            for key, (num, den) in self.ratios.items():
+                grew = totals[den] - before.get(den, 0.0)
+                if grew > 0:
+                    values[key] = (totals[num] - before.get(num, 0.0)) / grew
+        self._previous = (now, totals)
+        step = int(totals[self.step_from]) if self.step_from else None
+        return step, values
 
     def _snapshot(self) -> None:
         with self._lock:
             if self.mlog._fh is None:
                 return
             try:
-                self.mlog.snapshot(registry=self.registry)
-            except (OSError, DataError) as exc:  # a full disk must not kill the role: log and keep trying
-                log.warning("%s: metrics snapshot failed: %s", self.mlog.path, exc)
+                step, values = self._values()
+                self.mlog.write(step, values)
+            except (OSError, DataError) as exc:  # a full disk must not kill the role: log once and keep trying
+                if not self._warned:
+                    self._warned = True
+                    log.warning("%s: metrics snapshot failed: %s (further failures not logged)", self.mlog.path, exc)
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=max(self.interval_s, 1.0) + 5)
+        if self.is_alive():
+            self.join(timeout=max(self.interval_s, 1.0) + 5)
         self._snapshot()
         with self._lock:
             self.mlog.close()
+
+
+def family_total(samples: Mapping[str, float], name: str) -> float:
+    """Sum of every sample of metric ``name`` (all label sets) in a :func:`registry_samples` dict."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
 def sample_key(name: str, labels: Mapping[str, str]) -> str:

@@ -1,7 +1,7 @@
 """`rlef report RUN_DIR`: PNG plots and a markdown summary of a run.
 
 Scope: five figures (reward, solve rate per turn, throughput, staleness, learner losses) and
-``summary.md``, written to ``RUN_DIR/report/``. Each plotted series is read from Prometheus when one is
+``summary.md`` (with a few sampled episodes: one fixed by feedback, one that ignored it, one without code), written to ``RUN_DIR/report/``. Each plotted series is read from Prometheus when one is
 reachable (``--prometheus URL``; the recording rules of monitoring/prometheus/rules/recording.yml) and has data,
 else from the run's own metrics log (``RUN_DIR/metrics/*.jsonl``, see :mod:`rlef.monitoring.metrics_log`):
 canonical scalar keys (:data:`~rlef.monitoring.metrics_log.REPORT_KEYS`) and, from registry snapshots, rates
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlef.monitoring.episode_samples import EpisodeSample, read_samples, samples_dir
 from rlef.monitoring.metrics_log import LogReadStats, Record, read_run_metrics
 from rlef.monitoring.prometheus_api import PrometheusAPI, PrometheusError
 
@@ -204,7 +205,7 @@ FIGURES = [
         Series("final (public + private)", "rlef:final_solve_rate:ratio_rate5m",
                _first(lambda d: _one(d.ratio("rlef_actor_final_outcomes_total", lambda l: l.get("status") == "pass", lambda l: True)),
                       _keys("solve_rate/final"))),
-        Series("learner batch", "max(rlef_learner_batch_solve_rate)", _keys("rlef_learner_batch_solve_rate")),
+        Series("learner batch", "max(rlef_learner_batch_solve_rate)", _keys("solve_rate/final", "rlef_learner_batch_solve_rate", role="learner")),
     ])]),
     Figure("throughput", "Throughput", [
         Axes("Rollouts per second", "rollouts/s", [
@@ -318,6 +319,58 @@ def _render(fig_spec: Figure, source: Source, out_dir: Path) -> tuple[Path, dict
     return path, last
 
 
+# ---------------------------------------------------------------- sampled episodes
+
+#: The kinds of episode the report shows one of each (title, predicate).
+EPISODE_KINDS: list[tuple[str, Callable[[EpisodeSample], bool]]] = [
+    ("Fixed by feedback (failed at turn 1, solved later)", lambda s: s.fixed_by_feedback),
+    ("Ignored the feedback (wrote the same program again)", lambda s: s.ignored_feedback),
+    ("Never produced code", lambda s: s.never_code),
+]
+
+
+def _fenced(text: str, lang: str = "", max_lines: int = 30) -> list[str]:
+    lines = text.rstrip("\n").splitlines() or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"[... {len(lines) - max_lines} more lines]"]
+    fence = "````" if any(line.startswith("```") for line in lines) else "```"
+    return [fence + lang, *lines, fence]
+
+
+def episode_markdown(s: EpisodeSample) -> list[str]:
+    """One episode, turn by turn: status, the program, the feedback it got (as the model saw it)."""
+    lo, hi = s.versions
+    final = s.get("final") or {}
+    out = [f"`{s.get('rollout_id')}`: problem `{s.get('problem_id')}`, policy version {lo if lo == hi else f'{lo}-{hi}'}, "
+           f"final **{s.final_status}** ({final.get('tests_passed', 0)}/{final.get('tests_total', 0)} tests), "
+           f"rewards {s.get('rewards')}", ""]
+    for turn in s.turns:
+        out.append(f"Turn {turn.get('turn')}: public tests **{turn.get('status')}** "
+                   f"({turn.get('public_passed', 0)}/{turn.get('public_total', 0)}), {turn.get('response_tokens', '?')} tokens")
+        out.append("")
+        out += _fenced(turn["code"], "python") if turn.get("code") is not None else _fenced(str(turn.get("response_text") or ""), "text", 12)
+        if turn.get("feedback"):
+            out += ["", "Feedback shown:", ""] + _fenced(str(turn["feedback"]), "text", 20)
+        out.append("")
+    return out
+
+
+def sampled_episodes_section(run_dir: Path) -> list[str]:
+    """Markdown lines: how many episodes were sampled, and one of each :data:`EPISODE_KINDS` (the newest)."""
+    samples = read_samples(run_dir) if samples_dir(run_dir).is_dir() else []
+    lines = ["## Sampled episodes", ""]
+    if not samples:
+        return lines + ["No sampled episodes in this run directory (`RUN_DIR/samples/`).", ""]
+    counts = ", ".join(f"{title.split(' (')[0].lower()}: {sum(pred(x) for x in samples)}" for title, pred in EPISODE_KINDS)
+    lines += [f"{len(samples)} episode(s) sampled by {len({s.get('actor_id') for s in samples})} actor(s); "
+              f"solved: {sum(s.solved for s in samples)}; {counts}. Read them all with `rlef rollouts {run_dir}`.", ""]
+    for title, pred in EPISODE_KINDS:
+        found = next((x for x in reversed(samples) if pred(x)), None)
+        lines += [f"### {title}", ""]
+        lines += episode_markdown(found) if found is not None else ["None in the sample.", ""]
+    return lines
+
+
 def _summary(run_dir: Path, source: Source, stats: LogReadStats, images: list[Path], last: dict[str, float], prometheus: str | None) -> str:
     span_min = (source.end - source.start) / 60.0
     lines = [
@@ -338,7 +391,8 @@ def _summary(run_dir: Path, source: Source, stats: LogReadStats, images: list[Pa
     lines += [f"| {k} | {v} |" for k, v in source.used.items()]
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
-    return "\n".join(lines) + "\n"
+    lines += ["", *sampled_episodes_section(run_dir)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def make_report(run_dir: Path, prometheus: str | None = None, out_dir: Path | None = None, window_s: float | None = None) -> Path:
