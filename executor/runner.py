@@ -15,7 +15,8 @@ Protocol with the host (fd 0 in, fd 1 out; both moved to high fds at start so no
   exit or killed by a signal), ``timeout`` (the runner killed it at the CPU or wall-clock limit), ``output_limit``,
   ``runner_error`` (the fork itself failed).
 
-Invariants: each child gets its own stdin (a memfd holding the test input), stdout/stderr pipes, address
+Invariants: the runner is not dumpable (tests cannot reach its control pipes or memory through /proc/1);
+each child gets its own stdin (a memfd holding the test input), stdout/stderr pipes, address
 space limit (memory + slack, set by the host in memory_bytes) and CPU limit; after every test the runner
 kills every other process in the jail (``kill(-1, SIGKILL)`` from pid 1 spares only itself), so nothing a
 test started survives into the next test. As pid 1 of the namespace the runner cannot be killed by its own
@@ -423,7 +424,22 @@ def run_test(spare, setup, data):
     return header, bytes(out[: max_out]), bytes(err[-tail:])
 
 
+PR_SET_DUMPABLE = 4
+
+
+def make_undumpable():
+    """Close /proc/1/{fd,mem,environ,...} to the tests: they run as our uid, and a dumpable runner's control
+    pipes could be reopened through /proc/1/fd to forge reports, and its memory rewritten through /proc/1/mem.
+    A non-dumpable process's /proc files belong to root, which the jail does not map."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
 def main():
+    make_undumpable()
     # Our own stdio now points nowhere useful: children get fresh fds per test.
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)

@@ -1,0 +1,4 @@
+# property: no DNS
+# expect: runtime_error
+import socket
+print(socket.getaddrinfo("example.com", 80))
