@@ -73,7 +73,7 @@ def test_help_does_not_import_torch() -> None:
 def test_help_lists_every_role_command() -> None:
     out = subprocess.run([sys.executable, "-m", "rlef.common.cli", "--help"], capture_output=True, text=True, check=True)
     builtins = ("config", "make-tiny-model", "data", "keys")
-    roles = ("actor", "executor", "executor-broker", "learner", "export", "launch", "report", "monitoring")
+    roles = ("actor", "executor", "executor-broker", "learner", "export", "launch", "report", "rollouts", "monitoring")
     for command in builtins + roles:
         assert command in out.stdout
 

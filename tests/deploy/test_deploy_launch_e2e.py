@@ -1,7 +1,8 @@
 """The README's main job for real: `rlef launch` with the tiny CPU config, every role a real process.
 
 Asserts the learner stepped (its batches log, metrics log and checkpoints), the run ended by the learner with
-exit code 0 after deploy.max_batches, no process of the run is left behind, and the report was made.
+exit code 0 after deploy.max_batches, no process of the run is left behind, every role wrote the metrics log,
+the actor sampled episodes, and the report was made from them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_rlef_launch_tiny_run_trains_and_ends_cleanly(tmp_path: Path, tiny_model_dir: Path) -> None:
     cmd = [sys.executable, "-m", "rlef.common.cli", "launch", "--config", "configs/tiny-cpu.yaml", "--free-ports",
            "--progress", "log", f"run.output_dir={tmp_path}", "run.name=e2e", f"model.path={tiny_model_dir}",
-           "deploy.max_batches=2", "learner.batch_rollouts=8"]  # fmt: skip
+           "deploy.max_batches=2", "learner.batch_rollouts=8", "monitoring.episode_samples.rate=1.0"]  # fmt: skip
     launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: set[int] = set()
     deadline = time.monotonic() + 540
@@ -48,3 +49,14 @@ def test_rlef_launch_tiny_run_trains_and_ends_cleanly(tmp_path: Path, tiny_model
     assert seen and not [pid for pid in seen if is_alive(pid)]
     # The monitoring role's `rlef report RUN_DIR` ran at the end.
     assert (run_dir / "logs" / "report.log").exists() and any((run_dir / "report").iterdir())
+    # Every role wrote the run's metrics log, so the report finds the actor, executor and lag series there.
+    logs = {p.name for p in (run_dir / "metrics").glob("*.jsonl")}
+    assert {"learner-0.jsonl", "actor-0.jsonl", "executor-broker-broker.jsonl"} <= logs, logs
+    assert [name for name in logs if name.startswith("executor-") and not name.startswith("executor-broker")], logs
+    summary = (run_dir / "report" / "summary.md").read_text()
+    for series in ("Rollouts per second: sent by actors", "Tokens per second: generated",
+                   "Executor tests per second: all statuses", "Policy lag: max actor lag"):
+        assert f"| {series} | metrics log |" in summary, series
+    # The actor's sampled episodes, also in the report.
+    assert list((run_dir / "samples" / "actor-0").glob("episodes-*.jsonl"))
+    assert "## Sampled episodes" in summary and "episode(s) sampled by 1 actor(s)" in summary
