@@ -21,6 +21,8 @@ from rich.text import Text
 from rlef.monitoring.episode_samples import EpisodeSample
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
+SHORT_STATUS = {"pass": "ok", "wrong_answer": "WA", "runtime_error": "RE", "timeout": "TLE", "syntax_error": "SE",
+                "oom": "MLE", "output_limit": "OLE", "sandbox_error": "SBX", "no_code": "-"}
 STATUS_STYLE = {"pass": "bold green", "no_code": "bold magenta", "sandbox_error": "bold yellow"}
 
 
@@ -52,9 +54,7 @@ def _cut_lines(text: str, max_lines: int | None) -> str:
 def episode_header(s: EpisodeSample) -> Text:
     lo, hi = s.versions
     final = s.get("final") or {}
-    text = Text()
-    text.append(f"{s.get('problem_id')}", style="bold")
-    text.append(f"  {s.get('rollout_id')}  version {lo if lo == hi else f'{lo}-{hi}'}  final ")
+    text = Text(f"policy version {lo if lo == hi else f'{lo}-{hi}'}  final ")
     text.append_text(_status(s.final_status))
     text.append(f" ({final.get('tests_passed', 0)}/{final.get('tests_total', 0)} tests)  rewards {s.get('rewards')}")
     total = (s.get("timings") or {}).get("total_s")
@@ -91,15 +91,23 @@ def episode_renderable(s: EpisodeSample, *, full: bool = False, prompt_lines: in
 
 
 def summary_table(samples: Sequence[EpisodeSample]) -> Table:
-    """One line per episode (``--list``)."""
-    table = Table(title=f"{len(samples)} sampled episode(s)")
-    for col in ("rollout", "problem", "versions", "statuses", "final", "reward", "flags"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("rollout", "versions", "final", "reward"))
+    """One line per episode (``--list``); the episode is named ``<actor> #<n>`` (its rollout id without the
+    start nonce; the full id is in the detailed view)."""
+    table = Table(title=f"{len(samples)} sampled episode(s)", caption="turns: " + ", ".join(f"{v} = {k}" for k, v in SHORT_STATUS.items()))
+    table.add_column("episode", no_wrap=True)
+    table.add_column("problem", overflow="ellipsis", max_width=20)
+    table.add_column("version", no_wrap=True)
+    table.add_column("turns", min_width=8)
+    table.add_column("final", no_wrap=True)
+    table.add_column("reward", no_wrap=True, justify="right")
+    table.add_column("flags", min_width=5)
     for s in samples:
         lo, hi = s.versions
-        flags = ",".join(f for f, on in (("fixed", s.fixed_by_feedback), ("ignored", s.ignored_feedback), ("no-code", s.never_code)) if on)
-        table.add_row(str(s.get("rollout_id")), str(s.get("problem_id")), f"{lo}" if lo == hi else f"{lo}-{hi}",
-                      " ".join(str(t.get("status")) for t in s.turns), _status(s.final_status),
+        flags = " ".join(f for f, on in (("fixed", s.fixed_by_feedback), ("ignored", s.ignored_feedback), ("no-code", s.never_code)) if on)
+        number = str(s.get("rollout_id", "")).rsplit("-", 1)[-1]
+        table.add_row(f"{s.get('actor_id')} #{number}", str(s.get("problem_id")), f"{lo}" if lo == hi else f"{lo}-{hi}",
+                      " ".join(SHORT_STATUS.get(str(t.get("status")), str(t.get("status"))) for t in s.turns),
+                      Text(SHORT_STATUS.get(s.final_status, s.final_status), style=_status(s.final_status).style),
                       f"{sum(s.get('rewards') or []):.2f}", flags)
     return table
 

@@ -194,6 +194,8 @@ class RunTracker:
 
     def log_scalars(self, step: int | None, values: Mapping[str, float | None], wall_time: float) -> None:
         """A :class:`MetricsLog` sink: enqueue one record of the learner's own log."""
+        if not self._thread.is_alive():  # every tracker failed (or closed): nothing would read the queue
+            return
         try:
             self._queue.put_nowait((step, values, wall_time))
         except queue.Full:

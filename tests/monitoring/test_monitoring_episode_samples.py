@@ -108,7 +108,7 @@ def test_cli_filters_and_errors(run_dir, tmp_path_factory):
     assert out.returncode == 0, out.stderr
     assert "r-fixed" in out.stdout and "r-ignored" not in out.stdout and "1 episode(s) shown of 4" in out.stdout
     out = _rollouts(run_dir, "--ignored-feedback", "--list")
-    assert "r-ignored" in out.stdout and "r-fixed" not in out.stdout
+    assert "actor-1 #ignored" in out.stdout and "#fixed" not in out.stdout and "1 sampled episode(s)" in out.stdout
     out = _rollouts(run_dir, "--versions", "6:", "--status", "no_code")
     assert "r-nocode" in out.stdout and "r-ignored" not in out.stdout
     assert "no sampled episode matches (4 sampled" in _rollouts(run_dir, "--problem", "nope").stdout
