@@ -131,11 +131,29 @@ def main(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides follow the options (``run PROGRAM --input F ... executor.x=y``): plain
+    argparse assigns every positional in the first run of them, PROGRAM's, and rejects later ones."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from rlef.common.cli import add_config_arguments
 
     sandbox = subparsers.add_parser("sandbox", help="run programs through the real sandbox, as training jobs run")
-    commands = sandbox.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
+    commands = sandbox.add_subparsers(
+        dest="sandbox_command", required=True, metavar="SUBCOMMAND", parser_class=_IntermixedParser
+    )
     run = commands.add_parser("run", help="run PROGRAM on one test: status, feedback text, CPU time, peak memory")
     run.add_argument("program", metavar="PROGRAM", help="Python program file")
     run.add_argument("--input", required=True, metavar="FILE", help="the test's stdin")
