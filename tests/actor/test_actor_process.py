@@ -40,7 +40,9 @@ def test_actor_process_registers_catches_up_streams_and_stops(tiny_model_dir, ex
             f"endpoints.rollout_port={ports['rollout']}", f"endpoints.weights_port={ports['weights']}",
             f"endpoints.control_port={ports['control']}", f"model.path={tiny_model_dir}", "actor.metrics_port=0",
             "actor.sampling.max_new_tokens=16", "actor.max_policy_lag=2", "actor.episodes_in_flight=2",
-            "weights.poll_interval_s=0.2",
+            "weights.poll_interval_s=0.2", f"run.output_dir={tmp_path}", "run.name=run",
+            "data.dataset=sample", "data.path=null",
+            "monitoring.episode_samples.rate=1.0", "monitoring.metrics_log_interval_s=0.5",
         ]
         log = open(tmp_path / "actor.log", "w")
         proc = subprocess.Popen([rlef, "actor", *overrides], stdout=log, stderr=subprocess.STDOUT,
@@ -69,3 +71,15 @@ def test_actor_process_registers_catches_up_streams_and_stops(tiny_model_dir, ex
     assert all(r.actor_id == "actor-0" for r in rollouts) and len({r.rollout_id for r in rollouts}) == 3
     text = (tmp_path / "actor.log").read_text()
     assert "episodes in" in text and "weights version 3" in text
+    # Its metrics log (registry snapshots with throughput keys, a last one at exit) and its sampled episodes.
+    from rlef.monitoring.episode_samples import read_samples
+    from rlef.monitoring.metrics_log import read_metrics_log
+
+    records = list(read_metrics_log(tmp_path / "run" / "metrics" / "actor-0.jsonl"))
+    assert records and records[-1].step is not None and records[-1].step >= 3
+    assert any("throughput/rollouts_per_s" in r.values for r in records)
+    assert records[-1].values["rlef_actor_rollouts_sent_total"] == records[-1].step
+    sampled = read_samples(tmp_path / "run")
+    sent_ids = {r.rollout_id for r in rollouts}
+    assert sent_ids <= {s["rollout_id"] for s in sampled}  # rate 1: every rollout sent was sampled too
+    assert all(s.turns and s.turns[0]["prompt_text"] and s.turns[0]["policy_version"] == 3 for s in sampled)
