@@ -6,6 +6,7 @@ class AND the jail must still serve the next test (nothing a test does leaks int
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from rlef.common.errors import SandboxError
 from rlef.common.messages import Limits
 from rlef.common.messages import TestCase as Case
 from rlef.common.messages import TestResult as Result
-from rlef.executor.sandbox import Sandbox, classify, clean_paths
+from rlef.executor.sandbox import Sandbox, _children, classify, clean_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(time_s=1.0, memory_bytes=128 << 20)
@@ -106,7 +107,17 @@ def test_jobs_do_not_share_tmp() -> None:
 
     thread = threading.Thread(target=job_a)
     thread.start()
-    time.sleep(0.8)
+    # Wait for the real precondition: job A's file exists in A's jail (seen through its test process's root).
+    deadline = time.monotonic() + 60
+    written = False
+    while not written and time.monotonic() < deadline and thread.is_alive():
+        proc = writer._proc
+        runner = _children(proc.pid) if proc is not None else []
+        for pid in (_children(runner[0]) if runner else []):
+            written = written or os.path.exists(f"/proc/{pid}/root/tmp/secret")
+        time.sleep(0.01)
+    assert written, "job A never wrote its file"
+    assert thread.is_alive()  # and holds it (it sleeps 2 s after writing) while job B looks
     code = "import os\nprint(os.listdir('/tmp'))\nprint(open('/tmp/secret').read())\n"
     results["b"] = reader.run(code, [Case(input="", output="hunter2")], limits)
     thread.join()

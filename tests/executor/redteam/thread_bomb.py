@@ -1,7 +1,7 @@
 # property: thread creation is bounded (process limit and address space)
 # expect: pass
 # stdout: bounded
-import threading, time
+import threading
 count = 0
 stop = threading.Event()
 try:

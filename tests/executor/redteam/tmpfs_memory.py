@@ -1,9 +1,7 @@
 # property: memory hidden in /tmp files counts against the test
 # expect: runtime_error|oom
 # stdout-lacks: fits
-import os
 block = b"m" * (1 << 20)
-fds = []
 for i in range(60):
     with open("/tmp/m%d" % i, "wb") as f:
         f.write(block)
