@@ -9,9 +9,11 @@ Protocol with the host (fd 0 in, fd 1 out; both moved to high fds at start so no
 - host -> runner, first frame: ``>I`` length + JSON setup ``{code, time_s, wall_s, memory_bytes,
   max_output_bytes, stderr_tail_bytes}`` (time_s: CPU seconds per test, wall_s: wall-clock seconds); runner answers with a result frame whose header is ``{compile_ok, message}``.
 - host -> runner, then one frame per test: ``>I`` length + the raw stdin bytes. The runner answers with one
-  result frame. The host closes the pipe to end the job.
+  result frame. The host closes the pipe to end the job. Before every report (the compile report and each
+  test's) the runner has already forked the child for the next test, waiting for ``go``: the host moves it
+  into that test's cgroup before it sends the input, so no program code ever runs outside its cgroup.
 - result frame: ``>III`` (header, stdout, stderr lengths) + JSON header + stdout bytes + stderr bytes, header
-  ``{status, exit_code, signal, time_s, cpu_s}`` where status is one of ``ok`` (exit 0), ``exit`` (non-zero
+  ``{status, exit_code, signal, time_s, cpu_s, maxrss_bytes}`` (the test's own process) where status is one of ``ok`` (exit 0), ``exit`` (non-zero
   exit or killed by a signal), ``timeout`` (the runner killed it at the CPU or wall-clock limit), ``output_limit``,
   ``runner_error`` (the fork itself failed).
 

@@ -5,7 +5,11 @@ pid/net/mount/ipc/uts namespaces (no network device at all), read-only binds of 
 links), /dev/null and /dev/urandom only, a private size-capped tmpfs /tmp per jail (so nothing one job writes
 is visible to another), seccomp denying unshare/setns/mount/ptrace/socket, rlimits on processes, files,
 file size and address space. Per-test limits (wall clock with sub-second precision, CPU, address space =
-memory + slack, stdout cap, stderr tail) are applied by the runner to each forked child.
+memory + slack, stdout cap, stderr tail) are applied by the runner to each forked child; the limits that
+forking cannot escape (CPU time of every process of the test, their memory together, their number) by the
+host, through one cgroup per test (executor/cgroups.py): the host moves the test's waiting child into its
+group before sending the input, polls the group's CPU time while it waits for the report, kills the group
+at the limit, and reads its CPU time, peak memory and OOM count into the TestResult.
 
 Failure policy: if nsjail is missing or fails its own setup, :class:`SandboxError` is raised; nothing ever
 runs unsandboxed. A jail that dies or stops answering mid-job raises :class:`JailDied` carrying the results
