@@ -122,8 +122,8 @@ class ExecutorConfig(Section):
     max_time_limit_s: float = Field(60.0, gt=0, description="Largest per-test time limit a job may ask for; more gets an error result.")
     max_memory_limit_bytes: int = Field(8 << 30, gt=0, description="Largest per-test memory limit a job may ask for; more gets an error result.")
     max_processes: int = Field(64, ge=2, description="Processes and threads one test may hold at once (cgroup pids.max; rlimit when weak).")
-    cgroup: Literal["auto", "v1", "v2", "off"] = Field(
-        "auto", description="Per-test limits through cgroups: auto = v2 if usable, else v1; off = none (needs allow_weak_limits)."
+    cgroup: Literal["auto", "v1", "v2", "none"] = Field(
+        "auto", description="Per-test limits through cgroups: auto = v2 if usable, else v1; none = no cgroup (needs allow_weak_limits)."
     )
     cgroup_root: str = Field("/sys/fs/cgroup", description="Where cgroupfs is mounted (v1: one directory per controller; v2: unified).")
     allow_weak_limits: bool = Field(

@@ -70,6 +70,7 @@ class Broker:
         self.workers: dict[bytes, _Worker] = {}
         self.idle: OrderedDict[bytes, None] = OrderedDict()
         self.drops = DropLog("broker", log)
+        self.weak_executors: set[str] = set()
         self.stopped = threading.Event()
         self._heartbeat = encode(Control(op="heartbeat", sender_id="broker", role="broker"))
 
@@ -177,6 +178,8 @@ class Broker:
             if worker is not None and worker.job_id is not None:
                 self._lost(worker, "re-registered while running a job")
             self._add_idle(identity)
+            if "limits:weak" in message.capabilities:
+                self._warn_weak(sender)
         elif message.op == "heartbeat":
             if worker is None:
                 # We restarted, or dropped it for silence: take it back (busy until it sends a result).
@@ -188,6 +191,13 @@ class Broker:
                 self._remove(worker, "said stop")
         else:
             self.drops.drop(f"unexpected control op {message.op!r}", sender, message.op)
+
+    def _warn_weak(self, sender: str) -> None:
+        executor = sender.split("/", 1)[0]
+        if executor not in self.weak_executors and len(self.weak_executors) < 10_000:
+            self.weak_executors.add(executor)
+            log.warning("executor %s runs with WEAK LIMITS (executor.allow_weak_limits): its tests' CPU time and "
+                        "memory are bounded per process only", executor)
 
     def _on_result(self, identity: bytes, worker: _Worker | None, result: ExecutionResult) -> None:
         job = self.jobs.get(result.job_id)

@@ -17,7 +17,7 @@ removed at start.
 
 Detection (:func:`open_cgroups`): v2 when the executor's own v2 group offers the memory and pids
 controllers and a probe group can be made; v1 when the memory, pids and cpuacct hierarchies are mounted
-and writable. ``executor.cgroup`` forces one; ``off`` or nothing usable raises :class:`CgroupUnavailable`,
+and writable. ``executor.cgroup`` forces one; ``none`` or nothing usable raises :class:`CgroupUnavailable`,
 which the caller turns into a refusal to start unless ``executor.allow_weak_limits`` is set.
 """
 
@@ -403,10 +403,10 @@ _open_lock = threading.Lock()
 def open_cgroups(mode: str, root: str = "/sys/fs/cgroup") -> Cgroups:
     """This process's per-test cgroups (one base shared by every sandbox of the process).
 
-    ``mode``: ``auto`` (v2, else v1), ``v1``, ``v2`` or ``off``. Raises CgroupUnavailable with every reason.
+    ``mode``: ``auto`` (v2, else v1), ``v1``, ``v2`` or ``none``. Raises CgroupUnavailable with every reason.
     """
-    if mode == "off":
-        raise CgroupUnavailable("executor.cgroup=off")
+    if mode == "none":
+        raise CgroupUnavailable("executor.cgroup=none")
     key = (mode, root)
     with _open_lock:
         if key in _opened:

@@ -60,7 +60,9 @@ class ExecutorPool:
 
     async def serve(self) -> None:
         slots = [asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.size)]
-        log.info("executor %s: %d sandboxes serving %s", self.executor_id, self.size, self.backend)
+        cgroups = self.sandboxes[0].cgroups
+        log.info("executor %s: %d sandboxes serving %s; per-test limits: %s", self.executor_id, self.size, self.backend,
+                 cgroups.description if cgroups is not None else "WEAK (per-process rlimits only)")
         await self._stop.wait()
         for task in slots:
             task.cancel()
@@ -78,7 +80,9 @@ class ExecutorPool:
         return sock, identity
 
     def _control(self, op: str, identity: str, busy: bool = False) -> bytes:
-        return encode(Control(op=op, sender_id=identity, role="executor", info={"busy": busy}))
+        # The limits mode travels with every registration, so the broker can say which workers run weak.
+        capabilities = [f"limits:{self.sandboxes[0].limits_mode}"]
+        return encode(Control(op=op, sender_id=identity, role="executor", info={"busy": busy}, capabilities=capabilities))
 
     async def _slot(self, index: int) -> None:
         """One worker: (re)connect, register, then heartbeat / take jobs / send results forever."""

@@ -132,8 +132,8 @@ def test_test_cgroups_are_removed_after_the_job(sandbox: Sandbox) -> None:
 def test_refuses_to_start_without_a_usable_cgroup(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="refusing to start.*executor.allow_weak_limits"):
         Sandbox(ExecutorConfig(cgroup_root=str(tmp_path)))
-    with pytest.raises(SandboxError, match="executor.cgroup=off"):
-        Sandbox(ExecutorConfig(cgroup="off"))
+    with pytest.raises(SandboxError, match="executor.cgroup=none"):
+        Sandbox(ExecutorConfig(cgroup="none"))
 
 
 def test_v2_without_controllers_says_why() -> None:
@@ -149,7 +149,8 @@ def test_weak_limits_when_the_user_opts_in(tmp_path: Path, caplog: pytest.LogCap
 
     sandbox_module._weak_warned = False
     with caplog.at_level(logging.WARNING, logger="rlef.executor.sandbox"):
-        sandbox = Sandbox(ExecutorConfig(cgroup_root=str(tmp_path), allow_weak_limits=True))
+        # A generous wall clock, so that on a loaded machine only the CPU-time limit could end the test.
+        sandbox = Sandbox(ExecutorConfig(cgroup_root=str(tmp_path), allow_weak_limits=True, wall_time_factor=20))
     try:
         assert sandbox.limits_mode == "weak" and sandbox.cgroups is None
         assert "WEAK LIMITS" in caplog.text
@@ -201,3 +202,26 @@ def test_chained_exceptions_render_like_python(sandbox: Sandbox) -> None:
     assert err.rstrip().endswith("KeyError: 'while parsing'")
     assert err.index("ValueError") < err.index("KeyError")
     assert 'File "main.py", line 2, in parse' in err
+
+
+@pytest.mark.slow
+def test_weak_executors_are_named_by_the_broker(tmp_path: Path) -> None:
+    from helpers.executor_service import start_executor_service
+
+    overrides = ["executor.cgroup=none", "executor.allow_weak_limits=true"]
+    with start_executor_service(tmp_path, workers=1, overrides=overrides) as service:
+        broker_log = (tmp_path / "broker.log").read_text()
+        executor_log = (tmp_path / "executor-0.log").read_text()
+    assert "executor test-executor-0 runs with WEAK LIMITS" in broker_log, service.logs()
+    assert "per-test limits: WEAK" in executor_log and "WEAK LIMITS: no cgroup" in executor_log
+
+
+@pytest.mark.slow
+def test_executors_with_cgroups_say_which(tmp_path: Path) -> None:
+    from helpers.executor_service import start_executor_service
+
+    with start_executor_service(tmp_path, workers=1):
+        executor_log = (tmp_path / "executor-0.log").read_text()
+        broker_log = (tmp_path / "broker.log").read_text()
+    assert "per-test limits: cgroup v" in executor_log
+    assert "WEAK" not in broker_log
