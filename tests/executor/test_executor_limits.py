@@ -225,3 +225,18 @@ def test_executors_with_cgroups_say_which(tmp_path: Path) -> None:
         broker_log = (tmp_path / "broker.log").read_text()
     assert "per-test limits: cgroup v" in executor_log
     assert "WEAK" not in broker_log
+
+
+def test_cgroup_file_formats(tmp_path: Path) -> None:
+    """The parsers behind v2 detection and accounting, on the kernel's formats (v2 cannot run on this host)."""
+    from rlef.executor.cgroups import _keyed
+
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/rlef-executor.service\n")
+    assert own_cgroups(str(proc)) == {"": "/system.slice/rlef-executor.service"}
+    proc.write_text("12:pids:/\n4:memory:/a/b\n2:cpu,cpuacct:/c\n0::/\n")
+    assert own_cgroups(str(proc)) == {"pids": "/", "memory": "/a/b", "cpu": "/c", "cpuacct": "/c", "": "/"}
+    events = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n"
+    assert _keyed(events)["oom_kill"] == 2 and _keyed(events)["max"] == 12
+    assert _keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")["oom_kill"] == 3
+    assert _keyed("usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n")["usage_usec"] == 1_500_000
