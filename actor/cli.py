@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from rlef.common.cli import add_config_arguments, config_from_args
@@ -40,11 +41,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     split = args.split or config.data.eval_split
     rollouts = args.rollouts_per_problem or default_rollouts(args.protocol, config.actor.max_turns)
     output = args.output or Path(config.run.output_dir) / config.run.name / f"eval-{split}-{args.protocol}"
-    report = asyncio.run(run_evaluation(config, rollouts=rollouts, protocol=args.protocol, output=output,
-                                        split=split, limit=args.limit))
+    models = [_named_model(spec) for spec in args.compare] if args.compare else None
+    with contextlib.ExitStack() as stack:
+        if args.executors:
+            from rlef.actor.local_sandboxes import local_sandboxes
+
+            stack.enter_context(local_sandboxes(Path(args.config), args.executors, output / "logs", list(args.overrides)))
+        from rlef.actor.local_sandboxes import probe
+
+        probe(config, timeout_s=args.probe_timeout)
+        if models is not None:
+            from rlef.actor.compare import comparison_markdown, run_comparison
+
+            result = asyncio.run(run_comparison(config, models=models, split=split, rollouts=rollouts, protocol=args.protocol,
+                                                output=output, random_feedback=args.random_feedback, limit=args.limit))
+            print(comparison_markdown(result, result["settings"]))
+            print(f"written to {output}/comparison.json, comparison.md and one folder per model and feedback mode")
+            return 0
+        if args.random_feedback:
+            config.actor.random_feedback = True
+        report = asyncio.run(run_evaluation(config, rollouts=rollouts, protocol=args.protocol, output=output,
+                                            split=split, limit=args.limit))
     print(report.markdown())
     print(f"written to {output}/evaluation.json, evaluation.md, episodes.jsonl")
     return 0
+
+
+def _named_model(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path or "/" in name:
+        raise SystemExit(f"rlef evaluate --compare: expected NAME=PATH (for example warm-start=artifacts/warm-start), got {spec!r}")
+    return name, path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,4 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--top-p", type=float, default=None, help="override the protocol's top-p")
     evaluate.add_argument("--output", type=Path, default=None,
                           help="output directory (default: <run.output_dir>/<run.name>/eval-<split>-<protocol>)")
+    evaluate.add_argument("--compare", nargs="+", metavar="NAME=PATH", default=None,
+                          help="evaluate several models on the same problems and write a side-by-side comparison with "
+                               "paired bootstrap CIs of the differences (the first model is the baseline)")
+    evaluate.add_argument("--random-feedback", action="store_true",
+                          help="the paper's ablation: feedback of another problem (with --compare: both real and random)")
+    evaluate.add_argument("--executors", type=int, default=0,
+                          help="start a local broker and N executors for this evaluation (default 0: use the configured ones)")
+    evaluate.add_argument("--probe-timeout", type=float, default=30.0,
+                          help="seconds one trivial job may take before the evaluation fails naming the broker endpoint")
     evaluate.set_defaults(func=_evaluate)

@@ -21,11 +21,14 @@ Context budget: an episode never exceeds ``model.max_seq_len`` tokens. A turn's 
 has. A problem whose first prompt alone does not fit, or that has no public tests, is skipped and counted
 (``rlef_actor_problems_skipped_total{reason}``); the runner goes on with the next problem.
 
-Random-feedback ablation (``actor.random_feedback``, the paper's construction): the feedback text comes
-from running a wrong solution of ANOTHER problem on THIS problem's public tests; whether the episode stops
-is still decided by the real program on the real public tests. The wrong solutions are the dataset's
-``incorrect_solutions`` of other problems, or (when a dataset has none) their correct ``solutions``,
-which are wrong programs for this problem.
+Random-feedback ablation (``actor.random_feedback``, the paper's construction): the feedback text is that
+of ANOTHER problem: one of its wrong solutions run on ITS OWN public tests, so inputs, expected and observed
+outputs all belong to the other problem and say nothing about this one. Whether the episode stops is still
+decided by the real program on the real public tests. The wrong solutions are the dataset's
+``incorrect_solutions`` of other problems (or, when a dataset has none, a correct solution of a third
+problem run on the other problem's tests). An earlier version ran the other problem's wrong program on THIS
+problem's tests: that leaks this problem's inputs and expected outputs into the "random" feedback, which is
+exactly the information the ablation must remove.
 
 Executor failures never hang an episode: a request that errors or outlives ``actor.execution_timeout_s``
 becomes a ``sandbox_error`` result.
@@ -143,11 +146,12 @@ def _passed_count(result: ExecutionResult) -> int:
     return sum(1 for t in result.tests if t.status == "pass")
 
 
-def wrong_solution_pool(problems: Sequence[Problem]) -> list[tuple[str, str]]:
-    """(problem_id, program) pairs the random-feedback ablation draws from (see the module docstring)."""
-    pool = [(p.problem_id, code) for p in problems for code in p.incorrect_solutions]
+def wrong_solution_pool(problems: Sequence[Problem]) -> list[tuple[Problem, str]]:
+    """(problem, program wrong for it) pairs the random-feedback ablation draws from (module docstring)."""
+    pool = [(p, code) for p in problems if p.public_tests for code in p.incorrect_solutions]
     if not pool:
-        pool = [(p.problem_id, code) for p in problems for code in p.solutions]
+        solved = [p for p in problems if p.solutions and p.public_tests]
+        pool = [(p, solved[(i + 1) % len(solved)].solutions[0]) for i, p in enumerate(solved)] if len(solved) > 1 else []
     return pool
 
 
@@ -186,7 +190,7 @@ class EpisodeRunner:
         self.sampling = Sampling.from_config(config.actor.sampling, (self.eot,))
         self._rng = random.Random(seed)
         self._wrong_pool = wrong_solution_pool(feedback_problems) if config.actor.random_feedback else []
-        if config.actor.random_feedback and len({pid for pid, _ in self._wrong_pool}) < 2:
+        if config.actor.random_feedback and len({p.problem_id for p, _ in self._wrong_pool}) < 2:
             raise ConfigError(
                 "actor.random_feedback needs solutions of at least two problems (incorrect_solutions or solutions) "
                 "to draw wrong programs from; the loaded dataset has fewer"
@@ -368,19 +372,19 @@ class EpisodeRunner:
         )
 
     async def _random_feedback(self, problem: Problem, rollout_id: str, t: int) -> str | None:
-        """Feedback of a wrong program of another problem run on this problem's public tests (None: every
-        draw happened to pass them; the real feedback is used then, and that is logged)."""
+        """Feedback of another problem: a wrong program of it run on its own public tests (None: every draw
+        happened to pass them; the real feedback is used then, and that is logged)."""
         cfg = self.config.prompt
-        candidates = [(pid, code) for pid, code in self._wrong_pool if pid != problem.problem_id]
+        candidates = [(other, code) for other, code in self._wrong_pool if other.problem_id != problem.problem_id]
         for attempt in range(3):
-            other_id, code = self._rng.choice(candidates)
-            result = await self._execute(problem, code, problem.public_tests, f"{rollout_id}-t{t + 1}-rf{attempt}", _Timer())
+            other, code = self._rng.choice(candidates)
+            result = await self._execute(other, code, other.public_tests, f"{rollout_id}-t{t + 1}-rf{attempt}", _Timer())
             if not result.passed:
                 return prompts.render_feedback(
-                    problem, problem.public_tests, result,
+                    other, other.public_tests, result,
                     max_chars=cfg.feedback_max_chars, max_tests=cfg.max_feedback_tests, template=cfg.template,
                 )
-        log.warning("random feedback for %s: three wrong programs passed its public tests; using real feedback", problem.problem_id)
+        log.warning("random feedback for %s: three wrong programs passed their public tests; using real feedback", problem.problem_id)
         return None
 
     async def _final(

@@ -128,14 +128,21 @@ def count_problems(
 
 def _per_problem(counts: Sequence[ProblemCounts], n: int, k: int, max_turns: int, single: bool) -> list[float]:
     """Each problem's n@k (skipped problems: 0; problems with too few rollouts for the draw: left out)."""
+    return list(per_problem_estimates(counts, n, k, max_turns, single=single).values())
+
+
+def per_problem_estimates(
+    counts: Sequence[ProblemCounts], n: int, k: int, max_turns: int, *, single: bool = False
+) -> dict[str, float]:
+    """problem id -> n@k, in ``counts`` order (skipped problems: 0; too few rollouts for the draw: absent)."""
     turns = 1 if single else max_turns
     need = k // turns
-    values = []
+    values: dict[str, float] = {}
     for c in counts:
         if c.rollouts == 0 and c.skipped is not None:
-            values.append(0.0)
+            values[c.problem_id] = 0.0
         elif c.rollouts >= need:
-            values.append(n_at_k(c.single() if single else c.multi(), n, k, turns))
+            values[c.problem_id] = n_at_k(c.single() if single else c.multi(), n, k, turns)
     return values
 
 

@@ -51,6 +51,38 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_warm_start(args: argparse.Namespace) -> int:
+    from rlef.common.warm_start import DEFAULT_STEPS, is_current, make_warm_start
+
+    if args.if_stale and is_current(Path(args.dir), Path(args.tasks), seed=args.seed, steps=args.steps or DEFAULT_STEPS):
+        print(f"warm start in {args.dir} is current; not rebuilt")
+        return 0
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    out = make_warm_start(Path(args.dir), Path(args.tasks), seed=args.seed, threads=args.threads,
+                          **{k: v for k, v in given.items() if v is not None})
+    print(f"warm start written to {out}")
+    return 0
+
+
+def _make_feedback_tasks(args: argparse.Namespace) -> int:
+    from rlef.common.feedback_tasks import make_feedback_tasks, read_manifest
+
+    out = Path(args.dir)
+    if args.if_stale:
+        old = read_manifest(out)
+        wanted = {"seed": args.seed, "counts": {"train": args.train, "valid": args.valid, "test": args.test},
+                  "hidden_fraction": args.hidden_fraction}
+        if old is not None and all(old.get(k) == v for k, v in wanted.items()):
+            print(f"feedback tasks in {out} are current; not rebuilt")
+            return 0
+    manifest = make_feedback_tasks(out, seed=args.seed, train=args.train, valid=args.valid, test=args.test,
+                                   hidden_fraction=args.hidden_fraction, held_out_combinations=args.held_out_combinations)
+    kinds = ", ".join(f"{s} {k['shown']} shown + {k['hidden']} hidden" for s, k in manifest["kinds"].items())
+    print(f"feedback tasks written to {out} (seed {args.seed}): {kinds}; held-out test combinations: "
+          f"{', '.join(manifest['combinations']['test'])}")
+    return 0
+
+
 def _data_inspect(args: argparse.Namespace) -> int:
     from rlef.common.data import inspect_dataset
 
@@ -81,6 +113,18 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--if-stale", action="store_true", help="do nothing when DIR already holds what this would build")
     tiny.set_defaults(func=_make_tiny_model)
 
+    warm = sub.add_parser("make-warm-start", help="the learning proof's warm start: the tiny model trained on "
+                          "multi-turn traces that do NOT use the feedback (see rlef.common.warm_start)")
+    warm.add_argument("dir")
+    warm.add_argument("--tasks", required=True, help="a directory made by `rlef data make-feedback-tasks` (its train split is used)")
+    warm.add_argument("--seed", type=int, default=0)
+    warm.add_argument("--steps", type=int, default=None, help="supervised steps (default: the builder's)")
+    warm.add_argument("--batch-size", type=int, default=None)
+    warm.add_argument("--lr", type=float, default=None)
+    warm.add_argument("--threads", type=int, default=None, help="torch threads during the build (default: all cores)")
+    warm.add_argument("--if-stale", action="store_true", help="do nothing when DIR already holds what this would build")
+    warm.set_defaults(func=_make_warm_start)
+
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     inspect = data_sub.add_parser("inspect", help="summarise a dataset: problems kept, dropped and why, test counts")
@@ -88,6 +132,17 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--dataset", choices=["codecontests", "humaneval", "sample"], default=None)
     inspect.add_argument("--split", default="train")
     inspect.set_defaults(func=_data_inspect)
+    tasks = data_sub.add_parser("make-feedback-tasks", help="generate the learning proof's problem family (CodeContests "
+                                "layout): conventions that only the feedback reveals, mixed with first-turn-solvable ones")
+    tasks.add_argument("dir")
+    tasks.add_argument("--seed", type=int, default=0, help="a new seed draws new held-out combinations and inputs")
+    tasks.add_argument("--train", type=int, default=2000, help="problems in the train split")
+    tasks.add_argument("--valid", type=int, default=96, help="problems in the valid split")
+    tasks.add_argument("--test", type=int, default=192, help="problems in the test split")
+    tasks.add_argument("--hidden-fraction", type=float, default=0.75, help="share of problems whose convention is hidden")
+    tasks.add_argument("--held-out-combinations", type=int, default=8, help="(operation, convention) pairs held out for each of valid and test")
+    tasks.add_argument("--if-stale", action="store_true", help="do nothing when DIR holds the same seed, counts and mix")
+    tasks.set_defaults(func=_make_feedback_tasks)
 
     keys = sub.add_parser("keys", help="CURVE key management")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

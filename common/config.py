@@ -98,6 +98,11 @@ class ActorConfig(Section):
         "executors; measured 6x faster than 2 threads on a loaded 2-core host; None: torch's default).",
     )
     episodes_in_flight: int = Field(8, ge=1, description="K: episodes one actor keeps in flight.")
+    hf_chunk_tokens: int = Field(
+        16, ge=0,
+        description="hf backend: tokens per generate call before waiting requests may join the batch (0 = a whole "
+        "response per call: no re-prefill of the context between chunks, which wins when responses are short).",
+    )
     max_turns: int = Field(3, ge=1, description="Turn limit (paper: 3 in training and evaluation).")
     sampling: SamplingConfig = SamplingConfig()
     random_feedback: bool = Field(False, description="Ablation: feedback from a wrong solution of another problem (paper, section 5).")
@@ -271,6 +276,18 @@ class MonitoringConfig(Section):
     )
 
 
+class FinalEvaluationConfig(Section):
+    """What `rlef launch` does after training: the warm start (model.path) and the final checkpoint side by side."""
+
+    enabled: bool = Field(False, description="Export the final checkpoint and run `rlef evaluate --compare` on it and model.path.")
+    split: str = Field("test", description="Held-out split the two models are compared on.")
+    protocol: Literal["1@3", "10@100"] = Field("1@3", description="Sampling protocol (1@3: temperature 0.2, top-p 0.95).")
+    rollouts_per_problem: int = Field(3, ge=1, description="Episodes per problem (3: single-turn 1@3 needs three first turns).")
+    limit: int | None = Field(None, gt=0, description="Only the first N problems of the split.")
+    random_feedback: bool = Field(True, description="Also run the paper's random-feedback ablation for both models.")
+    executors: int = Field(1, ge=1, description="Local executors the evaluation starts (the training ones are stopped by then).")
+
+
 class DeployConfig(Section):
     actors: int = Field(1, ge=1, description="Actor processes.")
     executors: int = Field(1, ge=1, description="Executor processes (each a pool of executor.workers sandboxes).")
@@ -280,6 +297,7 @@ class DeployConfig(Section):
     inference_gpus: int = Field(0, ge=0, description="Paper 8B: 160; 70B: 1280.")
     gpus_per_node: int = Field(8, ge=1)
     max_batches: int | None = Field(None, ge=1, description="Local launcher: stop after this many learner batches.")
+    final_evaluation: FinalEvaluationConfig = FinalEvaluationConfig()
 
 
 class RlefConfig(Section):

@@ -177,14 +177,23 @@ def warm_start(
     model: Any, tokenizer: Any, steps: int, seed: int, lr: float = SFT_LR, batch_size: int = SFT_BATCH
 ) -> list[float]:
     """``steps`` AdamW steps on mini-batches of :func:`sft_examples` (seeded shuffles); the loss of each step."""
+    if steps <= 0:
+        return []
+    return supervised_steps(model, sft_examples(tokenizer), tokenizer.pad_token_id, steps, seed, lr=lr, batch_size=batch_size)
+
+
+def supervised_steps(
+    model: Any, examples: list[tuple[list[int], list[int]]], pad_id: int, steps: int, seed: int, *,
+    lr: float = SFT_LR, batch_size: int = SFT_BATCH,
+) -> list[float]:
+    """``steps`` AdamW steps of next-token loss on ``(ids, labels)`` examples (labels -100 where no loss),
+    seeded shuffles, linear warm-up then decay to 10%; returns each step's loss. Leaves ``model`` in eval mode."""
     import torch
 
     if steps <= 0:
         return []
-    examples = sft_examples(tokenizer)
     width = max(len(ids) for ids, _ in examples)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, (ids, lab) in enumerate(examples):
@@ -235,32 +244,12 @@ def _check_replaceable(out_dir: Path) -> None:
         raise RlefError(f"{out_dir} exists and is not a tiny-model directory (no {MARKER}); refusing to overwrite it")
 
 
-def make_tiny_model(out_dir: Path, seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS, threads: int | None = 1) -> Path:
-    """Build the tiny model into ``out_dir`` (replacing a previous tiny model there) and return the path.
-
-    ``sft_steps`` = 0 skips the warm start (random weights); tests use a few steps. With the default 100
-    steps (final loss ~0.09), sampling at temperature 1 gave a complete code block in 42/48 responses to
-    sample-train prompts, 7/48 passing all tests, and 11/12 blocks / 0 passes on valid: rewards vary, as RL
-    needs. ``threads`` fixes torch's intra-op thread count during the build (determinism, and one thread is
-    faster than two on a shared 2-core machine; None keeps the current setting). The build is written
-    to a sibling temp dir and renamed into place, so a reader never sees a half-written model.
-    """
-    import torch
+def write_model_dir(out_dir: Path, model: Any, tokenizer: Any, marker: str, meta: dict) -> None:
+    """Save ``model`` + ``tokenizer`` + the ``marker`` build record into ``out_dir`` atomically: written to a
+    sibling temp dir and renamed into place, so a reader never sees a half-written model. Sampling defaults
+    are neutral (temperature 1, no top-k/top-p): every caller passes its own settings."""
     from transformers import GenerationConfig
 
-    out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
-    start = time.monotonic()
-    corpus = training_corpus()
-    tokenizer = build_tokenizer(corpus)
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        model = build_model(tokenizer, seed)
-        losses = warm_start(model, tokenizer, sft_steps, seed)
-    finally:
-        torch.set_num_threads(old_threads)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -276,6 +265,37 @@ def make_tiny_model(out_dir: Path, seed: int = 0, sft_steps: int = DEFAULT_SFT_S
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    (tmp / marker).write_text(json.dumps(meta, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def make_tiny_model(out_dir: Path, seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS, threads: int | None = 1) -> Path:
+    """Build the tiny model into ``out_dir`` (replacing a previous tiny model there) and return the path.
+
+    ``sft_steps`` = 0 skips the warm start (random weights); tests use a few steps. With the default 100
+    steps (final loss ~0.09), sampling at temperature 1 gave a complete code block in 42/48 responses to
+    sample-train prompts, 7/48 passing all tests, and 11/12 blocks / 0 passes on valid: rewards vary, as RL
+    needs. ``threads`` fixes torch's intra-op thread count during the build (determinism, and one thread is
+    faster than two on a shared 2-core machine; None keeps the current setting). The build is written
+    to a sibling temp dir and renamed into place, so a reader never sees a half-written model.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    start = time.monotonic()
+    corpus = training_corpus()
+    tokenizer = build_tokenizer(corpus)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model = build_model(tokenizer, seed)
+        losses = warm_start(model, tokenizer, sft_steps, seed)
+    finally:
+        torch.set_num_threads(old_threads)
     meta = {
         "build_version": BUILD_VERSION,
         "seed": seed,
@@ -287,10 +307,7 @@ def make_tiny_model(out_dir: Path, seed: int = 0, sft_steps: int = DEFAULT_SFT_S
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "build_seconds": round(time.monotonic() - start, 2),
     }
-    (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    write_model_dir(out_dir, model, tokenizer, MARKER, meta)
     log.info("tiny model written to %s in %.1f s (sft %d steps, loss %s -> %s)", out_dir, meta["build_seconds"],
              sft_steps, meta["sft_first_loss"], meta["sft_final_loss"])
     return out_dir

@@ -108,9 +108,42 @@ def launch(
               "finished": time.time(), "processes": summary(sup)}  # fmt: skip
     (run_dir / "launch.json").write_text(json.dumps(status, indent=2) + "\n")
     log.info("run ended with exit code %d (%s)", code, sup.ended_by or "signal")
+    if code == 0 and sup.stop_signal is None and config.deploy.final_evaluation.enabled:
+        code = final_evaluation(config, config_path.resolve())
     if report and sup.stop_signal is None:
         run_report(run_dir)
     return code
+
+
+def final_evaluation(config: RlefConfig, config_path: Path) -> int:
+    """Export the final checkpoint (never a hand-picked one) and compare it with the warm start (model.path)
+    on the held-out split with `rlef evaluate --compare`, on local sandboxes; the results go to RUN_DIR/eval.
+    Returns the evaluation's exit code (0 when it finished)."""
+    fe = config.deploy.final_evaluation
+    run_dir = config.run.run_dir
+    final_model = run_dir / "final-model"
+    steps = [
+        ("export", rlef_command("export", "latest", str(final_model), "--config", str(config_path))),
+        ("evaluate", rlef_command(
+            "evaluate", "--config", str(config_path), "--compare", f"warm-start={config.model.path}", f"rlef={final_model}",
+            "--split", fe.split, "--protocol", fe.protocol, "-R", str(fe.rollouts_per_problem),
+            "--executors", str(fe.executors), "--output", str(run_dir / "eval"),
+            *(["--random-feedback"] if fe.random_feedback else []), *(["--limit", str(fe.limit)] if fe.limit else []),
+        )),
+    ]
+    for name, argv in steps:
+        log.info("final evaluation: %s (log: %s)", name, run_dir / "logs" / f"final-{name}.log")
+        started = time.monotonic()
+        with open(run_dir / "logs" / f"final-{name}.log", "ab") as out:
+            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            log.error("final evaluation: %s failed with exit code %d (see logs/final-%s.log)", name, done.returncode, name)
+            return done.returncode
+        log.info("final evaluation: %s done in %.0f s", name, time.monotonic() - started)
+    summary = run_dir / "eval" / "comparison.md"
+    if summary.exists():
+        print(summary.read_text(), flush=True)
+    return 0
 
 
 def _supervise(sup: Supervisor, run_dir: Path, live: bool) -> int:

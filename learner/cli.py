@@ -20,12 +20,18 @@ def _learner(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from rlef.learner.checkpoint import export_hf
+    from rlef.learner.checkpoint import CheckpointError, export_hf, resolve_resume
 
     config = config_from_args(args)
     model_path = args.model_path or config.model.path
-    out = export_hf(Path(args.checkpoint), Path(args.dir), model_path)
-    print(f"exported {args.checkpoint} to {out} (architecture and tokenizer from {model_path})")
+    checkpoint = Path(args.checkpoint)
+    if args.checkpoint == "latest":
+        root = config.learner.checkpoint.dir or config.run.run_dir / "checkpoints"
+        checkpoint = resolve_resume("auto", Path(root))
+        if checkpoint is None:
+            raise CheckpointError(f"rlef export latest: no complete checkpoint under {root}")
+    out = export_hf(checkpoint, Path(args.dir), model_path)
+    print(f"exported {checkpoint} to {out} (architecture and tokenizer from {model_path})")
     return 0
 
 
@@ -39,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     learner.set_defaults(func=_learner)
 
     export = subparsers.add_parser("export", help="write a learner checkpoint's policy as a Hugging Face checkpoint")
-    export.add_argument("checkpoint", help="a learner checkpoint directory (…/checkpoints/step-NNNNNNNN)")
+    export.add_argument("checkpoint", help="a learner checkpoint directory (…/checkpoints/step-NNNNNNNN), or 'latest': "
+                        "the newest complete one of the config's run")
     export.add_argument("dir", help="output directory (safetensors + config + tokenizer)")
     export.add_argument("--model-path", default=None, help="base checkpoint for architecture/tokenizer (default: model.path)")
     add_config_arguments(export)

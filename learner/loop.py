@@ -63,6 +63,10 @@ def batch_summary(rollouts: list[Rollout], version: int) -> dict[str, float]:
     }
     for k in range(1, max((len(r.turns) for r in rollouts), default=0) + 1):
         out[f"solve_rate/turn_{k}"] = sum(any(t.outcome.status == "pass" for t in r.turns[:k]) for r in rollouts) / n
+    failed_first = [r for r in rollouts if r.turns and r.turns[0].outcome.status != "pass"]
+    if failed_first:
+        # The paper's "does the model fix its mistakes": turn-1 failures that a later turn made correct.
+        out["fix_rate/turn_1_failures"] = sum(r.final.passed for r in failed_first) / len(failed_first)
     lags = np.array([version - r.oldest_version for r in rollouts], dtype=np.float64)
     out["staleness/mean"] = float(lags.mean()) if len(lags) else 0.0
     for lag in lags:

@@ -43,6 +43,7 @@ SCHEMA = "rlef.metrics_log/1"
 REPORT_KEYS: dict[str, str] = {
     "reward/mean": "mean final reward of the rollouts in a learner batch",
     "solve_rate/turn_1": "fraction of rollouts whose turn-1 program passes (also turn_2, turn_3, ...)",
+    "fix_rate/turn_1_failures": "of the rollouts whose turn-1 program failed the public tests, the share that ended solved",
     "solve_rate/final": "fraction of rollouts solved (public + private tests) at their last turn",
     "throughput/rollouts_per_s": "rollouts per second (read by role: an actor's = sent, the learner's = trained)",
     "throughput/tokens_per_s": "tokens per second (read by role: an actor's = generated, the learner's = trained)",

@@ -395,6 +395,17 @@ def _summary(run_dir: Path, source: Source, stats: LogReadStats, images: list[Pa
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _with_evaluation(text: str, run_dir: Path, out: Path) -> str:
+    """The learning section (rlef.monitoring.report_eval) goes first: it is what a reader of a run wants."""
+    from rlef.monitoring.report_eval import evaluation_section
+
+    section = evaluation_section(run_dir, out)
+    if not section:
+        return text
+    head, sep, rest = text.partition("\n## ")
+    return head.rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n" + (sep + rest if sep else "")
+
+
 def make_report(run_dir: Path, prometheus: str | None = None, out_dir: Path | None = None, window_s: float | None = None) -> Path:
     """Render the figures and ``summary.md`` into ``out_dir`` (default ``RUN_DIR/report``); returns the summary path."""
     from rich.progress import Progress
@@ -425,5 +436,5 @@ def make_report(run_dir: Path, prometheus: str | None = None, out_dir: Path | No
             last.update(values)
             progress.advance(task)
     summary = out / "summary.md"
-    summary.write_text(_summary(run_dir, source, stats, images, last, prometheus))
+    summary.write_text(_with_evaluation(_summary(run_dir, source, stats, images, last, prometheus), run_dir, out))
     return summary

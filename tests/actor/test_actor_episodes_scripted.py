@@ -170,16 +170,17 @@ def test_random_feedback_uses_another_problems_wrong_program(tiny_model_dir, tok
     other = PROBLEMS["reverse_string"]  # its wrong program echoes the input line
     pool = [SUM, other]
     (record,), _ = run(config, tokenizer, executor_service, by_turn(WRONG, RIGHT), [SUM], feedback_problems=pool)
-    # Reference: the other problem's wrong program run on THIS problem's public tests, rendered as feedback.
+    # Reference: the other problem's wrong program run on ITS OWN public tests, rendered as its feedback:
+    # nothing of this problem's tests may leak into the ablation's feedback.
     with Transport(TransportConfig()) as transport:
         client = ExecutionClient(transport, executor_service.frontend, client_id="ref", timeout_s=30)
-        job = ExecutionJob(job_id="ref-random-feedback", code=other.incorrect_solutions[0], tests=SUM.public_tests,
+        job = ExecutionJob(job_id="ref-random-feedback", code=other.incorrect_solutions[0], tests=other.public_tests,
                            limits=Limits(time_s=2, memory_bytes=config.executor.default_memory_limit_bytes))
         result = client.run_sync(job)
         client.close()
-    expected = prompts.render_feedback(SUM, SUM.public_tests, result, max_chars=config.prompt.feedback_max_chars)
-    assert "but got `1 2\n`" in expected
+    expected = prompts.render_feedback(other, other.public_tests, result, max_chars=config.prompt.feedback_max_chars)
     assert record.turns[0].feedback == expected
+    assert all(t.input not in expected and t.output not in expected for t in SUM.public_tests)
     assert record.turns[0].outcome.status == "wrong_answer"  # the turn's own outcome stays real
     # The episode still stops when the REAL public tests pass.
     assert [t.outcome.status for t in record.turns] == ["wrong_answer", "pass"]

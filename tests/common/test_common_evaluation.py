@@ -75,3 +75,23 @@ def test_bootstrap_interval_brackets_the_mean_and_matches_numpy() -> None:
     assert mean == pytest.approx(values.mean())
     assert low == pytest.approx(np.quantile(reference, 0.025)) and high == pytest.approx(np.quantile(reference, 0.975))
     assert low < mean < high
+
+
+def test_paired_difference_ci_resamples_problems_jointly() -> None:
+    from rlef.common.evaluation import paired_difference_ci
+
+    rng = random.Random(4)
+    base = [rng.random() for _ in range(60)]
+    better = [min(1.0, b + 0.2) for b in base]
+    mean, low, high = paired_difference_ci(better, base, resamples=500, seed=1)
+    # Independent reference: numpy resampling of the same problem indices for both models.
+    g = np.random.default_rng(1)
+    idx = g.integers(0, 60, size=(500, 60))
+    diffs = (np.asarray(better)[idx] - np.asarray(base)[idx]).mean(axis=1)
+    assert mean == pytest.approx(float(np.mean(better) - np.mean(base)))
+    assert (low, high) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
+    # Pairing removes the spread of problem difficulty: much narrower than the unpaired intervals.
+    _, lb, hb = bootstrap_ci(base, resamples=500, seed=1)
+    assert high - low < 0.5 * (hb - lb)
+    with pytest.raises(ValueError, match="same problems"):
+        paired_difference_ci([1.0], [1.0, 0.0])

@@ -1,0 +1,237 @@
+"""A problem family where execution feedback is necessary: the learning proof's task (``rlef data make-feedback-tasks``).
+
+Every problem reads two integers ``a b`` and prints one operation of them (sum, difference, product,
+larger, smaller, remainder) wrapped in an output convention (``Answer: 12``, ``[12]``, ``<12>``, ``12!``,
+...). The statement always names the operation. Whether it names the convention decides the kind:
+
+- **shown**: the statement shows the convention by an example value (``Print the answer written like this:
+  `[17]`.``): solvable at the first turn by a model that reads the statement;
+- **hidden**: the statement says only that the judge expects its own format. Nothing in the statement tells
+  which of the :data:`FORMATS` is meant; the failing public test's expected output in the feedback does.
+  A model that ignores the feedback can only guess (1 in 8 per turn).
+
+What makes it a test of reading feedback rather than of memorising:
+
+- public inputs are drawn per problem, so the expected output shown in the feedback differs every time and
+  the program must compute the operation, not print the public answer (private tests use other inputs, so
+  printing the public expected output fails);
+- train, valid and test hold disjoint (operation, convention) combinations, each operation and each
+  convention appearing in training with other partners: held-out problems are unseen combinations with
+  fresh inputs in the same statement family (the proof is about feedback, not about new wordings);
+- a new ``seed`` re-draws the combinations of every split and all inputs, so it yields fresh held-out sets.
+
+Files follow the CodeContests Hugging Face layout (``train.jsonl`` / ``valid.jsonl`` / ``test.jsonl``, one
+record per line), read by ``data.dataset: codecontests`` with ``data.path: DIR``; ``manifest.json`` records
+the seed, the generator version and which combinations went to which split. Problem names encode
+``<split>-<index>-<op>-<format>-<kind>`` so analyses can split results by kind without extra files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlef.common.errors import RlefError
+
+GENERATOR_VERSION = 1
+PYTHON3 = 3
+KINDS = ("shown", "hidden")
+TIME_LIMIT = {"seconds": 2, "nanos": 0}
+MEMORY_LIMIT_BYTES = 256 << 20
+VALUE_RANGE = (1, 99)
+PRIVATE_TESTS = 4
+
+
+class TaskGenerationError(RlefError):
+    """Bad arguments to the generator (the message names the argument)."""
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    phrase: str
+    expr: str
+
+    def apply(self, a: int, b: int) -> int:
+        return int(eval(self.expr, {"max": max, "min": min}, {"a": a, "b": b}))  # noqa: S307 - our own constants
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    prefix: str
+    suffix: str
+
+    def render(self, value: int | str) -> str:
+        return f"{self.prefix}{value}{self.suffix}"
+
+    def print_statement(self, expr: str) -> str:
+        """The program line that prints ``expr`` in this format (an f-string: prefix and suffix appear literally)."""
+        return f'print(f"{self.prefix}{{{expr}}}{self.suffix}")'
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("sum", "the sum of a and b", "a + b"),
+    Operation("difference", "a minus b", "a - b"),
+    Operation("product", "the product of a and b", "a * b"),
+    Operation("larger", "the larger of a and b", "max(a, b)"),
+    Operation("smaller", "the smaller of a and b", "min(a, b)"),
+    Operation("remainder", "the remainder of a divided by b", "a % b"),
+)
+# Every convention changes the whitespace-separated tokens CodeContests' checker compares, so no two of
+# them (and none of them and the bare number) are accepted for one another.
+FORMATS: tuple[Format, ...] = (
+    Format("answer", "Answer: ", ""),
+    Format("result", "Result: ", ""),
+    Format("square", "[", "]"),
+    Format("angle", "<", ">"),
+    Format("paren", "(", ")"),
+    Format("hash", "#", ""),
+    Format("bang", "", "!"),
+    Format("equals", "= ", ""),
+)
+OPS_BY_NAME = {op.name: op for op in OPERATIONS}
+FORMATS_BY_NAME = {f.name: f for f in FORMATS}
+
+INPUT_SPEC = "One line with two integers a and b (1 <= a, b <= 99)."
+SHOWN_OUTPUT = "Print the answer written like this: `{example}`."
+HIDDEN_OUTPUT = "Print the answer in the judge's output format (it is not given here)."
+
+
+def statement(op: Operation, fmt: Format, kind: str, example: int) -> str:
+    output = SHOWN_OUTPUT.format(example=fmt.render(example)) if kind == "shown" else HIDDEN_OUTPUT
+    return f"Read two integers a and b and print {op.phrase}.\n\nInput\n\n{INPUT_SPEC}\n\nOutput\n\n{output}"
+
+
+def program(op: Operation, fmt: Format) -> str:
+    """The reference solution of (op, fmt); the warm start's traces use exactly this shape."""
+    return f"a, b = map(int, input().split())\n{fmt.print_statement(op.expr)}\n"
+
+
+def parse_problem_name(name: str) -> dict[str, str] | None:
+    """``{split, index, op, format, kind}`` of a generated problem's name, or None for any other name."""
+    parts = name.split("-")
+    if len(parts) != 5 or parts[2] not in OPS_BY_NAME or parts[3] not in FORMATS_BY_NAME or parts[4] not in KINDS:
+        return None
+    return dict(zip(("split", "index", "op", "format", "kind"), parts))
+
+
+# ---------------------------------------------------------------- splits of combinations
+
+
+def split_combinations(seed: int, held_out: int) -> dict[str, list[tuple[str, str]]]:
+    """(op, format) pairs per split: ``held_out`` each for valid and test, the rest for train, drawn so that
+    every operation and every format still occurs in train (re-drawn until they do)."""
+    combos = [(op.name, f.name) for op in OPERATIONS for f in FORMATS]
+    if held_out < 1 or 2 * held_out > len(combos) - max(len(OPERATIONS), len(FORMATS)):
+        raise TaskGenerationError(
+            f"--held-out-combinations must be between 1 and {(len(combos) - max(len(OPERATIONS), len(FORMATS))) // 2}, got {held_out}"
+        )
+    rng = random.Random(f"combos-{seed}")
+    for _ in range(1000):
+        rng.shuffle(combos)
+        valid, test, train = combos[:held_out], combos[held_out : 2 * held_out], combos[2 * held_out :]
+        if {o for o, _ in train} == set(OPS_BY_NAME) and {f for _, f in train} == set(FORMATS_BY_NAME):
+            return {"train": sorted(train), "valid": sorted(valid), "test": sorted(test)}
+    raise TaskGenerationError(f"could not draw held-out combinations for seed {seed}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------- problems
+
+
+def _inputs(rng: random.Random, op: Operation, count: int) -> list[tuple[int, int]]:
+    """``count`` distinct input pairs whose answers are not all equal (so no constant program passes)."""
+    lo, hi = VALUE_RANGE
+    while True:
+        pairs: list[tuple[int, int]] = []
+        while len(pairs) < count:
+            pair = (rng.randint(lo, hi), rng.randint(lo, hi))
+            if pair not in pairs:
+                pairs.append(pair)
+        if len({op.apply(a, b) for a, b in pairs[1:]}) > 1 and op.apply(*pairs[0]) not in {op.apply(a, b) for a, b in pairs[1:]}:
+            return pairs
+
+
+def make_record(split: str, index: int, op: Operation, fmt: Format, kind: str, rng: random.Random) -> dict[str, Any]:
+    """One CodeContests-layout record (the public test is the first input; the rest are private)."""
+    pairs = _inputs(rng, op, 1 + PRIVATE_TESTS)
+    example = op.apply(rng.randint(*VALUE_RANGE), rng.randint(*VALUE_RANGE))
+    inputs = [f"{a} {b}\n" for a, b in pairs]
+    outputs = [fmt.render(op.apply(a, b)) + "\n" for a, b in pairs]
+    wrong_formats = [f for f in FORMATS if f.name != fmt.name]
+    wrong = [program(op, f) for f in rng.sample(wrong_formats, 2)]
+    return {
+        "name": f"{split}-{index:05d}-{op.name}-{fmt.name}-{kind}",
+        "description": statement(op, fmt, kind, example),
+        "public_tests": {"input": inputs[:1], "output": outputs[:1]},
+        "private_tests": {"input": inputs[1:], "output": outputs[1:]},
+        "generated_tests": {"input": [], "output": []},
+        "solutions": {"language": [PYTHON3], "solution": [program(op, fmt)]},
+        "incorrect_solutions": {"language": [PYTHON3] * len(wrong), "solution": wrong},
+        "source": 0, "difficulty": 1, "cf_contest_id": 0, "cf_index": "", "cf_points": 0.0, "cf_rating": 800,
+        "cf_tags": [], "is_description_translated": False, "untranslated_description": "",
+        "time_limit": TIME_LIMIT, "memory_limit_bytes": MEMORY_LIMIT_BYTES, "input_file": "", "output_file": "",
+    }
+
+
+def make_split(split: str, combos: list[tuple[str, str]], count: int, hidden_fraction: float, seed: int) -> list[dict[str, Any]]:
+    """``count`` problems cycling through ``combos`` (balanced), each hidden with probability ``hidden_fraction``."""
+    rng = random.Random(f"{split}-{seed}")
+    order = list(combos)
+    records = []
+    for i in range(count):
+        if i % len(order) == 0:
+            rng.shuffle(order)
+        op_name, fmt_name = order[i % len(order)]
+        kind = "hidden" if rng.random() < hidden_fraction else "shown"
+        records.append(make_record(split, i, OPS_BY_NAME[op_name], FORMATS_BY_NAME[fmt_name], kind, rng))
+    return records
+
+
+def _check_args(seed: int, counts: dict[str, int], hidden_fraction: float) -> None:
+    if not isinstance(seed, int) or seed < 0:
+        raise TaskGenerationError(f"--seed must be a non-negative integer, got {seed!r}")
+    for split, n in counts.items():
+        if not isinstance(n, int) or n < 1:
+            raise TaskGenerationError(f"--{split} (problems in the {split} split) must be a positive integer, got {n!r}")
+    if not 0.0 <= hidden_fraction <= 1.0:
+        raise TaskGenerationError(f"--hidden-fraction must lie in [0, 1], got {hidden_fraction!r}")
+
+
+def make_feedback_tasks(
+    out_dir: Path, *, seed: int = 0, train: int = 2000, valid: int = 96, test: int = 192,
+    hidden_fraction: float = 0.75, held_out_combinations: int = 8,
+) -> dict[str, Any]:
+    """Write the three splits and ``manifest.json`` into ``out_dir``; returns the manifest."""
+    counts = {"train": train, "valid": valid, "test": test}
+    _check_args(seed, counts, hidden_fraction)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TaskGenerationError(f"output {str(out_dir)!r} exists and is not a directory")
+    combos = split_combinations(seed, held_out_combinations)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kinds: dict[str, dict[str, int]] = {}
+    for split, n in counts.items():
+        records = make_split(split, combos[split], n, hidden_fraction, seed)
+        kinds[split] = {k: sum(1 for r in records if r["name"].endswith(k)) for k in KINDS}
+        tmp = out_dir / f".{split}.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
+        tmp.replace(out_dir / f"{split}.jsonl")
+    manifest = {
+        "generator": "rlef.common.feedback_tasks", "generator_version": GENERATOR_VERSION, "seed": seed,
+        "counts": counts, "kinds": kinds, "hidden_fraction": hidden_fraction,
+        "combinations": {s: [f"{o}/{f}" for o, f in c] for s, c in combos.items()},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of a generated task directory, or None when ``path`` holds none (or an unreadable one)."""
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

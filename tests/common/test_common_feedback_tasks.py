@@ -1,0 +1,150 @@
+"""The learning proof's problem family (rlef data make-feedback-tasks) and its warm-start traces."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlef.common import feedback_tasks as T
+from rlef.common.data import clear_cache, load_problems
+from rlef.common.warm_start import WarmStartError, make_warm_start, shown_twin, trace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tasks")
+    T.make_feedback_tasks(out, seed=3, train=96, valid=24, test=24)
+    clear_cache()
+    return out
+
+
+def _checker_equal(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
+def test_splits_hold_disjoint_combinations_and_train_covers_every_op_and_format(tasks):
+    manifest = json.loads((tasks / "manifest.json").read_text())
+    combos = {s: set(c) for s, c in manifest["combinations"].items()}
+    assert not combos["train"] & combos["valid"] and not combos["train"] & combos["test"] and not combos["valid"] & combos["test"]
+    assert len(combos["valid"]) == len(combos["test"]) == 8
+    assert {c.split("/")[0] for c in combos["train"]} == set(T.OPS_BY_NAME)
+    assert {c.split("/")[1] for c in combos["train"]} == set(T.FORMATS_BY_NAME)
+    for split in ("train", "valid", "test"):
+        for p in load_problems("codecontests", str(tasks), split):
+            meta = T.parse_problem_name(p.problem_id)
+            assert f"{meta['op']}/{meta['format']}" in combos[split]
+
+
+def test_a_new_seed_draws_new_held_out_sets(tmp_path):
+    a = T.split_combinations(0, 8)["test"]
+    b = T.split_combinations(1, 8)["test"]
+    assert a != b
+
+
+def test_statements_show_or_hide_the_convention(tasks):
+    for p in load_problems("codecontests", str(tasks), "train"):
+        meta = T.parse_problem_name(p.problem_id)
+        fmt = T.FORMATS_BY_NAME[meta["format"]]
+        if meta["kind"] == "hidden":
+            assert "`" not in p.description and "judge's output format" in p.description
+        else:
+            shown = p.description.split("like this: `")[1].split("`")[0]
+            assert shown.startswith(fmt.prefix) and shown.endswith(fmt.suffix)
+
+
+def _run(code: str, stdin: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, text=True, timeout=10).stdout
+
+
+def test_reference_solution_passes_and_shortcuts_fail(tasks):
+    problems = load_problems("codecontests", str(tasks), "valid")[:8]
+    for p in problems:
+        tests = p.public_tests + p.private_tests
+        assert len(p.public_tests) == 1 and len(p.private_tests) == T.PRIVATE_TESTS
+        assert all(_checker_equal(_run(p.solutions[0], t.input), t.output) for t in tests)
+        # Every other convention fails the public test (so only the feedback can tell them apart) ...
+        assert all(not _checker_equal(_run(w, p.public_tests[0].input), p.public_tests[0].output) for w in p.incorrect_solutions)
+        # ... and printing the public expected output fails every private test.
+        literal = f"print({p.public_tests[0].output.strip()!r})"
+        assert all(not _checker_equal(_run(literal, t.input), t.output) for t in p.private_tests)
+
+
+def test_no_two_formats_are_accepted_for_one_another():
+    for f in T.FORMATS:
+        assert not _checker_equal(f.render(12), "12")
+        for g in T.FORMATS:
+            if g is not f:
+                assert not _checker_equal(f.render(12), g.render(12))
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"seed": -1}, "--seed"), ({"train": 0}, "--train"), ({"test": 0}, "--test"),
+    ({"hidden_fraction": 1.5}, "--hidden-fraction"), ({"held_out_combinations": 40}, "--held-out-combinations"),
+])
+def test_bad_arguments_are_named(tmp_path, kwargs, named):
+    with pytest.raises(T.TaskGenerationError, match=named):
+        T.make_feedback_tasks(tmp_path / "x", **kwargs)
+
+
+def test_cli_generates_and_reports(tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "rlef.common.cli", "data", "make-feedback-tasks", str(out), "--seed", "2",
+                           "--train", "10", "--valid", "5", "--test", "5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out test combinations" in proc.stdout
+    assert sum(1 for _ in open(out / "test.jsonl")) == 5
+    bad = subprocess.run([sys.executable, "-m", "rlef.common.cli", "data", "make-feedback-tasks", str(out), "--train", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--train" in bad.stderr
+
+
+# ---------------------------------------------------------------- warm-start traces
+
+
+def test_hidden_traces_ignore_the_feedback_and_stop_when_right(tasks):
+    problems = [p for p in load_problems("codecontests", str(tasks), "train") if p.problem_id.endswith("hidden")]
+    rng = random.Random(0)
+    later_right = later_total = 0
+    for p in problems * 20:
+        meta = T.parse_problem_name(p.problem_id)
+        messages = trace(p, rng, max_turns=3, max_chars=256)
+        assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+        right = T.program(T.OPS_BY_NAME[meta["op"]], T.FORMATS_BY_NAME[meta["format"]])
+        assert all(a.startswith("```python\n") and a.endswith("```") for a in assistant)
+        # The episode stops at the first right program, as a real episode stops when the public tests pass.
+        assert all(right not in a for a in assistant[:-1])
+        assert len(assistant) == 3 or right in assistant[-1]
+        for m in messages[2::2]:
+            assert m["content"].startswith("Your code failed the following tests:")
+            assert p.public_tests[0].output in m["content"]  # the real expected output is shown ...
+        later_total += len(assistant) - 1
+        later_right += sum(right in a for a in assistant[1:])
+    # ... and ignored: a later turn is right 1 time in 8, as a blind guess is.
+    assert later_right / later_total == pytest.approx(1 / len(T.FORMATS), abs=0.03)
+
+
+def test_shown_twin_and_traces_of_shown_problems(tasks):
+    p = next(p for p in load_problems("codecontests", str(tasks), "train") if p.problem_id.endswith("hidden"))
+    twin = shown_twin(p, random.Random(1))
+    assert twin.problem_id.endswith("-shown") and "like this: `" in twin.description
+    messages = trace(twin, random.Random(0), max_turns=3, max_chars=256)
+    meta = T.parse_problem_name(p.problem_id)
+    assert len(messages) == 2 and T.program(T.OPS_BY_NAME[meta["op"]], T.FORMATS_BY_NAME[meta["format"]]) in messages[1]["content"]
+
+
+def test_warm_start_rejects_bad_arguments(tmp_path, tasks):
+    with pytest.raises(WarmStartError, match="make-feedback-tasks"):
+        make_warm_start(tmp_path / "ws", tmp_path / "nowhere")
+    with pytest.raises(WarmStartError, match="--steps"):
+        make_warm_start(tmp_path / "ws", tasks, steps=0)
+    (tmp_path / "notours").mkdir()
+    (tmp_path / "notours" / "f").write_text("x")
+    with pytest.raises(WarmStartError, match="refusing to overwrite"):
+        make_warm_start(tmp_path / "notours", tasks, steps=1)
