@@ -391,7 +391,12 @@ class Sandbox:
                 group.add(pid)
         except CgroupError as exc:
             self.cgroups.release(group)
-            raise JailDied(str(exc), results) from None
+            # The usual cause: the jail died between its report and now, taking the waiting child with it.
+            try:
+                jail.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                raise JailDied(str(exc), results) from None
+            raise jail._died("exited mid-job", results) from None
         return group
 
 
@@ -431,7 +436,11 @@ class _Jail:
             except BlockingIOError:
                 pass
             except (BrokenPipeError, ConnectionResetError):
-                raise self._died("closed its input", results) from None
+                try:
+                    self.proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    raise self._died("closed its input", results) from None
+                raise self._died("exited mid-job", results) from None
             if not self.writable.select(max(0.0, deadline - time.monotonic())):
                 raise self._died("did not accept input in time", results)
 
