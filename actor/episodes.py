@@ -30,8 +30,13 @@ problem run on the other problem's tests). An earlier version ran the other prob
 problem's tests: that leaks this problem's inputs and expected outputs into the "random" feedback, which is
 exactly the information the ablation must remove.
 
-Executor failures never hang an episode: a request that errors or outlives ``actor.execution_timeout_s``
-becomes a ``sandbox_error`` result.
+Executor failures never hang an episode and are never scored: a request that errors or outlives
+``actor.execution_timeout_s`` becomes a ``sandbox_error`` result, which is resent up to
+``actor.sandbox_retries`` times (backoff ``actor.sandbox_retry_backoff_s``, doubling); a refusal ("job refused
+by the ...") is not resent, as it would be refused again. When no attempt succeeds the episode raises
+:class:`~rlef.common.errors.InfrastructureError`: it is dropped and counted
+(``rlef_actor_episodes_dropped_total{reason}``, ``EpisodeRunner.dropped``), never given a reward and never
+shown "execution environment error" as feedback. ``rlef evaluate`` reports such problems as errored.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from rlef.actor.backends.base import Generation, GenerationBackend, Sampling
 from rlef.actor.rewards import episode_rewards
 from rlef.common import chat, prompts
 from rlef.common.config import RlefConfig
-from rlef.common.errors import ConfigError, RlefError
+from rlef.common.errors import ConfigError, InfrastructureError, RlefError
+from rlef.common.execution_client import REFUSED
 from rlef.common.messages import (
     ExecutionJob,
     ExecutionResult,
@@ -200,6 +206,8 @@ class EpisodeRunner:
         self.finished = 0
         self.skipped: list[tuple[str, str]] = []
         self.errors: list[str] = []
+        self.dropped: list[tuple[str, str]] = []
+        """(problem id, reason) of episodes dropped because an execution kept failing on our side."""
         self._t0 = time.perf_counter()
         self._busy0 = backend.busy_seconds()
         self._busy_reported = self._busy0
@@ -235,6 +243,12 @@ class EpisodeRunner:
                 record = await self.run_episode(problem, rollout_id)
             except asyncio.CancelledError:
                 raise
+            except InfrastructureError as exc:
+                M.EPISODES_DROPPED.labels(exc.reason).inc()
+                self.dropped.append((problem.problem_id, exc.reason))
+                log.warning("episode %s on problem %s dropped (not scored): %s", rollout_id, problem.problem_id, exc)
+                await asyncio.sleep(0)
+                continue
             except Exception as exc:  # noqa: BLE001 - the loop counts, logs and goes on (see module docstring)
                 M.EPISODE_ERRORS.labels(type(exc).__name__).inc()
                 self.errors.append(f"{problem.problem_id}: {type(exc).__name__}: {exc}")
@@ -338,20 +352,40 @@ class EpisodeRunner:
         return TurnRecord(list(prompt_ids), gen, prompt_text, response_text, code, outcome, result)
 
     async def _execute(self, problem: Problem, code: str, tests: list[TestCase], job_id: str, timer: _Timer) -> ExecutionResult:
-        """Run ``code`` on ``tests``; any failure to get an answer becomes a sandbox_error result."""
+        """Run ``code`` on ``tests``: a result the program earned, or InfrastructureError (module docstring).
+
+        A resend gets a fresh job id (``<job_id>-a<n>``) so a late answer of an abandoned attempt is dropped by
+        the client instead of being taken for the new one's."""
         cfg = self.config
         limits = Limits(
             time_s=problem.time_limit_s or cfg.executor.default_time_limit_s,
             memory_bytes=problem.memory_limit_bytes or cfg.executor.default_memory_limit_bytes,
         )
-        job = ExecutionJob(job_id=job_id, code=problem.program(code), tests=list(tests), limits=limits)
+        attempts = cfg.actor.sandbox_retries + 1
+        for attempt in range(attempts):
+            attempt_id = job_id if attempt == 0 else f"{job_id}-a{attempt}"
+            result = await self._execute_once(ExecutionJob(
+                job_id=attempt_id, code=problem.program(code), tests=list(tests), limits=limits), timer)
+            if result.status != "sandbox_error":
+                return result
+            if result.error.startswith(REFUSED):
+                raise InfrastructureError("refused", job_id=attempt_id, error=result.error, attempts=attempt + 1)
+            if attempt + 1 < attempts:
+                M.SANDBOX_RETRIES.inc()
+                delay = cfg.actor.sandbox_retry_backoff_s * 2 ** attempt
+                log.warning("execution %s: sandbox_error (%s); resending in %.1f s", attempt_id, result.error[:200], delay)
+                await asyncio.sleep(delay)
+        raise InfrastructureError("sandbox_error", job_id=attempt_id, error=result.error or "incomplete result", attempts=attempts)
+
+    async def _execute_once(self, job: ExecutionJob, timer: _Timer) -> ExecutionResult:
+        """One attempt; any failure to get an answer becomes a sandbox_error result."""
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(self.executor.run(job), cfg.actor.execution_timeout_s + _EXECUTION_GUARD_S)
+            result = await asyncio.wait_for(self.executor.run(job), self.config.actor.execution_timeout_s + _EXECUTION_GUARD_S)
         except (RlefError, asyncio.TimeoutError) as exc:
-            log.warning("execution %s failed: %s: %s", job_id, type(exc).__name__, exc)
+            log.warning("execution %s failed: %s: %s", job.job_id, type(exc).__name__, exc)
             result = ExecutionResult(
-                job_id=job_id, compile_ok=True, tests_total=len(tests), error=f"{type(exc).__name__}: {exc}"[:1000]
+                job_id=job.job_id, compile_ok=True, tests_total=len(job.tests or []), error=f"{type(exc).__name__}: {exc}"[:1000]
             )
         elapsed = time.perf_counter() - started
         timer.execute_s += elapsed

@@ -17,6 +17,11 @@ Scope of the aggregation (pure, unit-tested): a problem whose every episode was 
 public tests, first prompt longer than ``model.max_seq_len``) counts as unsolved (0) in every estimate; a
 problem with fewer finished rollouts than an estimate draws (episode errors) is left out of that estimate,
 and the estimate says over how many problems it was taken.
+
+Infrastructure failures are not answers: an episode whose execution kept failing on our side (executor
+timeout, dead jail, refused job; the runner's ``dropped``) is not scored. Its problem is reported as errored
+(``ProblemCounts.errored``, the report's "errored" line), separately from unsolved: a problem left with no
+finished rollout is absent from every estimate, as one with too few rollouts for a draw is.
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ class ProblemCounts:
     first_turn_correct: int = 0
     skipped: str | None = None
     """Why the runner could not run this problem (its episodes then count as unsolved)."""
+    errored: int = 0
+    """Episodes dropped because an execution kept failing on the infrastructure's side (never scored)."""
 
     def multi(self) -> ProblemRollouts:
         return ProblemRollouts(self.rollouts, self.public_pass, self.correct)
@@ -108,12 +115,18 @@ class ProblemCounts:
 
 
 def count_problems(
-    problem_ids: Sequence[str], episodes: Iterable[EpisodeSummary], skipped: Iterable[tuple[str, str]] = ()
+    problem_ids: Sequence[str], episodes: Iterable[EpisodeSummary], skipped: Iterable[tuple[str, str]] = (),
+    errored: Iterable[tuple[str, str]] = (),
 ) -> list[ProblemCounts]:
-    """Per-problem counts in ``problem_ids`` order; episodes of unknown problems are an error."""
+    """Per-problem counts in ``problem_ids`` order; episodes of unknown problems are an error. ``errored``:
+    (problem id, reason) per episode dropped for an infrastructure failure."""
     counts = {pid: ProblemCounts(pid) for pid in problem_ids}
     for pid, reason in skipped:
         counts[pid].skipped = reason
+    for pid, _reason in errored:
+        if pid not in counts:
+            raise ValueError(f"errored episode of problem {pid!r}, which is not in the evaluated set")
+        counts[pid].errored += 1
     for ep in episodes:
         if ep.problem_id not in counts:
             raise ValueError(f"episode of problem {ep.problem_id!r}, which is not in the evaluated set")
@@ -236,6 +249,12 @@ class EvaluationReport:
             note = f" (skipped: {p.skipped})" if p.skipped and p.rollouts == 0 else ""
             lines.append(f"| {p.problem_id}{note} | {p.rollouts} | {p.public_pass} | {p.correct} | "
                          f"{p.first_turn_public_pass} | {p.first_turn_correct} |")
+        errored = [p for p in self.problems if p.errored]
+        if errored:
+            unscored = [p.problem_id for p in errored if p.rollouts == 0]
+            lines += ["", (f"errored (infrastructure, not scored): {sum(p.errored for p in errored)} episodes of "
+                           f"{len(errored)} problems: " + ", ".join(f"{p.problem_id} {p.errored}" for p in errored)
+                           + (f"; left out of every estimate (no scored rollout): {', '.join(unscored)}" if unscored else ""))]
         if self.errors:
             lines += ["", f"{len(self.errors)} episodes failed with an error (see the JSON)."]
         return "\n".join(lines) + "\n"
@@ -244,10 +263,11 @@ class EvaluationReport:
 def aggregate(
     settings: dict[str, Any], problem_ids: Sequence[str], episodes: Sequence[EpisodeSummary],
     skipped: Iterable[tuple[str, str]] = (), errors: Sequence[str] = (), *, seed: int = 0,
+    errored: Iterable[tuple[str, str]] = (),
 ) -> EvaluationReport:
     """The report of a finished evaluation (pure: no I/O)."""
     max_turns = settings["max_turns"]
-    counts = count_problems(problem_ids, episodes, skipped)
+    counts = count_problems(problem_ids, episodes, skipped, errored)
     estimates: dict[str, dict[str, Any] | None] = {"pass@1 (final program)": pass_at_1(counts, seed=seed)}
     for n, k in ESTIMATES:
         estimates[f"{n}@{k}"] = estimate(counts, n, k, max_turns, seed=seed)
@@ -312,7 +332,8 @@ async def run_evaluation(
     atransport = Transport(config.transport, asyncio=True)
     endpoints = config.endpoints
     executor = ExecutionClient(atransport, endpoints.broker(endpoints.broker_frontend_port),
-                               client_id=f"evaluate-{instance}", timeout_s=config.actor.execution_timeout_s)
+                               client_id=f"evaluate-{instance}", timeout_s=config.actor.execution_timeout_s,
+                               executor=config.executor)
     total = len(problems) * rollouts
     started = time.perf_counter()
     columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
@@ -340,7 +361,7 @@ async def run_evaluation(
     }
     skipped = {pid: reason for pid, reason in runner.skipped}  # one reason per problem (it repeats R times)
     report = aggregate(settings, [p.problem_id for p in problems], sink.episodes, skipped.items(), runner.errors,
-                       seed=config.run.seed)
+                       seed=config.run.seed, errored=runner.dropped)
     output.mkdir(parents=True, exist_ok=True)
     (output / "evaluation.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     (output / "evaluation.md").write_text(report.markdown())

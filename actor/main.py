@@ -105,7 +105,8 @@ async def run_actor(
     transport = Transport(config.transport)
     endpoints = config.endpoints
     executor = ExecutionClient(atransport, endpoints.broker(endpoints.broker_frontend_port),
-                               client_id=f"{actor_id}-{instance}", timeout_s=config.actor.execution_timeout_s)
+                               client_id=f"{actor_id}-{instance}", timeout_s=config.actor.execution_timeout_s,
+                               executor=config.executor)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -108,6 +108,11 @@ class ActorConfig(Section):
     random_feedback: bool = Field(False, description="Ablation: feedback from a wrong solution of another problem (paper, section 5).")
     max_policy_lag: int = Field(4, ge=0, description="Start no new episode while the hub's version is ahead of ours by more than this.")
     execution_timeout_s: float = Field(120.0, gt=0, description="Give up on one execution request after this long (counts as sandbox_error).")
+    sandbox_retries: int = Field(
+        2, ge=0, description="Resends of a job answered with sandbox_error (executor timeout, dead jail); when every attempt "
+        "fails the episode is dropped and counted, never scored. Refusals are not resent (they would be refused again)."
+    )
+    sandbox_retry_backoff_s: float = Field(0.5, ge=0, description="Wait before the first resend of a sandbox_error job; doubles per resend.")
     vllm: VllmConfig = VllmConfig()
     metrics_port: int = Field(9300, ge=0, description="Prometheus port of actor 0; actor i serves metrics_port + i (0 = no server).")
 

@@ -54,3 +54,18 @@ class TransportError(RlefError):
 
 class WeightsError(RlefError):
     """A weight version arrived incomplete, with a bad checksum, or does not fit the model."""
+
+
+class InfrastructureError(RlefError):
+    """An execution kept failing on our side (executor timeout, dead jail, refused job) after its retries.
+
+    The episode it belongs to is dropped and counted, never scored or shown to the model. ``reason`` is
+    ``"refused"`` or ``"sandbox_error"``; ``job_id`` the last attempt's id; ``error`` the executor's error text.
+    """
+
+    def __init__(self, reason: str, *, job_id: str, error: str, attempts: int):
+        self.reason = reason
+        self.job_id = job_id
+        self.error = error
+        self.attempts = attempts
+        super().__init__(f"job {job_id}: {reason} after {attempts} attempt(s): {error[:300]}")

@@ -55,6 +55,13 @@ ROLLOUT_SEND_WAIT = Histogram(
 )
 ROLLOUTS_SENT = Counter("rlef_actor_rollouts_sent_total", "Rollouts handed to the learner hub (or written in dry-run).")
 PROBLEMS_SKIPPED = Counter("rlef_actor_problems_skipped_total", "Problems not run, by reason.", ["reason"])
+EPISODES_DROPPED = Counter(
+    "rlef_actor_episodes_dropped_total",
+    "Episodes dropped (never scored, never sent) because an execution kept failing on the infrastructure's side "
+    "after its retries, by reason (sandbox_error, refused).",
+    ["reason"],
+)
+SANDBOX_RETRIES = Counter("rlef_actor_sandbox_retries_total", "Execution jobs resent after a sandbox_error answer (executor timeout, dead jail).")
 EPISODE_ERRORS = Counter("rlef_actor_episode_errors_total", "Episodes abandoned by an unexpected error, by error class.", ["error"])
 WEIGHTS_APPLIED = Counter("rlef_actor_weights_applied_total", "Weight versions applied to the engine.")
 WEIGHTS_REJECTED = Counter("rlef_actor_weights_rejected_total", "Weight versions that did not fit the model (not applied).")

@@ -33,10 +33,10 @@ def fenced(code: str) -> str:
     return f"```python\n{code}\n```"
 
 
-async def _episodes(config, tokenizer, frontend, script, problems, *, feedback_problems=(), timeout_s=30.0):
+async def _episodes(config, tokenizer, frontend, script, problems, *, feedback_problems=(), timeout_s=30.0, caps=None):
     """Run one episode per problem (K = config's episodes_in_flight) and return records in problem order."""
     transport = Transport(TransportConfig(), asyncio=True)
-    client = ExecutionClient(transport, frontend, client_id="actor-test", timeout_s=timeout_s)
+    client = ExecutionClient(transport, frontend, client_id="actor-test", timeout_s=timeout_s, executor=caps)
     try:
         backend = ScriptedBackend(tokenizer, script)
         sink = ListSink()
@@ -187,22 +187,123 @@ def test_random_feedback_uses_another_problems_wrong_program(tiny_model_dir, tok
     assert record.rollout.random_feedback and record.rollout.rewards == [0.0, 1.0]
 
 
-def test_executor_that_never_answers_gives_sandbox_error(tiny_model_dir, tokenizer):
-    config = actor_config(tiny_model_dir, "actor.max_turns=2")
+def _drain(sock) -> list[ExecutionJob]:
+    """Every job queued on a test ROUTER (identity frame, job frame)."""
+    jobs = []
+    while sock.poll(0):
+        _identity, frame = sock.recv_multipart()
+        jobs.append(decode(frame, ExecutionJob))
+    return jobs
+
+
+def test_executor_that_never_answers_drops_the_episode_after_retries(tiny_model_dir, tokenizer):
+    """Issue 11 item 4: an executor timeout is resent (bounded), then the episode is dropped and counted:
+    never a -1 reward, never "execution environment error" shown to the model."""
+    from rlef.monitoring import metrics_actor as M
+
+    config = actor_config(tiny_model_dir, "actor.max_turns=2", "actor.sandbox_retries=2", "actor.sandbox_retry_backoff_s=0")
     ctx = zmq.Context()
     silent = ctx.socket(zmq.ROUTER)  # accepts jobs, never replies
     port = silent.bind_to_random_port("tcp://127.0.0.1")
+    dropped0 = M.EPISODES_DROPPED.labels("sandbox_error")._value.get()
+    retries0 = M.SANDBOX_RETRIES._value.get()
     try:
-        (record,), runner = asyncio.run(
+        records, runner = asyncio.run(
             _episodes(config, tokenizer, f"tcp://127.0.0.1:{port}", by_turn(RIGHT), [SUM], timeout_s=0.5)
         )
+        jobs = _drain(silent)
     finally:
         silent.close(0)
         ctx.term()
-    assert [t.outcome.status for t in record.turns] == ["sandbox_error", "sandbox_error"]
-    assert record.turns[0].feedback == prompts.SANDBOX_ERROR_FEEDBACK
-    assert record.rollout.final.status == "sandbox_error" and record.rollout.rewards == [0.0, -1.0]
-    assert runner.errors == []
+    assert records == [] and runner.errors == []
+    assert runner.dropped == [("sum_of_two", "sandbox_error")]
+    # The first turn's job, then its two resends under fresh ids; no second turn, no final scoring.
+    assert [j.job_id for j in jobs] == ["actor-t-n0-1-t1", "actor-t-n0-1-t1-a1", "actor-t-n0-1-t1-a2"]
+    assert M.EPISODES_DROPPED.labels("sandbox_error")._value.get() - dropped0 == 1
+    assert M.SANDBOX_RETRIES._value.get() - retries0 == 2
+
+
+class _FlakyProxy:
+    """A ROUTER in front of the real broker that answers the first ``failures`` jobs itself with a
+    sandbox_error result (as the broker does for a job whose executor died) and forwards every other one."""
+
+    def __init__(self, backend: str, failures: int):
+        import threading
+
+        self.ctx = zmq.Context()
+        self.front = self.ctx.socket(zmq.ROUTER)
+        self.port = self.front.bind_to_random_port("tcp://127.0.0.1")
+        self.back = self.ctx.socket(zmq.DEALER)
+        self.back.connect(backend)
+        self.failures = failures
+        self.seen: list[str] = []
+        self._peers: dict[str, bytes] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        from rlef.common.messages import ExecutionResult
+
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.back, zmq.POLLIN)
+        while not self._stop.is_set():
+            for sock, _ in poller.poll(50):
+                if sock is self.front:
+                    identity, frame = self.front.recv_multipart()
+                    job = decode(frame, ExecutionJob)
+                    self.seen.append(job.job_id)
+                    if len(self.seen) <= self.failures:
+                        result = ExecutionResult(job_id=job.job_id, compile_ok=True, tests_total=len(job.tests or []),
+                                                 error="worker died twice; giving up")
+                        self.front.send_multipart([identity, encode(result)])
+                    else:
+                        self._peers[job.job_id] = identity
+                        self.back.send(frame)
+                else:
+                    frame = self.back.recv()
+                    result = decode(frame, ExecutionResult)
+                    self.front.send_multipart([self._peers.pop(result.job_id), frame])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.front.close(0)
+        self.back.close(0)
+        self.ctx.term()
+
+
+def test_a_transient_sandbox_error_is_resent_and_the_episode_scored_on_the_real_result(tiny_model_dir, tokenizer, executor_service):
+    from rlef.monitoring import metrics_actor as M
+
+    config = actor_config(tiny_model_dir, "actor.sandbox_retries=2", "actor.sandbox_retry_backoff_s=0")
+    proxy = _FlakyProxy(executor_service.frontend, failures=1)
+    retries0 = M.SANDBOX_RETRIES._value.get()
+    try:
+        (record,), runner = asyncio.run(
+            _episodes(config, tokenizer, f"tcp://127.0.0.1:{proxy.port}", by_turn(RIGHT), [SUM])
+        )
+    finally:
+        proxy.close()
+    assert runner.dropped == [] and runner.errors == []
+    assert proxy.seen[:2] == ["actor-t-n0-1-t1", "actor-t-n0-1-t1-a1"]
+    assert [t.outcome.status for t in record.turns] == ["pass"] and record.rollout.rewards == [1.0]
+    assert record.rollout.final.passed
+    assert M.SANDBOX_RETRIES._value.get() - retries0 == 1
+
+
+def test_a_refused_job_is_not_resent_and_the_episode_is_dropped(tiny_model_dir, tokenizer, executor_service):
+    """A refusal would be refused again: no resend; the episode is dropped as "refused", nothing is scored."""
+    from rlef.monitoring import metrics_actor as M
+
+    config = actor_config(tiny_model_dir, "actor.sandbox_retries=2", "actor.sandbox_retry_backoff_s=0")
+    too_long = dataclasses.replace(SUM, problem_id="too-long", time_limit_s=config.executor.max_time_limit_s * 2)
+    retries0 = M.SANDBOX_RETRIES._value.get()
+    records, runner = run(config, tokenizer, executor_service, by_turn(RIGHT), [too_long, SUM], caps=config.executor)
+    assert runner.dropped == [("too-long", "refused")]
+    assert [r.problem.problem_id for r in records] == ["sum_of_two"] and records[0].rollout.final.passed
+    assert M.SANDBOX_RETRIES._value.get() - retries0 == 0
 
 
 def test_problem_without_tests_is_skipped_and_the_actor_goes_on(tiny_model_dir, tokenizer, executor_service):

@@ -108,6 +108,52 @@ def test_report_json_and_markdown():
     assert "1 episodes failed" in md
 
 
+def test_errored_problems_are_reported_apart_from_unsolved():
+    """Issue 11 item 4: episodes dropped for infrastructure failures are not scored. D's only episodes errored:
+    it is errored, not unsolved, and left out of every estimate; A's one errored episode leaves its 4 scored."""
+    errored = [("D", "sandbox_error"), ("D", "refused"), ("A", "sandbox_error")]
+    report = aggregate(SETTINGS, ["A", "B", "C", "D"], EPISODES, SKIPPED, errored=errored)
+    counts = {p.problem_id: p for p in report.problems}
+    assert (counts["D"].rollouts, counts["D"].correct, counts["D"].errored) == (0, 0, 2)
+    assert (counts["A"].rollouts, counts["A"].errored) == (4, 1)
+    # The same estimates as without D (it would pull every mean down if it were counted as unsolved).
+    assert report.estimates["pass@1 (final program)"]["mean"] == pytest.approx(0.5 / 3)
+    assert report.estimates["pass@1 (final program)"]["problems"] == 3
+    assert report.estimates["1@3"]["mean"] == pytest.approx(0.5 / 3) and report.estimates["1@3"]["problems"] == 3
+    assert json.loads(json.dumps(report.to_json()))["problems"][3]["errored"] == 2
+    md = report.markdown()
+    assert "errored (infrastructure, not scored): 3 episodes of 2 problems: A 1, D 2" in md
+    assert "left out of every estimate (no scored rollout): D" in md
+    with pytest.raises(ValueError, match="'E'"):
+        count_problems(["A"], [], errored=[("E", "refused")])
+
+
+@pytest.mark.slow
+def test_evaluation_against_an_executor_that_never_answers_reports_errored(tiny_model_dir, tokenizer, tmp_path):
+    """Every execution times out: every problem is errored with all its episodes, none is scored unsolved."""
+    import asyncio
+
+    import zmq
+    from helpers.actor_support import ScriptedBackend, actor_config
+
+    from rlef.actor.evaluate import run_evaluation
+
+    ctx = zmq.Context()
+    silent = ctx.socket(zmq.ROUTER)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    config = actor_config(tiny_model_dir, f"endpoints.broker_frontend_port={port}",
+                          "actor.execution_timeout_s=0.3", "actor.sandbox_retries=1", "actor.sandbox_retry_backoff_s=0")
+    try:
+        report = asyncio.run(run_evaluation(config, rollouts=2, protocol="1@3", output=tmp_path, split="valid", limit=2,
+                                            backend=ScriptedBackend(tokenizer, lambda _t, _n: _fenced("print(1)\n"))))
+    finally:
+        silent.close(0)
+        ctx.term()
+    assert [(p.rollouts, p.correct, p.errored) for p in report.problems] == [(0, 0, 2), (0, 0, 2)]
+    assert report.estimates["pass@1 (final program)"] is None and report.estimates["1@3"] is None
+    assert "errored (infrastructure, not scored): 4 episodes of 2 problems" in (tmp_path / "evaluation.md").read_text()
+
+
 def test_defaults_and_repetition():
     assert default_rollouts("1@3", 3) == 3
     assert default_rollouts("10@100", 3) == 33
