@@ -1,14 +1,16 @@
 """Actor benchmark: episodes/s of the runner with K episodes in flight vs one at a time, and hf vs vLLM-CPU
 generation tokens/s, each measured against its baseline in the same run.
 
-    .venv/bin/python bench/bench_actor.py [--episodes 24] [--rounds 3] [--k 8] [--max-new-tokens 48] [--runner-backend hf|vllm|both]
-                                          [--skip-runner] [--skip-vllm]
+    .venv/bin/python bench/bench_actor.py [--episodes 24] [--rounds 3] [--k 8] [--max-new-tokens 48]
+        [--runner-backends hf,hf-chunked,vllm] [--model /tmp/ws1 --tasks /tmp/ft0] [--skip-runner] [--skip-vllm]
 
 Setup: the tiny model (artifacts/tiny-model, built if missing), the bundled sample problems, a real executor
 broker + executor process (2 nsjail workers), the hf backend (transformers, CPU). Both runs use the same
-problems in the same order, 3 turns max, in interleaved rounds (best round of each kept). Printed: episodes/s of each, the ratio (target >= 2x), and the
-engine busy fraction of the K run (target >= 0.9); then tokens/s of hf and vLLM on the same batch of
-concurrent requests and their ratio.
+problems in the same order, 3 turns max, in interleaved rounds (best round of each kept). Printed per backend: episodes/s of each, the ratio (target >= 2x), the
+engine busy fraction of the K run; for the hf backends, the K run's generated tokens per wall second against
+transformers' plain batched ``generate`` replaying the same contexts and response lengths (target >= 0.8);
+then tokens/s of hf and vLLM on the same batch of concurrent requests and their ratio. The learning-proof
+setting: ``--model`` a warm start (``rlef make-warm-start``), ``--tasks`` feedback tasks.
 """
 
 from __future__ import annotations
@@ -57,52 +59,136 @@ async def run_episodes(config, backend, tokenizer, frontend: str, problems, epis
             "execute_s": execute, "turns": sum(len(r.turns) for r in sink.records)}
 
 
-def bench_runner(model: Path, args, backend_name: str) -> None:
+def _problems(args):
+    from rlef.common.data import load_problems
+
+    if args.tasks:
+        problems = load_problems("codecontests", args.tasks, split="train")
+    else:
+        problems = load_problems("sample", split="train")
+    return [problems[i % len(problems)] for i in range(args.episodes)]
+
+
+def _overrides(model: Path, args) -> list[str]:
+    base = [f"model.path={model}", "actor.metrics_port=0", f"actor.sampling.max_new_tokens={args.max_new_tokens}",
+            f"model.max_seq_len={args.max_seq_len}"]
+    if args.tasks:
+        base += ["data.dataset=codecontests", f"data.path={args.tasks}"]
+    return base
+
+
+def _make_backend(name: str, model: Path, args):
+    if name == "hf":  # the prefix-cached, iteration-level batched engine
+        from rlef.actor.backends.hf_engine import CachedHfBackend
+
+        return CachedHfBackend(str(model), seed=0)
+    if name == "hf-chunked":  # the earlier backend: whole-context generate calls of chunk_tokens tokens
+        from rlef.actor.backends.hf import ChunkedHfBackend
+
+        return ChunkedHfBackend(str(model), seed=0, chunk_tokens=args.chunk_tokens)
+    from rlef.actor.backends.vllm import VllmBackend
+
+    return VllmBackend(str(model), max_model_len=args.max_seq_len, kv_cache_gib=1, max_num_seqs=max(16, args.k))
+
+
+def _recording(backend):
+    """Wrap ``generate`` to keep (context, response length) of every turn: the plain-generate baseline replays them."""
+    seen: list[tuple[list[int], int]] = []
+    inner = backend.generate
+
+    async def generate(prompt_ids, sampling):
+        gen = await inner(prompt_ids, sampling)
+        seen.append((list(prompt_ids), len(gen.token_ids)))
+        return gen
+
+    backend.generate = generate
+    return seen
+
+
+def plain_generate_tokens_per_s(model_path: Path, turns: list[tuple[list[int], int]], batch: int) -> tuple[float, int, float]:
+    """transformers' own batched ``generate`` on the same contexts, ``batch`` at a time in the order they came,
+    each batch sampling (temperature 1, no stop) exactly its longest response length: the ceiling of one plain
+    batched call with the same lengths. Returns (tokens/s counting every generated token, tokens, seconds)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
+    tokens = 0
+    seconds = 0.0
+    for i in range(0, len(turns), batch):
+        group = turns[i : i + batch]
+        width = max(len(c) for c, _ in group)
+        n = max(m for _, m in group)
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for row, (ctx, _) in enumerate(group):
+            ids[row, width - len(ctx):] = torch.tensor(ctx)
+            mask[row, width - len(ctx):] = 1
+        config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n,
+                                  min_new_tokens=n, eos_token_id=None, pad_token_id=0)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        seconds += time.perf_counter() - start
+        tokens += (out.shape[1] - width) * len(group)
+    return tokens / seconds, tokens, seconds
+
+
+def bench_runner(model: Path, args, backend_names: list[str]) -> None:
+    import subprocess
+
     from helpers.executor_service import start_executor_service
     from transformers import AutoTokenizer
 
     from rlef.common.config import load_config
-    from rlef.common.data import load_problems
 
     tokenizer = AutoTokenizer.from_pretrained(str(model))
-    problems = load_problems("sample", split="train")
-    problems = [problems[i % len(problems)] for i in range(args.episodes)]
-    base = [f"model.path={model}", "actor.metrics_port=0", f"actor.sampling.max_new_tokens={args.max_new_tokens}"]
+    problems = _problems(args)
+    base = _overrides(model, args)
+    print(f"load before: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
-    def make_backend():
-        if backend_name == "hf":
-            from rlef.actor.backends.hf import HfBackend
-
-            return HfBackend(str(model), seed=0, chunk_tokens=args.chunk_tokens)
-        from rlef.actor.backends.vllm import VllmBackend
-
-        return VllmBackend(str(model), max_model_len=1024, kv_cache_gib=1, max_num_seqs=16)
-
-    async def both(frontend: str) -> dict:
-        backend = make_backend()  # one engine for both runs (vLLM starts in 20-60 s)
+    async def rounds(name: str, frontend: str) -> tuple[dict, list]:
+        backend = _make_backend(name, model, args)  # one engine for every run (vLLM starts in 20-60 s)
+        seen = _recording(backend)
         results: dict[int, dict] = {}
+        k_turns: list = []
         try:
             # Interleaved rounds, best round kept: the shared host's load drifts between runs.
             for _ in range(args.rounds):
                 for k in (1, args.k):
                     config = load_config(ROOT / "configs/tiny-cpu.yaml", [*base, f"actor.episodes_in_flight={k}"])
+                    seen.clear()
                     r = await run_episodes(config, backend, tokenizer, frontend, problems, args.episodes)
+                    r["busy_s"] = backend.busy_seconds()
                     if k not in results or r["episodes"] / r["seconds"] > results[k]["episodes"] / results[k]["seconds"]:
                         results[k] = r
+                        if k == args.k:
+                            k_turns = list(seen)
         finally:
             await backend.close()
-        return results
+        return results, k_turns
 
+    summary = {}
     with tempfile.TemporaryDirectory() as tmp, start_executor_service(Path(tmp), workers=2) as service:
-        results = asyncio.run(both(service.frontend))
-    one, many = results[1], results[args.k]
-    for k, r in results.items():
-        print(f"[{backend_name}] K={k:<2}: {r['episodes']} episodes ({r['turns']} turns, {r['tokens']} tokens) in "
-              f"{r['seconds']:.1f} s = {r['episodes'] / r['seconds']:.3f} episodes/s; engine busy {r['busy']:.2f}; "
-              f"execution wait {r['execute_s']:.1f} s")
-    ratio = (many["episodes"] / many["seconds"]) / (one["episodes"] / one["seconds"])
-    print(f"[{backend_name}] episodes/s K={args.k} vs sequential: {ratio:.2f}x (target >= 2x); engine busy fraction "
-          f"K={args.k}: {many['busy']:.2f} (target >= 0.9)")
+        for name in backend_names:
+            results, k_turns = asyncio.run(rounds(name, service.frontend))
+            summary[name] = (results, k_turns)
+    for name, (results, k_turns) in summary.items():
+        one, many = results[1], results[args.k]
+        for k, r in results.items():
+            print(f"[{name}] K={k:<2}: {r['episodes']} episodes ({r['turns']} turns, {r['tokens']} tokens) in "
+                  f"{r['seconds']:.1f} s = {r['episodes'] / r['seconds']:.3f} episodes/s, "
+                  f"{r['tokens'] / r['seconds']:.0f} tokens/s; engine busy {r['busy']:.2f}; execution wait {r['execute_s']:.1f} s")
+        ratio = (many["episodes"] / many["seconds"]) / (one["episodes"] / one["seconds"])
+        print(f"[{name}] episodes/s K={args.k} vs sequential: {ratio:.2f}x (target >= 2x); engine busy fraction "
+              f"K={args.k}: {many['busy']:.2f}")
+        if name.startswith("hf") and k_turns:
+            tps, tokens, seconds = plain_generate_tokens_per_s(model, k_turns, args.k)
+            episode_tps = many["tokens"] / many["seconds"]
+            print(f"[{name}] plain batched generate (batch {args.k}, same {len(k_turns)} contexts and lengths): "
+                  f"{tokens} tokens in {seconds:.1f} s = {tps:.0f} tokens/s; episode tokens/s at K={args.k} "
+                  f"{episode_tps:.0f} = {episode_tps / tps:.2f} of it (target >= 0.8)")
+    print(f"load after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
 
 async def _tokens_per_second(backend, prompts, sampling) -> tuple[float, int]:
@@ -146,20 +232,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=24)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--chunk-tokens", type=int, default=16, help="hf backend: tokens per batching step (0: whole responses)")
+    parser.add_argument("--chunk-tokens", type=int, default=0, help="hf-chunked backend: tokens per generate call (0: whole responses)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved K=1 / K=k rounds; the best of each is kept")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--engine-tokens", type=int, default=64)
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--skip-runner", action="store_true")
-    parser.add_argument("--runner-backend", choices=["hf", "vllm", "both"], default="both")
+    parser.add_argument("--runner-backends", default="hf,vllm",
+                        help="comma list of hf (prefix-cached engine), hf-chunked (the earlier backend), vllm")
+    parser.add_argument("--model", default=None, help="model dir (default: the tiny model; the learning proof: a warm start)")
+    parser.add_argument("--tasks", default=None, help="feedback-task dir (rlef data make-feedback-tasks); default: sample problems")
+    parser.add_argument("--max-seq-len", type=int, default=768)
     args = parser.parse_args()
-    model = tiny_model()
+    model = Path(args.model) if args.model else tiny_model()
     if not args.skip_runner:
-        names = ["hf", "vllm"] if args.runner_backend == "both" else [args.runner_backend]
-        for name in [n for n in names if not (args.skip_vllm and n == "vllm")]:
-            bench_runner(model, args, name)
+        names = [n for n in args.runner_backends.split(",") if n and not (args.skip_vllm and n == "vllm")]
+        bench_runner(model, args, names)
     if not args.skip_vllm:
         bench_engines(model, args)
 

@@ -1,4 +1,9 @@
-"""transformers backend (the CPU default): batched ``model.generate`` across concurrently waiting requests.
+"""transformers backend (the CPU default).
+
+``HfBackend`` is the prefix-cached, iteration-level batched engine of :mod:`rlef.actor.backends.hf_engine`
+(each episode's KV cache is kept across its turns; decode steps are shared by every running request). The
+earlier backend stays here as ``ChunkedHfBackend`` (the benchmark's comparison): batched ``model.generate``
+across concurrently waiting requests, described below.
 
 Iteration-level batching in chunks: every step generates at most ``chunk_tokens`` tokens for a batch made of
 the unfinished requests plus every request that arrived meanwhile (same sampling settings, left-padded; the
@@ -61,7 +66,7 @@ def teacher_forced_logprobs(model: Any, prompt_ids: list[int], response_ids: lis
     return logp.gather(1, torch.tensor(response_ids, device=logp.device)[:, None])[:, 0].tolist()
 
 
-class HfBackend(GenerationBackend):
+class ChunkedHfBackend(GenerationBackend):
     """transformers ``generate`` in one worker thread, fed by an asyncio queue; see the module docstring."""
 
     def __init__(
@@ -250,3 +255,8 @@ class HfBackend(GenerationBackend):
                 state[name].copy_(tensor.to(state[name].dtype))
             self.version = received.version
         log.info("hf backend: applied weights version %d (%d tensors)", received.version, len(tensors))
+
+
+from rlef.actor.backends.hf_engine import CachedHfBackend as HfBackend  # noqa: E402 - the default, after the helpers
+
+__all__ = ["ChunkedHfBackend", "HfBackend", "teacher_forced_logprobs"]
