@@ -42,6 +42,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     rollouts = args.rollouts_per_problem or default_rollouts(args.protocol, config.actor.max_turns)
     output = args.output or Path(config.run.output_dir) / config.run.name / f"eval-{split}-{args.protocol}"
     models = [_named_model(spec) for spec in args.compare] if args.compare else None
+    turn_limits = _int_list(args.turn_limits, "--turn-limits") if args.turn_limits else None
     with contextlib.ExitStack() as stack:
         if args.executors:
             from rlef.actor.local_sandboxes import local_sandboxes
@@ -50,21 +51,49 @@ def _evaluate(args: argparse.Namespace) -> int:
         from rlef.actor.local_sandboxes import probe
 
         probe(config, timeout_s=args.probe_timeout)
-        if models is not None:
+        if args.random_feedback and models is None:
+            config.actor.random_feedback = True
+        if turn_limits or args.budget_curve:
+            from rlef.actor import sweeps
+
+            common = dict(output=output, split=split, protocol=args.protocol, limit=args.limit,
+                          rollouts=args.rollouts_per_problem)
+            if turn_limits:
+                sweeps.turn_limit_sweep(config, limits=turn_limits, budget=args.sample_budget, **common)
+                print((output / "turn-limits.md").read_text())
+            if args.budget_curve:
+                sweeps.budget_curve(config, max_k=args.max_k, **common)
+                print((output / "budget-curve.md").read_text())
+        elif models is not None:
+            from rlef.actor.analyses import comparison_plot
             from rlef.actor.compare import comparison_markdown, run_comparison
 
             result = asyncio.run(run_comparison(config, models=models, split=split, rollouts=rollouts, protocol=args.protocol,
                                                 output=output, random_feedback=args.random_feedback, limit=args.limit))
+            comparison_plot(result, output / "comparison.png")
             print(comparison_markdown(result, result["settings"]))
-            print(f"written to {output}/comparison.json, comparison.md and one folder per model and feedback mode")
-            return 0
-        if args.random_feedback:
-            config.actor.random_feedback = True
-        report = asyncio.run(run_evaluation(config, rollouts=rollouts, protocol=args.protocol, output=output,
-                                            split=split, limit=args.limit))
-    print(report.markdown())
-    print(f"written to {output}/evaluation.json, evaluation.md, episodes.jsonl")
+            print(f"written to {output}/comparison.json, comparison.md, comparison.png and one folder per model and feedback mode")
+        else:
+            report = asyncio.run(run_evaluation(config, rollouts=rollouts, protocol=args.protocol, output=output,
+                                                split=split, limit=args.limit, fresh=args.fresh))
+            print(report.markdown())
+            print(f"written to {output}/evaluation.json, evaluation.md, episodes.jsonl")
+    if args.chrf:
+        from rlef.actor.sweeps import chrf_analysis
+
+        chrf_analysis(output, seed=config.run.seed)
+        print((output / "analysis-chrf.md").read_text())
     return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"rlef evaluate {flag}: expected comma-separated integers such as 1,3,5,10, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise SystemExit(f"rlef evaluate {flag}: expected positive integers, got {text!r}")
+    return values
 
 
 def _named_model(spec: str) -> tuple[str, str]:
@@ -117,4 +146,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="start a local broker and N executors for this evaluation (default 0: use the configured ones)")
     evaluate.add_argument("--probe-timeout", type=float, default=30.0,
                           help="seconds one trivial job may take before the evaluation fails naming the broker endpoint")
+    evaluate.add_argument("--fresh", action="store_true",
+                          help="single evaluation: start over, dropping the episodes a previous run left in --output (default, "
+                               "and always for --compare and the sweeps: resume, running only the episodes missing)")
+    analyses = evaluate.add_argument_group("the paper's analyses (section 5); each writes a table (.md), a plot (.png) and .json")
+    analyses.add_argument("--chrf", action="store_true",
+                          help="1 - chrF between successive programs per turn (and a per-turn error plot) of every "
+                               "evaluation under --output, after the evaluation (a finished output is resumed: nothing runs again)")
+    analyses.add_argument("--turn-limits", default=None, metavar="1,3,5,10",
+                          help="turn-limit sweep at a fixed budget of --sample-budget samples (a turn is a sample)")
+    analyses.add_argument("--sample-budget", type=int, default=30, help="samples per problem of the turn-limit sweep (default 30)")
+    analyses.add_argument("--budget-curve", action="store_true",
+                          help="solve rate against sample budget: pass@k, 1@k, 10@k for k up to --max-k, multi-turn "
+                               "against independent single-turn sampling")
+    analyses.add_argument("--max-k", type=int, default=100, help="largest budget of --budget-curve (default 100, as the paper)")
     evaluate.set_defaults(func=_evaluate)

@@ -35,6 +35,7 @@ from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from rlef.common.errors import RlefError
 from rlef.common.evaluation import ProblemRollouts, bootstrap_ci, n_at_k, pass_at_k
 
 log = logging.getLogger(__name__)
@@ -285,40 +286,170 @@ def repeated(problems: Sequence[Any], rollouts: int) -> Iterator[Any]:
             yield problem
 
 
-class _CollectSink:
-    """Keeps episode summaries (and compact JSON lines) in memory; advances the progress bar."""
+class ResumeMismatchError(RlefError):
+    """An output directory holds episodes of another evaluation (other model, split or sampling)."""
 
-    def __init__(self, progress: Any = None, task: Any = None):
+
+#: Settings that decide what an episode means: a restart may only add episodes to a file made with these.
+RESUME_KEYS = ("model", "dataset", "split", "max_turns", "temperature", "top_p", "top_k", "max_new_tokens",
+               "max_seq_len", "random_feedback", "test_set", "prompt_template")
+
+
+def episode_line(record: Any) -> dict[str, Any]:
+    """The compact JSON line of one finished episode in ``episodes.jsonl`` (what aggregation and the
+    analyses read back: turn statuses, every turn's program, the final outcome)."""
+    return {"rollout_id": record.rollout.rollout_id, "problem_id": record.problem.problem_id,
+            "turns": [t.outcome.status for t in record.turns], "codes": [t.code for t in record.turns],
+            "policy_version": record.turns[0].generation.policy_version,
+            "final": record.rollout.final.model_dump(), "final_code": record.turns[-1].code}
+
+
+def summary_from_line(line: dict[str, Any]) -> EpisodeSummary:
+    return EpisodeSummary(line["problem_id"], tuple(line["turns"]), bool(line["final"]["passed"]))
+
+
+def read_episode_lines(path: Path) -> list[dict[str, Any]]:
+    """Every whole line of an append-only episodes file (a line torn by a kill mid-write is dropped: that
+    episode is simply run again)."""
+    if not path.exists():
+        return []
+    lines = []
+    for raw in path.read_text().splitlines():
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError:
+            log.warning("%s: dropping a torn line (%d chars)", path, len(raw))
+            continue
+        if isinstance(line, dict) and "problem_id" in line and "turns" in line:
+            lines.append(line)
+    return lines
+
+
+def remaining(problems: Sequence[Any], done: Sequence[dict[str, Any]], rollouts: int) -> list[Any]:
+    """The episodes still to run, in problem order: ``rollouts`` minus what ``done`` holds, per problem."""
+    have = Counter(line["problem_id"] for line in done)
+    return [p for p in problems for _ in range(max(0, rollouts - have[p.problem_id]))]
+
+
+class Progress:
+    """Logs progress with a rate and an ETA every ``every_s`` seconds (the rich bar only shows on a
+    terminal; launchers and SLURM logs get these lines)."""
+
+    def __init__(self, total: int, done: int = 0, every_s: float = 30.0, label: str = "evaluate"):
+        self.total, self.done, self.every_s, self.label = total, done, every_s, label
+        self._start_done = done
+        self._t0 = self._last = time.monotonic()
+
+    def eta_s(self) -> float | None:
+        rate = (self.done - self._start_done) / max(1e-9, time.monotonic() - self._t0)
+        return (self.total - self.done) / rate if rate > 0 else None
+
+    def line(self) -> str:
+        eta = self.eta_s()
+        rate = (self.done - self._start_done) / max(1e-9, time.monotonic() - self._t0)
+        return (f"{self.label}: {self.done}/{self.total} episodes, {rate:.2f}/s, ETA "
+                f"{'unknown' if eta is None else f'{eta:.0f} s'}")
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last >= self.every_s or self.done == self.total:
+            self._last = now
+            log.info("%s", self.line())
+
+
+class _CollectSink:
+    """Appends each finished episode to the episodes file at once (flushed: a kill loses at most the
+    episodes in flight) and keeps its summary; advances the progress bar and the ETA log."""
+
+    def __init__(self, path: Path | None, progress: Any = None, task: Any = None, eta: Progress | None = None):
         self.episodes: list[EpisodeSummary] = []
         self.lines: list[dict[str, Any]] = []
+        self._file = open(path, "a", encoding="utf-8") if path is not None else None
         self.progress = progress
         self.task = task
+        self.eta = eta
 
     async def send(self, record: Any) -> None:
-        summary = EpisodeSummary.from_record(record)
-        self.episodes.append(summary)
-        self.lines.append({"rollout_id": record.rollout.rollout_id, "problem_id": summary.problem_id,
-                           "turns": list(summary.turn_statuses), "final": record.rollout.final.model_dump(),
-                           "final_code": record.turns[-1].code})
+        line = episode_line(record)
+        self.episodes.append(summary_from_line(line))
+        self.lines.append(line)
+        if self._file is not None:
+            self._file.write(json.dumps(line) + "\n")
+            self._file.flush()
         if self.progress is not None:
             self.progress.advance(self.task)
+        if self.eta is not None:
+            self.eta.advance()
 
     def close(self) -> None:
-        pass
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def evaluation_settings(config: Any, *, split: str, limit: int | None, protocol: str, rollouts: int) -> dict[str, Any]:
+    """What an evaluation's report records about how it sampled and scored."""
+    s = config.actor.sampling
+    return {
+        "model": config.model.path, "dataset": config.data.dataset, "split": split, "limit": limit,
+        "protocol": protocol, "rollouts_per_problem": rollouts, "max_turns": config.actor.max_turns,
+        "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
+        "max_seq_len": config.model.max_seq_len, "random_feedback": config.actor.random_feedback,
+        "prompt_template": config.prompt.template,
+        "test_set": "all", "selection": "public-tests-first", "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "confidence": CONFIDENCE, "seed": config.run.seed,
+    }
+
+
+async def run_episodes(
+    config: Any, *, backend: Any, executor: Any, tokenizer: Any, problems: Sequence[Any], todo: Sequence[Any],
+    sink: Any, instance: str, actor_id: str = "evaluate", seed: int | None = None,
+) -> Any:
+    """Run one episode per entry of ``todo`` (problems, repeated) with the actor's runner; returns the runner
+    (its ``skipped`` and ``errors``). Closes nothing: the in-training evaluator reuses backend and executor."""
+    from rlef.actor.episodes import EpisodeRunner
+
+    runner = EpisodeRunner(
+        config, backend=backend, executor=executor, tokenizer=tokenizer, problems=iter(todo), sink=sink,
+        actor_id=actor_id, instance=instance, feedback_problems=problems,
+        seed=config.run.seed if seed is None else seed, final_test_set="all",
+    )
+    await runner.run(len(todo))
+    return runner
+
+
+def _check_resumable(output: Path, settings: dict[str, Any], fresh: bool) -> None:
+    """Refuse to add episodes to a file made by another evaluation; remember this one's settings."""
+    path = output / "evaluation-settings.json"
+    episodes = output / "episodes.jsonl"
+    wanted = {k: settings.get(k) for k in RESUME_KEYS}
+    if fresh:
+        episodes.unlink(missing_ok=True)
+    elif episodes.exists() and path.exists():
+        stored = json.loads(path.read_text())
+        diff = {k: (stored.get(k), wanted[k]) for k in RESUME_KEYS if stored.get(k) != wanted[k]}
+        if diff:
+            named = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ResumeMismatchError(
+                f"{episodes} holds episodes of another evaluation ({named}): pass another --output or --fresh")
+    output.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=2) + "\n")
 
 
 async def run_evaluation(
     config: Any, *, rollouts: int, protocol: str, output: Path, split: str, limit: int | None = None,
-    backend: Any = None,
+    backend: Any = None, fresh: bool = False,
 ) -> EvaluationReport:
     """Run ``rollouts`` episodes of every problem of ``split`` (first ``limit``) and write
-    ``output/evaluation.{json,md}`` and ``output/episodes.jsonl``. ``config.actor.sampling`` is what samples;
-    ``backend`` (a GenerationBackend, closed here) replaces the one ``make_backend(config)`` would load."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    ``output/evaluation.{json,md}``; ``output/episodes.jsonl`` is append-only and a restart with the same
+    settings runs only the episodes it lacks (``fresh``: start over). ``config.actor.sampling`` is what
+    samples; ``backend`` (a GenerationBackend, closed here) replaces the one ``make_backend(config)`` would load."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
     from transformers import AutoTokenizer
 
     from rlef.actor.backends import make_backend
-    from rlef.actor.episodes import EpisodeRunner
     from rlef.actor.main import new_instance_nonce
     from rlef.common.data import load_problems
     from rlef.common.execution_client import ExecutionClient
@@ -326,44 +457,60 @@ async def run_evaluation(
 
     data = config.data
     problems = load_problems(data.dataset, data.path, split, limit, generated=True)
-    tokenizer = AutoTokenizer.from_pretrained(config.model.path)
-    backend = backend if backend is not None else make_backend(config, seed=config.run.seed)
-    instance = new_instance_nonce()
-    atransport = Transport(config.transport, asyncio=True)
-    endpoints = config.endpoints
-    executor = ExecutionClient(atransport, endpoints.broker(endpoints.broker_frontend_port),
-                               client_id=f"evaluate-{instance}", timeout_s=config.actor.execution_timeout_s,
-                               executor=config.executor)
+    settings = evaluation_settings(config, split=split, limit=limit, protocol=protocol, rollouts=rollouts)
+    _check_resumable(output, settings, fresh)
+    episodes_path = output / "episodes.jsonl"
+    ids = {p.problem_id for p in problems}
+    done = [line for line in read_episode_lines(episodes_path) if line["problem_id"] in ids]
+    todo = remaining(problems, done, rollouts)
+    # Kept per problem, at most `rollouts` each (a file may hold more when -R was larger before).
+    kept: list[dict[str, Any]] = []
+    per: Counter[str] = Counter()
+    for line in done:
+        if per[line["problem_id"]] < rollouts:
+            per[line["problem_id"]] += 1
+            kept.append(line)
+    if kept:
+        log.info("resuming %s: %d episodes done, %d to run", episodes_path, len(kept), len(todo))
     total = len(problems) * rollouts
     started = time.perf_counter()
-    columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    try:
-        with Progress(*columns, transient=False) as progress:
-            sink = _CollectSink(progress, progress.add_task("episodes", total=total))
-            runner = EpisodeRunner(
-                config, backend=backend, executor=executor, tokenizer=tokenizer,
-                problems=repeated(problems, rollouts), sink=sink, actor_id="evaluate", instance=instance,
-                feedback_problems=problems, seed=config.run.seed, final_test_set="all",
-            )
-            await runner.run(total)
-    finally:
-        executor.close()
+    skipped: dict[str, str] = {}
+    errors: list[str] = []
+    errored: list[tuple[str, str]] = []  # episodes dropped for infrastructure failures: not in episodes.jsonl, rerun on resume
+    sink = _CollectSink(episodes_path)
+    if todo:
+        tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+        # A resumed run samples with another seed: the same seed would replay the first episodes' draws.
+        seed = config.run.seed + 1_000_003 * len(kept)
+        backend = backend if backend is not None else make_backend(config, seed=seed)
+        instance = new_instance_nonce()
+        atransport = Transport(config.transport, asyncio=True)
+        endpoints = config.endpoints
+        executor = ExecutionClient(atransport, endpoints.broker(endpoints.broker_frontend_port),
+                                   client_id=f"evaluate-{instance}", timeout_s=config.actor.execution_timeout_s,
+                                   executor=config.executor)
+        columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        try:
+            with Bar(*columns, transient=False) as bar:
+                sink.progress, sink.task = bar, bar.add_task("episodes", total=total, completed=len(kept))
+                sink.eta = Progress(total, len(kept))
+                runner = await run_episodes(config, backend=backend, executor=executor, tokenizer=tokenizer,
+                                            problems=problems, todo=todo, sink=sink, instance=instance, seed=seed)
+            skipped = {pid: reason for pid, reason in runner.skipped}  # one reason per problem (it repeats R times)
+            errors = list(runner.errors)
+            errored = list(runner.dropped)
+        finally:
+            sink.close()
+            executor.close()
+            await backend.close()
+            atransport.close()
+    elif backend is not None:
         await backend.close()
-        atransport.close()
-    s = config.actor.sampling
-    settings = {
-        "model": config.model.path, "dataset": data.dataset, "split": split, "limit": limit,
-        "protocol": protocol, "rollouts_per_problem": rollouts, "max_turns": config.actor.max_turns,
-        "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
-        "max_seq_len": config.model.max_seq_len, "random_feedback": config.actor.random_feedback,
-        "test_set": "all", "selection": "public-tests-first", "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
-        "confidence": CONFIDENCE, "seed": config.run.seed, "seconds": round(time.perf_counter() - started, 3),
-    }
-    skipped = {pid: reason for pid, reason in runner.skipped}  # one reason per problem (it repeats R times)
-    report = aggregate(settings, [p.problem_id for p in problems], sink.episodes, skipped.items(), runner.errors,
-                       seed=config.run.seed, errored=runner.dropped)
-    output.mkdir(parents=True, exist_ok=True)
+    settings["seconds"] = round(time.perf_counter() - started, 3)
+    settings["resumed_episodes"] = len(kept)
+    episodes = [summary_from_line(line) for line in kept] + sink.episodes
+    report = aggregate(settings, [p.problem_id for p in problems], episodes, skipped.items(), errors,
+                       seed=config.run.seed, errored=errored)
     (output / "evaluation.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     (output / "evaluation.md").write_text(report.markdown())
-    (output / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in sink.lines))
     return report

@@ -218,7 +218,8 @@ def test_evaluation_of_a_policy_that_repairs_on_turn_two(tiny_model_dir, tokeniz
             return _fenced("print('nope')\n")
         return _fenced(next(code for desc, code in solutions.items() if desc in text))
 
-    config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")])
+    config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")],
+                          "data.dataset=sample", "data.path=null")
     report = asyncio.run(run_evaluation(config, rollouts=3, protocol="1@3", output=tmp_path, split="valid", limit=2,
                                         backend=ScriptedBackend(tokenizer, script)))
     counts = [(p.problem_id, p.rollouts, p.public_pass, p.correct, p.first_turn_public_pass) for p in report.problems]
@@ -270,3 +271,37 @@ def test_runner_scores_final_programs_on_generated_tests_when_asked(tiny_model_d
     assert default.passed and default.tests_total == len(base.tests("public+private"))
     assert not everything.passed and everything.tests_total == default.tests_total + 1
     assert everything.tests_passed == default.tests_total
+
+
+@pytest.mark.slow
+def test_restart_runs_only_the_missing_episodes(tiny_model_dir, tokenizer, executor_service, tmp_path):
+    """An evaluation of 2 rollouts per problem, then the same one with 3: the second runs one episode per
+    problem (the scripted backend counts its first-turn calls) and aggregates all three."""
+    import asyncio
+
+    from helpers.actor_support import ScriptedBackend, actor_config
+
+    from rlef.actor.evaluate import run_evaluation
+    from rlef.common.data import load_problems
+
+    problems = load_problems("sample", split="valid", limit=2)
+    config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")],
+                          "data.dataset=sample", "data.path=null")
+    solution = {p.description: p.solutions[0] for p in problems}
+
+    def run(rollouts: int) -> tuple[object, ScriptedBackend]:
+        backend = ScriptedBackend(tokenizer, lambda text, _turn: _fenced(next(c for d, c in solution.items() if d in text)))
+        report = asyncio.run(run_evaluation(config, rollouts=rollouts, protocol="1@3", output=tmp_path, split="valid",
+                                            limit=2, backend=backend))
+        return report, backend
+
+    first, backend = run(2)
+    assert len(backend.calls) == 4 and all(p.rollouts == 2 for p in first.problems)
+    second, backend = run(3)
+    assert len(backend.calls) == 2  # one missing episode per problem
+    assert [(p.rollouts, p.correct) for p in second.problems] == [(3, 3), (3, 3)]
+    assert second.settings["resumed_episodes"] == 4
+    lines = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(x["codes"] == [x["final_code"]] for x in lines)
+    third, backend = run(3)
+    assert backend.calls == [] and third.settings["resumed_episodes"] == 6
