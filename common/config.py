@@ -302,6 +302,10 @@ class DeployConfig(Section):
     inference_gpus: int = Field(0, ge=0, description="Paper 8B: 160; 70B: 1280.")
     gpus_per_node: int = Field(8, ge=1)
     max_batches: int | None = Field(None, ge=1, description="Local launcher: stop after this many learner batches.")
+    learner_restarts: int = Field(
+        3, ge=0, description="Local launcher: restarts of a learner that died (with --resume auto, after the launcher's "
+        "doubling backoff); once used up, the learner's exit code ends the run."
+    )
     final_evaluation: FinalEvaluationConfig = FinalEvaluationConfig()
 
 

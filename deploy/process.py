@@ -6,7 +6,12 @@ specs say that). Invariants:
 - every child runs in a new session (``start_new_session``), so its process group id equals its pid and a
   terminal's Ctrl-C reaches only the launcher, which then stops the children in order;
 - a child's stdout and stderr go to its own log file, appended across restarts with a marker line;
-- a child that exits 0 is done (an actor the hub told to stop) and stays down; one that fails is restarted;
+- a child that exits 0 is done (an actor the hub told to stop) and stays down; one that fails is restarted
+  (with ``restart_argv`` when the spec has one, e.g. the learner's ``--resume auto``), at most
+  ``max_restarts`` times when that is set;
+- before a failed child with ``kill_leftovers`` is restarted, every process of its last seen tree that
+  survived it is SIGKILLed (torchrun's ranks live in their own sessions; after the agent's SIGKILL they would
+  keep the hub's ports, and the new learner would fail with "Address already in use");
 - restart delays grow exponentially (``backoff_base_s * 2**k``, capped at ``backoff_max_s``); ``k`` resets once
   a child has stayed up for ``stable_after_s``, so a crash loop slows down and a rare crash restarts fast;
 - stopping sends SIGTERM to the child's process group, waits, then SIGKILLs the group; grandchildren that
@@ -40,8 +45,12 @@ class ProcessSpec:
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
     cwd: str | None = None
-    restart: bool = True  # False: its exit ends the run (the learner)
+    restart: bool = True  # False: its exit ends the run
     index: int = 0
+    restart_argv: tuple[str, ...] | None = None  # argv of restarts (None: argv)
+    max_restarts: int | None = None  # restarts after failures before it stays down (None: unbounded)
+    ends_run: bool = False  # its exit 0, or a failure once max_restarts are used, ends the run (the learner)
+    kill_leftovers: bool = False  # SIGKILL what survives of its tree when it dies (see the module docstring)
 
 
 class State(str, Enum):
@@ -103,6 +112,15 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def _start_time(pid: int) -> str | None:
+    """A process' start time (field 22 of /proc/PID/stat), to tell it from a later process with its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[19]
+
+
 def signal_pids(pids: set[int], sig: int) -> None:
     """Send ``sig`` to each pid's process group and to the pid itself (either may already be gone)."""
     own_group = os.getpgrp()
@@ -130,19 +148,26 @@ class ManagedProcess:
         self.started_at = 0.0
         self.next_start = 0.0
         self.returncode: int | None = None
+        self._tree_seen: dict[int, str] = {}  # pid -> /proc start time, for kill_leftovers
+        self.leftovers_killed = 0
+        self.last_killed: set[int] = set()  # leftovers SIGKILLed at the last death (the supervisor skips them)
 
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen else None
 
+    def argv(self) -> tuple[str, ...]:
+        return self.spec.restart_argv if self.restarts > 0 and self.spec.restart_argv is not None else self.spec.argv
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.argv()
         with open(self.log_path, "ab") as out:
             out.write(f"\n==== rlef launch: starting {self.spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')}"
-                      f" (restart {self.restarts}): {' '.join(self.spec.argv)}\n".encode())
+                      f" (restart {self.restarts}): {' '.join(argv)}\n".encode())
             out.flush()
             self.popen = subprocess.Popen(
-                list(self.spec.argv),
+                list(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -165,8 +190,17 @@ class ManagedProcess:
             return None
         code = self.popen.poll()
         if code is None:
+            if self.spec.kill_leftovers:
+                self._remember_tree()
             return None
         self.returncode = code
+        if self.spec.kill_leftovers and code != 0:
+            self._kill_leftovers()
+        exhausted = self.spec.max_restarts is not None and self.restarts >= self.spec.max_restarts
+        if code != 0 and self.spec.restart and exhausted:
+            self.state = State.EXITED
+            log.error("%s exited with %d after %d restart(s): not restarted again", self.spec.name, code, self.restarts)
+            return code
         if not self.spec.restart or code == 0:
             # Exit 0 means done or told to stop (an actor after the hub's stop): nothing to restart.
             self.state = State.EXITED
@@ -180,6 +214,27 @@ class ManagedProcess:
         self.next_start = now + delay
         log.warning("%s exited with %d after %.1f s; restarting in %.2f s", self.spec.name, code, uptime, delay)
         return code
+
+    def _remember_tree(self) -> None:
+        for pid in descendants(self.popen.pid) if self.popen is not None else ():
+            if pid not in self._tree_seen:
+                start = _start_time(pid)
+                if start is not None:
+                    self._tree_seen[pid] = start
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL every process of the dead child's last seen tree still alive (same pid, same start time)."""
+        alive = {pid for pid, start in self._tree_seen.items() if _start_time(pid) == start}
+        self._tree_seen = {}
+        self.last_killed = alive
+        if alive:
+            log.warning("%s died leaving %d process(es) running: SIGKILL %s", self.spec.name, len(alive), sorted(alive))
+            self.leftovers_killed += len(alive)
+            for pid in alive:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue  # exited meanwhile
 
     def tree(self) -> set[int]:
         """The child and every descendant still alive."""

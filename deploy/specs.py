@@ -73,7 +73,10 @@ def role_specs(config: RlefConfig, config_path: Path, *, resume: bool = False, c
         ProcessSpec(f"executor-{i}", "executor", rlef_command("executor", "--config", cfg, _index("executor"), str(i)), env, cwd, index=i)
         for i in range(config.deploy.executors)
     ]
-    specs.append(ProcessSpec("learner-0", "learner", learner_command(config, config_path, resume), env, cwd, restart=False))
+    # A learner that dies is restarted from its newest checkpoint (bounded); its exit 0 (training done) ends the run.
+    specs.append(ProcessSpec("learner-0", "learner", learner_command(config, config_path, resume), env, cwd,
+                             restart_argv=learner_command(config, config_path, True),
+                             max_restarts=config.deploy.learner_restarts, ends_run=True, kill_leftovers=True))
     specs += [
         ProcessSpec(f"actor-{i}", "actor", rlef_command("actor", "--config", cfg, _index("actor"), str(i)), env, cwd, index=i)
         for i in range(config.deploy.actors)

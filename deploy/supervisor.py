@@ -4,7 +4,9 @@ Scope: the launcher's main loop, independent of RLEF (tests drive it with small 
 Invariants:
 
 - a process with ``restart=True`` (actors, executors, the broker) that dies is restarted with backoff;
-- the first ``restart=False`` process (the learner) to exit ends the run with its exit code;
+- the first ``restart=False`` process to exit ends the run with its exit code, and so does an ``ends_run``
+  process (the learner) that exits 0 or has used up its ``max_restarts``; before that a dead learner is
+  restarted like any other process (with ``--resume auto``: see :func:`rlef.deploy.specs.role_specs`);
 - SIGINT/SIGTERM to the launcher ends the run with 128 + signal number;
 - :meth:`Supervisor.stop` leaves no process behind: SIGTERM to every child's group and descendants, a grace
   period, SIGKILL for the rest, then a sweep of everything still below the launcher in the process tree
@@ -22,7 +24,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rlef.deploy.process import Backoff, ManagedProcess, ProcessSpec, State, descendants, set_child_subreaper, signal_pids
+from rlef.deploy.process import (
+    Backoff, ManagedProcess, ProcessSpec, State, _ppid_map, descendants, set_child_subreaper, signal_pids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,9 @@ class Supervisor:
         """Poll every process once; returns the run's exit code when it has ended, else None."""
         for proc in self.processes:
             code = proc.poll(now)
-            if code is not None and not proc.spec.restart:
+            if code and proc.spec.kill_leftovers:
+                self._kill_orphans(proc)
+            if code is not None and (not proc.spec.restart or (proc.spec.ends_run and proc.state is State.EXITED)):
                 self.ended_by = proc.spec.name
                 log.info("%s exited with %d: the run ends", proc.spec.name, code)
                 return code
@@ -119,6 +125,25 @@ class Supervisor:
             self._reap_orphans()
             time.sleep(0.05)
 
+    def _kill_orphans(self, dead: ManagedProcess) -> None:
+        """SIGKILL every process re-parented to us (we are a subreaper) that no managed child owns, with its
+        tree: after ``dead`` died they are what is left of it (torchrun's ranks once the agent got SIGKILL),
+        even those started too shortly before its death for its own tree snapshot to have seen them."""
+        me = os.getpid()
+        managed = {p.popen.pid for p in self.processes if p.popen is not None and p.popen.poll() is None}
+        orphans = {pid for pid, parent in _ppid_map().items()
+                   if parent == me and pid not in managed and pid not in dead.last_killed and not _is_zombie(pid)}
+        if not orphans:
+            return
+        doomed = set(orphans)
+        for pid in orphans:
+            doomed |= descendants(pid)
+        doomed -= dead.last_killed
+        log.warning("%s died; SIGKILL to %d orphaned process(es) it left: %s", dead.spec.name, len(doomed), sorted(doomed))
+        dead.leftovers_killed += len(doomed)
+        signal_pids(doomed, signal.SIGKILL)
+        self._reap_orphans()
+
     def _live_children(self) -> bool:
         """Whether any managed process or any (non-zombie) descendant is still running."""
         if any(p.popen is not None and p.popen.poll() is None for p in self.processes):
@@ -144,9 +169,10 @@ def _is_zombie(pid: int) -> bool:
 
 
 def summary(sup: Supervisor) -> dict[str, dict[str, object]]:
-    """Per process: role, state, restarts, last exit code (written to run_dir/launch.json)."""
+    """Per process: role, state, restarts, last exit code, survivors of its tree killed (run_dir/launch.json)."""
     return {
-        p.spec.name: {"role": p.spec.role, "state": p.state.value, "restarts": p.restarts, "returncode": p.returncode}
+        p.spec.name: {"role": p.spec.role, "state": p.state.value, "restarts": p.restarts, "returncode": p.returncode,
+                      "leftovers_killed": p.leftovers_killed}
         for p in sup.processes
     }
 

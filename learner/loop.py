@@ -115,7 +115,7 @@ class Learner:
             self.tracker = start_run_tracker(config, self.run_dir, own_log=self.mlog.path)
             if self.tracker is not None:
                 self.mlog.add_sink(self.tracker.log_scalars)
-            self.batch_log = open(self.run_dir / "learner" / "batches.jsonl", "a")
+            self.batch_log = open(roll_back_batch_log(self.run_dir / "learner" / "batches.jsonl", self.batches), "a")
         M.STEP.set(self.ppo.step)
         self.sync_weights()
 
@@ -230,7 +230,37 @@ class Learner:
         return 0
 
 
+def roll_back_batch_log(path: Path, batches: int) -> Path:
+    """Keep in ``path`` only the batches the resumed state contains (batch <= ``batches``).
+
+    Batches trained after the checkpoint we resume from were lost with the crash: their rollouts are
+    re-admitted from the spool and trained again, so leaving their lines would list those ids twice. The
+    removed lines go to ``batches-rolled-back.jsonl`` next to it (what was trained and then lost)."""
+    if not path.exists():
+        return path
+    kept, dropped = [], []
+    for line in path.read_text().splitlines():
+        try:
+            batch = int(json.loads(line)["batch"])
+        except (ValueError, KeyError, TypeError):  # a line torn by the crash: it was never a whole record
+            dropped.append(line)
+            continue
+        (kept if batch <= batches else dropped).append(line)
+    if dropped:
+        with open(path.with_name("batches-rolled-back.jsonl"), "a") as out:
+            out.write("".join(line + "\n" for line in dropped))
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+        log.warning("%s: %d batch line(s) after batch %d rolled back (trained before the crash, lost with it)",
+                    path, len(dropped), batches)
+    return path
+
+
 def main(config: RlefConfig, resume: str = "none") -> int:
+    from rlef.learner.lifeline import watch_parent
+
+    watch_parent()  # under torchrun: this rank dies with its agent (rlef.learner.lifeline)
     learner = Learner(config, resume)
     try:
         return learner.run()

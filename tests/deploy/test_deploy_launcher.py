@@ -29,7 +29,11 @@ def test_role_specs_follow_the_config(tmp_path: Path) -> None:
     names = [s.name for s in specs]
     assert names == ["executor-broker-0", "executor-0", "executor-1", "learner-0", "actor-0", "actor-1", "actor-2"]
     learner = specs[3]
-    assert not learner.restart and all(s.restart for s in specs if s is not learner)
+    assert all(s.restart for s in specs) and [s.name for s in specs if s.ends_run] == ["learner-0"]
+    # Issue 11 item 5: a dead learner is restarted from its newest checkpoint, a bounded number of times,
+    # after what survived of its process tree (torchrun's ranks) was killed.
+    assert learner.max_restarts == cfg.deploy.learner_restarts == 3 and learner.kill_leftovers
+    assert learner.restart_argv[-2:] == ("--resume", "auto") and "--resume" not in learner.argv
     argv = list(learner.argv)
     assert argv[1:3] == ["-m", "torch.distributed.run"] and argv[argv.index("--nproc-per-node") + 1] == "2"
     assert argv[-4:] == ["rlef.common.cli", "learner", "--config", str(tmp_path / "config.yaml")]

@@ -96,10 +96,70 @@ def test_dead_actor_is_restarted_with_backoff_and_learner_exit_ends_run(tmp_path
     summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
     assert summary["actor-0"]["restarts"] >= 4
     assert summary["executor-0"]["restarts"] == 0
-    assert summary["actor-1"] == {"role": "actor", "state": "exited", "restarts": 0, "returncode": 0}
-    assert summary["learner-0"] == {"role": "learner", "state": "exited", "restarts": 0, "returncode": 7}
+    assert summary["actor-1"] == {"role": "actor", "state": "exited", "restarts": 0, "returncode": 0, "leftovers_killed": 0}
+    assert summary["learner-0"] == {"role": "learner", "state": "exited", "restarts": 0, "returncode": 7, "leftovers_killed": 0}
     log = (tmp_path / "logs" / "actor-0.log").read_text()
     assert log.count("==== rlef launch: starting actor-0") == summary["actor-0"]["restarts"] + 1
+
+
+def _fake_learner(tmp_path: Path, port: int) -> tuple[list[str], list[str]]:
+    """A "torchrun" that starts a "rank" in its own session (as torchrun does) holding ``port``, then dies of
+    SIGKILL; and its restart, which binds the same port (as a resumed hub does) and exits 0."""
+    rank = py(f"""
+        import os, socket, time
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {port})); s.listen()
+        open({str(tmp_path / "rank.pid")!r}, "w").write(str(os.getpid()))
+        time.sleep(600)
+        """)
+    first = py(f"""
+        import os, signal, subprocess, time
+        subprocess.Popen({rank!r}, start_new_session=True)
+        while not os.path.exists({str(tmp_path / "rank.pid")!r}):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    again = py(f"""
+        import socket, sys
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {port}))  # fails (EADDRINUSE) while the old rank lives
+        print("resumed with", sys.argv[1:], flush=True)
+        """) + ["--resume", "auto"]
+    return first, again
+
+
+def test_dead_learner_is_restarted_with_resume_after_its_ranks_are_killed(tmp_path: Path) -> None:
+    """Issue 11 item 5: the learner's death no longer ends the run; its surviving rank is killed first, so the
+    restart (with --resume auto) can bind the hub's port; its exit 0 then ends the run."""
+    from helpers.executor_service import free_port
+
+    first, again = _fake_learner(tmp_path, free_port())
+    specs = [
+        {"name": "executor-0", "role": "executor", "restart": True, "argv": py("import time; time.sleep(600)")},
+        {"name": "learner-0", "role": "learner", "restart": True, "argv": first, "restart_argv": again,
+         "max_restarts": 3, "ends_run": True, "kill_leftovers": True},
+    ]
+    result = run_driver(write_plan(tmp_path, specs))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
+    assert summary["learner-0"] == {"role": "learner", "state": "exited", "restarts": 1, "returncode": 0, "leftovers_killed": 1}
+    assert summary["executor-0"]["restarts"] == 0
+    log = (tmp_path / "logs" / "learner-0.log").read_text()
+    assert "resumed with ['--resume', 'auto']" in log and "Errno 98" not in log
+    assert not is_alive(int((tmp_path / "rank.pid").read_text()))
+
+
+def test_a_learner_that_keeps_dying_ends_the_run_after_its_restarts(tmp_path: Path) -> None:
+    specs = [
+        {"name": "executor-0", "role": "executor", "restart": True, "argv": py("import time; time.sleep(600)")},
+        {"name": "learner-0", "role": "learner", "restart": True, "argv": py("raise SystemExit(5)"),
+         "restart_argv": py("raise SystemExit(6)"), "max_restarts": 2, "ends_run": True},
+    ]
+    result = run_driver(write_plan(tmp_path, specs))
+    assert result.returncode == 6, result.stderr
+    summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
+    assert summary["learner-0"]["restarts"] == 2 and summary["learner-0"]["state"] == "exited"
+    assert "learner-0 exited with 6 after 2 restart(s): not restarted again" in result.stderr
 
 
 @pytest.mark.slow
