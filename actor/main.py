@@ -83,7 +83,7 @@ async def run_actor(
     from rlef.actor.problem_stream import problem_stream
     from rlef.actor.samples import SamplingSink
     from rlef.actor.sinks import JsonlSink, PushSink
-    from rlef.actor.weights_sync import WeightSync
+    from rlef.actor.weights_sync import LineageSink, WeightSync
     from rlef.common.data import load_problems
     from rlef.common.execution_client import ExecutionClient
     from rlef.common.transport import Transport
@@ -125,11 +125,14 @@ async def run_actor(
         sink = PushSink(atransport, endpoints.learner(endpoints.rollout_port))
         control = make_control_client(config, transport, actor_id)
         receiver = make_receiver(config, transport, actor_id)
-        control.add_version_listener(receiver.notify)
         control.set_local_version(backend.version)
         gate = WeightSync(backend, receiver, max_policy_lag=config.actor.max_policy_lag,
                           hub_version=lambda: control.hub_version, hub_known=lambda: control.registered,
-                          on_applied=control.heartbeat)
+                          on_applied=control.heartbeat,
+                          receiver_factory=lambda: make_receiver(config, transport, actor_id))
+        control.add_version_listener(gate.notify)
+        control.add_restart_listener(gate.hub_restarted)  # re-base onto a restarted hub's weights
+        sink = LineageSink(sink, gate)
         background += [
             asyncio.create_task(_register(control, config.actor.backend, instance, stop)),
             asyncio.create_task(gate.run(stop)),
@@ -156,7 +159,7 @@ async def run_actor(
                                time.perf_counter() - started, runner.busy_fraction(), backend.version)
         sink.close()
         executor.close()
-        for closable in (control, receiver):
+        for closable in (control, gate.receiver if gate is not None else receiver):
             if closable is not None:
                 closable.close()
         await backend.close()

@@ -10,7 +10,13 @@ Wire (every frame one :class:`~rlef.common.messages.Control`; ROUTER bound on th
 
 Start order does not matter: a DEALER queues its register until the hub binds, and the client re-sends it
 with back-off until acknowledged; a hub that restarts learns peers again from their heartbeats (a heartbeat
-from an unknown peer registers it). Once stop was requested, every later register or heartbeat is answered
+from an unknown peer registers it).
+
+Hub restarts: every hub message carries ``info.incarnation``, a nonce drawn when the hub starts. A peer that
+sees it change knows the hub restarted, possibly from a checkpoint OLDER than the weights the peer holds (a
+learner killed before its checkpoint resumes at version 0 while actors hold 7): its version numbers then
+start a new lineage, and the peer must re-base onto the hub's weights even when its own number is higher
+(:meth:`ControlClient.add_restart_listener`; the actor's WeightSync does it). Once stop was requested, every later register or heartbeat is answered
 with ``stop`` too, so a peer that joins late still stops.
 
 Threads: :class:`ControlServer` and :class:`ControlClient` each own their socket in one background thread;
@@ -27,6 +33,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -90,6 +97,8 @@ class ControlServer:
         self._stop = threading.Event()
         self._bad_logged: set[bytes] = set()
         self.bad_messages = 0
+        # Fresh per start: tells peers this hub is not the one they knew (module docstring, "Hub restarts").
+        self.incarnation = uuid.uuid4().hex[:16]
         self._sock = transport.server(zmq.ROUTER, endpoint, router_handover=1)
         # What peers connect to (the real port when ``endpoint`` asked for port 0).
         self.bound_endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -135,6 +144,7 @@ class ControlServer:
     # ------------------------------------------------------------------ serving thread
 
     def _reply(self, op: str, **info: str | int | float | bool) -> bytes:
+        info = {**info, "incarnation": self.incarnation}
         return encode(Control(op=op, sender_id=self.hub_id, role="learner", version=self._version, info=info))
 
     def _send(self, identity: bytes, frame: bytes) -> None:
@@ -221,6 +231,8 @@ class ControlClient:
         self.stop_requested = False
         self.last_heard = 0.0  # time.monotonic() of the hub's last message (0: never)
         self.bad_messages = 0
+        self.hub_incarnation = ""  # the hub's nonce ("" until it answered; a change means it restarted)
+        self.hub_restarts = 0
         self._local_version = -1
         self._capabilities: list[str] = []
         self._info: dict[str, str | int | float | bool] = {}
@@ -229,6 +241,7 @@ class ControlClient:
         self._beat_now = threading.Event()
         self._stop = threading.Event()
         self._listeners: list[Callable[[int], None]] = []
+        self._restart_listeners: list[Callable[[int], None]] = []
         # immediate: while the hub is away messages fail at once (the loop re-sends) instead of queueing up.
         self._sock = transport.client(zmq.DEALER, endpoint, immediate=1)
         self._thread = threading.Thread(target=self._run, name=f"control-{client_id}", daemon=True)
@@ -242,6 +255,11 @@ class ControlClient:
         """Call ``listener(hub_version)`` (from the client thread: keep it quick) whenever the hub's version
         changes, e.g. ``receiver.notify``."""
         self._listeners.append(listener)
+
+    def add_restart_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(hub_version)`` (from the client thread: keep it quick) when the hub turns out to
+        have restarted (its incarnation changed): versions from then on are the new hub's lineage."""
+        self._restart_listeners.append(listener)
 
     def register(
         self, capabilities: Iterable[str] = (), *, timeout_s: float = 60.0, info: dict[str, str | int | float | bool] | None = None
@@ -330,12 +348,25 @@ class ControlClient:
         digest = message.info.get("config_digest")
         if isinstance(digest, str):
             self.hub_config_digest = digest
+        incarnation = message.info.get("incarnation")
+        restarted = False
+        if isinstance(incarnation, str) and incarnation != self.hub_incarnation:
+            restarted = bool(self.hub_incarnation)
+            self.hub_incarnation = incarnation
+        if restarted:
+            self.hub_restarts += 1
+            M.CONTROL_HUB_RESTARTS.inc()
+            log.warning("control %s: the hub restarted (now at version %d; we hold %d): re-basing onto its weights",
+                        self.client_id, message.version, self._local_version)
         if message.op == "stop" and not self.stop_requested:
             log.info("control %s: the hub requested stop", self.client_id)
             self.stop_requested = True
         changed = message.version != self.hub_version
         self.hub_version = message.version
         M.CONTROL_HUB_VERSION.set(message.version)
+        if restarted:
+            for listener in self._restart_listeners:
+                listener(message.version)
         if changed:
             for listener in self._listeners:
                 listener(message.version)

@@ -58,8 +58,12 @@ PROBLEMS_SKIPPED = Counter("rlef_actor_problems_skipped_total", "Problems not ru
 EPISODES_DROPPED = Counter(
     "rlef_actor_episodes_dropped_total",
     "Episodes dropped (never scored, never sent) because an execution kept failing on the infrastructure's side "
-    "after its retries, by reason (sandbox_error, refused).",
+    "after its retries, by reason (sandbox_error, refused), or because it began before a re-base onto a restarted "
+    "hub's weights (rebased).",
     ["reason"],
+)
+WEIGHTS_REBASES = Counter(
+    "rlef_actor_weights_rebases_total", "Re-bases onto a restarted hub's weights (applied even when their version number was lower)."
 )
 SANDBOX_RETRIES = Counter("rlef_actor_sandbox_retries_total", "Execution jobs resent after a sandbox_error answer (executor timeout, dead jail).")
 EPISODE_ERRORS = Counter("rlef_actor_episode_errors_total", "Episodes abandoned by an unexpected error, by error class.", ["error"])

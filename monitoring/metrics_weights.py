@@ -56,6 +56,9 @@ RECEIVER_RESTARTS = Counter(
 )
 RECEIVED_VERSION = Gauge("rlef_actor_weights_version", "Newest complete version received (-1: none).", ["transport"])
 CONTROL_HUB_VERSION = Gauge("rlef_actor_weights_hub_version", "The hub's version as last heard on the control channel.")
+CONTROL_HUB_RESTARTS = Counter(
+    "rlef_actor_weights_hub_restarts_total", "Hub restarts a peer noticed (the hub's incarnation nonce changed)."
+)
 CONTROL_CLIENT_BAD_MESSAGES = Counter(
     "rlef_actor_weights_control_bad_messages_total", "Malformed or unexpected control messages an actor dropped."
 )
