@@ -8,6 +8,12 @@ e.g. uuid4). No call ever hangs: after ``timeout_s`` a job is answered locally w
 - ``run_sync(job)`` / ``run_many_sync(jobs)``: with a plain ``Transport(config)``, for scripts.
 
 One client per event loop (async) or per thread (sync): like its ZeroMQ socket, it is not thread-safe.
+
+Broker restarts (async client): the broker keeps no durable state, so the jobs it held die with it. The
+client watches its socket (a ZeroMQ monitor): once the connection was lost and a new one is made (the
+broker is back), it re-sends every job still waiting, under the same ``job_id``: the broker drops a job_id
+it already holds, so a job sent twice while disconnected still runs once. No episode then waits out its
+whole timeout for a job the dead broker lost.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Iterable
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
@@ -118,7 +125,11 @@ class ExecutionClient:
         self.timeouts = 0
         self.bad_replies = 0
         self._pending: dict[str, asyncio.Future] = {}
+        self._frames: dict[str, bytes] = {}  # frame of each pending job, re-sent after a reconnection
+        self.resent = 0
         self._receiver: asyncio.Task | None = None
+        self._monitor: asyncio.Task | None = None
+        self._monitor_sock: zmq.Socket | None = None
         self._logged_bad = False
 
     # ------------------------------------------------------------ asyncio
@@ -137,8 +148,11 @@ class ExecutionClient:
         loop = asyncio.get_running_loop()
         if self._receiver is None or self._receiver.done():
             self._receiver = loop.create_task(self._receive())
+        if self._monitor is None or self._monitor.done():
+            self._monitor = loop.create_task(self._watch_connection())
         future: asyncio.Future = loop.create_future()
         self._pending[job.job_id] = future
+        self._frames[job.job_id] = frame
         m.CLIENT_PENDING.inc()
         try:
             # The send is inside the timeout too: with the send queue full (no broker) it would block.
@@ -147,6 +161,7 @@ class ExecutionClient:
             result = self._timed_out(job)
         finally:
             self._pending.pop(job.job_id, None)
+            self._frames.pop(job.job_id, None)
             m.CLIENT_PENDING.dec()
         self._account(result, start)
         return result
@@ -154,6 +169,26 @@ class ExecutionClient:
     async def _send_and_wait(self, frame: bytes, future: asyncio.Future) -> ExecutionResult:
         await self.sock.send(frame)
         return await future
+
+    async def _watch_connection(self) -> None:
+        """Re-send every pending job when the connection comes back after a loss (module docstring)."""
+        if self._monitor_sock is None:
+            self._monitor_sock = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        lost = False
+        while True:
+            event = parse_monitor_message(await self._monitor_sock.recv_multipart())["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                lost = True
+                log.warning("execution client %s: connection to %s lost; %d job(s) waiting will be re-sent on reconnect",
+                            self.client_id, self.endpoint, len(self._frames))
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and lost:
+                lost = False
+                frames = list(self._frames.values())
+                for frame in frames:
+                    await self.sock.send(frame)
+                self.resent += len(frames)
+                m.CLIENT_RESENT.inc(len(frames))
+                log.warning("execution client %s: reconnected to %s; re-sent %d job(s)", self.client_id, self.endpoint, len(frames))
 
     async def run_many(self, jobs: Iterable[ExecutionJob]) -> list[ExecutionResult]:
         return list(await asyncio.gather(*(self.run(job) for job in jobs)))
@@ -281,6 +316,13 @@ class ExecutionClient:
         if self._receiver is not None:
             self._receiver.cancel()
             self._receiver = None
+        if self._monitor is not None:
+            self._monitor.cancel()
+            self._monitor = None
+        if self._monitor_sock is not None:
+            self.sock.disable_monitor()
+            self._monitor_sock.close(0)
+            self._monitor_sock = None
         for future in self._pending.values():
             if not future.done():
                 future.cancel()

@@ -163,3 +163,52 @@ def test_service_over_curve(tmp_path: Path) -> None:
             client = ExecutionClient(transport, service.frontend, client_id="plain", timeout_s=1.0)
             assert client.run_sync(slow_job(tests=1, seconds=0)).error
             client.close()
+
+
+@pytest.mark.slow
+def test_a_broker_restart_resends_the_jobs_in_flight(tmp_path: Path) -> None:
+    """Issue 11 item 6: the broker dies (SIGKILL) while it runs a job; it restarts on the same ports; the
+    client re-sends the job under its job_id and gets its real result, long before its 120 s timeout."""
+    import asyncio
+    import urllib.request
+
+    from rlef.monitoring import metrics_execution_client as mc
+
+    port = _two_free_ports()
+
+    def broker_in_flight() -> float:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port - 1}/metrics", timeout=5).read().decode()
+        except OSError:
+            return -1.0
+        return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("rlef_executor_broker_in_flight "))
+
+    overrides = [*FAST_HEARTBEATS, f"executor.metrics_port={port}"]
+    with start_executor_service(tmp_path, workers=1, overrides=overrides) as service:
+        assert service.broker is not None
+        job = slow_job(tests=20, seconds=0.2)
+        resent0 = mc.CLIENT_RESENT._value.get()
+
+        async def scenario() -> ExecutionResult:
+            transport = Transport(TransportConfig(), asyncio=True)
+            client = ExecutionClient(transport, service.frontend, client_id="resend", timeout_s=120)
+            try:
+                task = asyncio.create_task(client.run(job))
+                # The precondition: the broker holds the job (dispatched to the worker) when it is killed.
+                deadline = time.monotonic() + 60
+                while await asyncio.to_thread(broker_in_flight) != 1.0:
+                    assert time.monotonic() < deadline and not task.done(), "the job never reached a worker"
+                    await asyncio.sleep(0.05)
+                service.broker.kill()
+                service.broker.wait()
+                service.start_broker()
+                result = await task
+                assert client.timeouts == 0 and client.resent >= 1
+                return result
+            finally:
+                client.close()
+                transport.close()
+
+        result = asyncio.run(scenario())
+    assert result.error == "" and result.passed and len(result.tests) == 20, result.error
+    assert mc.CLIENT_RESENT._value.get() - resent0 >= 1
