@@ -96,6 +96,19 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _evaluator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rlef.actor.evaluator import run_evaluator
+
+    config = config_from_args(args)
+    selection = asyncio.run(run_evaluator(config, index=args.index))
+    best = selection.best
+    print(f"evaluator: {len(selection.history)} evaluations; best version on {selection.key}: "
+          f"{'none' if best is None else best['version']} (see {config.run.run_dir / 'eval' / 'best.json'})")
+    return 0
+
+
 def _named_model(spec: str) -> tuple[str, str]:
     name, sep, path = spec.partition("=")
     if not sep or not name or not path or "/" in name:
@@ -146,6 +159,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="start a local broker and N executors for this evaluation (default 0: use the configured ones)")
     evaluate.add_argument("--probe-timeout", type=float, default=30.0,
                           help="seconds one trivial job may take before the evaluation fails naming the broker endpoint")
+    evaluator = subparsers.add_parser(
+        "evaluator",
+        help="the in-training evaluator: receives weights like an actor, evaluates the valid split every N versions, "
+             "marks the best checkpoint (RUN_DIR/eval/best.json)",
+        description="An actor in evaluation mode (config section `evaluator`): registers with the learner hub, receives "
+                    "every weight version, evaluates evaluator.split every evaluator.every_versions versions and "
+                    "writes RUN_DIR/eval/curve.jsonl, best.json and best-model/. Sends no rollouts.",
+    )
+    add_config_arguments(evaluator)
+    evaluator.add_argument("--index", type=int, default=0, help="evaluator index (its id is evaluator-<index>)")
+    evaluator.set_defaults(func=_evaluator)
+
     evaluate.add_argument("--fresh", action="store_true",
                           help="single evaluation: start over, dropping the episodes a previous run left in --output (default, "
                                "and always for --compare and the sweeps: resume, running only the episodes missing)")

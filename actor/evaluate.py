@@ -404,7 +404,7 @@ def evaluation_settings(config: Any, *, split: str, limit: int | None, protocol:
 
 async def run_episodes(
     config: Any, *, backend: Any, executor: Any, tokenizer: Any, problems: Sequence[Any], todo: Sequence[Any],
-    sink: Any, instance: str, actor_id: str = "evaluate", seed: int | None = None,
+    sink: Any, instance: str, actor_id: str = "evaluate", seed: int | None = None, stop: Any = None,
 ) -> Any:
     """Run one episode per entry of ``todo`` (problems, repeated) with the actor's runner; returns the runner
     (its ``skipped`` and ``errors``). Closes nothing: the in-training evaluator reuses backend and executor."""
@@ -415,7 +415,7 @@ async def run_episodes(
         actor_id=actor_id, instance=instance, feedback_problems=problems,
         seed=config.run.seed if seed is None else seed, final_test_set="all",
     )
-    await runner.run(len(todo))
+    await runner.run(len(todo), stop)
     return runner
 
 

@@ -293,6 +293,31 @@ class FinalEvaluationConfig(Section):
     executors: int = Field(1, ge=1, description="Local executors the evaluation starts (the training ones are stopped by then).")
 
 
+class EvaluatorConfig(Section):
+    """The in-training evaluator (`rlef evaluator`, an optional role of `rlef launch`): an actor in evaluation
+    mode that receives weights like an actor, scores the valid split every N versions and marks the best."""
+
+    enabled: bool = Field(False, description="rlef launch also starts the evaluator (needs weights.type zmq or filesystem).")
+    every_versions: int = Field(
+        10, ge=1, description="Evaluate when the newest version is this many past the last evaluated one (paper: every 800 updates).",
+    )
+    evaluate_initial: bool = Field(True, description="Also evaluate version 0 (the initial weights): the curve's first point.")
+    split: str | None = Field(None, description="Split evaluated and selected on (None = data.eval_split).")
+    limit: int | None = Field(None, gt=0, description="Only the first N problems of the split.")
+    protocol: Literal["1@3", "10@100"] = Field("1@3", description="Sampling of the paper's protocol (1@3: temperature 0.2, top-p 0.95).")
+    rollouts_per_problem: int = Field(3, ge=1, description="Episodes per problem and evaluation.")
+    select_on: Literal["1@3", "pass@1", "10@100"] = Field(
+        "1@3", description="Estimate the best checkpoint is selected on (ties keep the earlier version).",
+    )
+    export_best: bool = Field(True, description="Write the best version's weights as a Hugging Face model to run_dir/eval/best-model.")
+    episodes_in_flight: int | None = Field(None, ge=1, description="K of the evaluator (None = actor.episodes_in_flight).")
+    nice: int = Field(
+        10, ge=0, le=19,
+        description="Niceness the evaluator gives itself, so on a shared machine it takes CPU the learner and actors leave.",
+    )
+    metrics_port: int = Field(9400, ge=0, description="Prometheus port of the evaluator (0 = no server).")
+
+
 class DeployConfig(Section):
     actors: int = Field(1, ge=1, description="Actor processes.")
     executors: int = Field(1, ge=1, description="Executor processes (each a pool of executor.workers sandboxes).")
@@ -325,6 +350,7 @@ class RlefConfig(Section):
     transport: TransportConfig = TransportConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     deploy: DeployConfig = DeployConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "RlefConfig":

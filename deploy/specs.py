@@ -81,7 +81,17 @@ def role_specs(config: RlefConfig, config_path: Path, *, resume: bool = False, c
         ProcessSpec(f"actor-{i}", "actor", rlef_command("actor", "--config", cfg, _index("actor"), str(i)), env, cwd, index=i)
         for i in range(config.deploy.actors)
     ]
+    if config.evaluator.enabled:  # optional: off by default (config key evaluator.enabled)
+        specs.append(evaluator_spec(config, config_path, env, cwd))
     return specs
+
+
+def evaluator_spec(config: RlefConfig, config_path: Path, env: dict[str, str], cwd: str | None = None) -> ProcessSpec:
+    """The in-training evaluator (`rlef evaluator`): an actor in evaluation mode that selects the checkpoint
+    on the valid split (RUN_DIR/eval/best.json). Needs weights it can join late: zmq or filesystem."""
+    if config.weights.type == "collective":
+        raise ConfigError("evaluator.enabled needs weights.type zmq or filesystem (a collective group has a fixed set of actors)")
+    return ProcessSpec("evaluator-0", "evaluator", rlef_command("evaluator", "--config", str(config_path)), env, cwd)
 
 
 def _index(role: str) -> str:
@@ -104,6 +114,8 @@ def metrics_targets(config: RlefConfig, host: str = "127.0.0.1") -> list[tuple[s
         out += [("executor", f"{host}:{config.executor.metrics_port + i}", {"id": str(i)}) for i in range(config.deploy.executors)]
     if config.actor.metrics_port > 0:
         out += [("actor", f"{host}:{config.actor.metrics_port + i}", {"id": str(i)}) for i in range(config.deploy.actors)]
+    if config.evaluator.enabled and config.evaluator.metrics_port > 0:
+        out.append(("evaluator", f"{host}:{config.evaluator.metrics_port}", {"id": "0"}))
     return out
 
 
@@ -153,6 +165,8 @@ def with_free_ports(config: RlefConfig) -> RlefConfig:
         cfg.executor.metrics_port = free_port_block(cfg.deploy.executors + 1, taken) + 1
     if cfg.actor.metrics_port > 0:
         cfg.actor.metrics_port = free_port_block(cfg.deploy.actors, taken)
+    if cfg.evaluator.enabled and cfg.evaluator.metrics_port > 0:
+        cfg.evaluator.metrics_port = free_port_block(1, taken)
     if cfg.monitoring.start_prometheus:
         cfg.monitoring.prometheus_port = free_port_block(1, taken)
     if cfg.weights.type == "collective":

@@ -53,6 +53,7 @@ ACTOR = frozenset({"actor"})
 EXECUTOR = frozenset({"executor", "executor-broker"})
 LEARNER = frozenset({"learner"})
 ACTOR_LEARNER = frozenset({"actor", "learner"})
+EVALUATOR = frozenset({"evaluator"})
 
 OVERVIEW = (
     Panel("Rollouts per second", (
@@ -161,6 +162,19 @@ LEARNER_PANELS = (
         _q("max(rate(rlef_learner_wait_rollouts_seconds_total[5m]))", "waiting for rollouts (s/s)"),
     ), unit="s", roles=LEARNER),
     Panel("Hub buffer", (_q("max(rlef_learner_buffer_rollouts)", "rollouts waiting"),), unit="short", roles=LEARNER),
+    Panel("Valid solve rate (in-training evaluator)", (
+        _q('max(rlef_evaluator_solve_rate{estimate="1@3"})', "1@3 of the last evaluated version"),
+        _q('max(rlef_evaluator_solve_rate_ci_low{estimate="1@3"})', "95% CI low"),
+        _q('max(rlef_evaluator_solve_rate_ci_high{estimate="1@3"})', "95% CI high"),
+        _q("max(rlef_evaluator_best_solve_rate)", "best so far"),
+    ), unit="percentunit", min=0, max=1, roles=EVALUATOR,
+        description="The evaluator (evaluator.enabled) scores the valid split every evaluator.every_versions versions; "
+                    "RUN_DIR/eval/curve.jsonl holds every point, best.json the selected version."),
+    Panel("Evaluated and selected version", (
+        _q("max(rlef_evaluator_evaluated_version)", "last evaluated"),
+        _q("max(rlef_evaluator_best_version)", "selected (best on valid)"),
+        _q("max(rlef_policy_version{job=\"learner\"})", "learner", always=False),
+    ), unit="short", roles=EVALUATOR),
 )
 
 DASHBOARDS: dict[str, tuple[str, tuple[Panel, ...]]] = {

@@ -46,7 +46,8 @@ ROLE_RATIOS: dict[str, dict[str, tuple[str, str]]] = {
 }
 #: The counter whose value is a role's ``step`` in its metrics log.
 ROLE_STEP = {"actor": "rlef_actor_rollouts_sent_total", "executor": "rlef_executor_jobs_total",
-             "executor-broker": "rlef_executor_broker_jobs_total", "learner": "rlef_learner_updates_total"}
+             "executor-broker": "rlef_executor_broker_jobs_total", "learner": "rlef_learner_updates_total",
+             "evaluator": "rlef_evaluator_evaluations_total"}
 
 _snapshotter = None  # this process' metrics-log snapshotter (one per process)
 
@@ -104,6 +105,13 @@ def stop_metrics_log() -> None:
     snap, _snapshotter = _snapshotter, None
     if snap is not None:
         snap.stop()
+
+
+def snapshot_now() -> None:
+    """Write one metrics-log snapshot now (the evaluator calls it after each evaluation, so every curve point
+    is in the log even when evaluations are closer together than the snapshot interval)."""
+    if _snapshotter is not None:
+        _snapshotter._snapshot()  # noqa: SLF001 - same module family; the snapshotter serialises writes itself
 
 
 def beat(policy_version: int | None = None) -> None:
