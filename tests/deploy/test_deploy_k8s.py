@@ -37,7 +37,7 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 
 def workload(docs: list[dict], component: str) -> dict:
-    (found,) = [d for d in docs if d["kind"] in ("Deployment", "Job")
+    (found,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")
                 and d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == component]  # fmt: skip
     return found
 
@@ -142,15 +142,60 @@ def test_every_container_runs_a_real_rlef_command() -> None:
 
 def test_scrape_annotations_point_at_a_container_port_and_services_select_pods() -> None:
     docs = render("70b")
-    for w in [*by_kind(docs, "Deployment"), *by_kind(docs, "Job")]:
+    for w in [*by_kind(docs, "Deployment"), *by_kind(docs, "StatefulSet"), *by_kind(docs, "Job")]:
         template = w["spec"]["template"]
         notes = template["metadata"]["annotations"]
         ports = {p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
         assert notes["prometheus.io/scrape"] == "true" and int(notes["prometheus.io/port"]) in ports
-    labels = [w["spec"]["template"]["metadata"]["labels"] for w in [*by_kind(docs, "Deployment"), *by_kind(docs, "Job")]]
+    labels = [w["spec"]["template"]["metadata"]["labels"]
+              for w in [*by_kind(docs, "Deployment"), *by_kind(docs, "StatefulSet"), *by_kind(docs, "Job")]]
     for svc in by_kind(docs, "Service"):
         selector = {k: v for k, v in svc["spec"]["selector"].items() if k != "batch.kubernetes.io/job-completion-index"}
         assert any(selector.items() <= lab.items() for lab in labels), svc["metadata"]["name"]
+
+
+def _run_pod_script(container: dict, pod_name: str, tmp_path: Path) -> list[str]:
+    """Run a container's /bin/sh script for real, with a stand-in `rlef` that prints the argv it was given."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "rlef").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    (fake / "rlef").chmod(0o755)
+    assert container["command"] == ["/bin/sh", "-c"]
+    out = subprocess.run(["/bin/sh", "-c", container["args"][0]], capture_output=True, text=True, check=True,
+                         env={"PATH": f"{fake}:/usr/bin:/bin", "POD_NAME": pod_name})
+    return out.stdout.splitlines()
+
+
+def test_actors_and_executors_are_statefulsets_with_ordinal_shards(tmp_path: Path) -> None:
+    """Issue 11 item 11: a pod's shard is its StatefulSet ordinal, not a hash of a random pod name (which let
+    two pods take one shard): the pod scripts run for real on each pod name of the set."""
+    docs = render("8b")
+    headless = {s["metadata"]["name"] for s in by_kind(docs, "Service") if s["spec"].get("clusterIP") == "None"}
+    replicas = {}
+    for component in ("actor", "executor"):
+        w = workload(docs, component)
+        assert w["kind"] == "StatefulSet" and w["spec"]["podManagementPolicy"] == "Parallel"
+        assert w["spec"]["serviceName"] in headless
+        replicas[component] = w["spec"]["replicas"]
+    actor = workload(docs, "actor")
+    (container,) = actor["spec"]["template"]["spec"]["containers"]
+    name = actor["metadata"]["name"]
+    indices = []
+    for ordinal in range(replicas["actor"]):
+        argv = _run_pod_script(container, f"{name}-{ordinal}", tmp_path)
+        indices.append(int(argv[argv.index("--actor-index") + 1]))
+        assert f"actor.metrics_port={9300 - indices[-1]}" in argv or any(a.startswith("actor.metrics_port=") for a in argv)
+    assert indices == list(range(replicas["actor"]))  # every shard once, in ordinal order
+    cfg = rendered_config(docs, tmp_path)
+    assert cfg.deploy.actors == replicas["actor"] == 160
+    # Scaled past deploy.actors without a helm upgrade: wraps around instead of failing the shard check.
+    argv = _run_pod_script(container, f"{name}-{replicas['actor'] + 3}", tmp_path)
+    assert argv[argv.index("--actor-index") + 1] == "3"
+    executor = workload(docs, "executor")
+    (container,) = executor["spec"]["template"]["spec"]["containers"]
+    ids = [_run_pod_script(container, f"{executor['metadata']['name']}-{k}", tmp_path) for k in range(3)]
+    assert [argv[argv.index("--id") + 1] for argv in ids] == ["executor-0", "executor-1", "executor-2"]
+    assert all(argv[0] == "executor" and "--index" not in argv for argv in ids)
 
 
 def test_curve_secret_is_mounted_at_the_configured_keys_dir(tmp_path: Path) -> None:
