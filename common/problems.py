@@ -23,7 +23,7 @@ FUNCTION_HARNESS = "\n\n# --- rlef test harness: runs the test statement given o
 @dataclass(frozen=True)
 class Problem:
     problem_id: str
-    dataset: Literal["codecontests", "humaneval", "sample"]
+    dataset: Literal["codecontests", "humaneval", "sample", "humanevalplus", "mbppplus"]
     split: str
     description: str
     public_tests: list[TestCase]
