@@ -184,6 +184,15 @@ class ZmqWeights(Section):
     credit: int = Field(8, ge=1, description="Chunks in flight per receiver (ZeroMQ guide's credit-based flow control).")
     poll_interval_s: float = Field(0.5, gt=0, description="An idle receiver asks the hub for a newer version this often.")
     stall_timeout_s: float = Field(10.0, gt=0, description="A transfer without progress for this long is restarted.")
+    relay: bool = Field(
+        True, description="Receivers relay chunks to each other in a chain the hub orders: the hub sends about one "
+        "copy per version whatever the number of actors (false: every receiver fetches from the hub)."
+    )
+    relay_host: str | None = Field(
+        None, description="Address peers reach this receiver's relay at (None: 127.0.0.1 when the learner host is "
+        "loopback, else this host's name); the relay binds a free port on all interfaces."
+    )
+    relay_stall_s: float = Field(3.0, gt=0, description="A relay peer that sends nothing for this long is bypassed (the hub serves the rest).")
 
 
 class CollectiveWeights(Section):

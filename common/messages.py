@@ -338,13 +338,19 @@ class WeightsManifest(Message, tag=_tag("weights_manifest"), kw_only=True):
     total_bytes: Annotated[int, Meta(ge=0, le=MAX_WEIGHTS_BYTES)]
     chunk_bytes: Annotated[int, Meta(gt=0, le=MAX_BIN_BYTES)]  # every chunk but the last carries exactly this many
     num_chunks: NonNegInt
-    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]  # of the whole flat payload
+    # Integrity (CURVE authenticates; this only guards against corruption): the xxh3-64 of each chunk as
+    # little-endian uint64s, so every chunk is checked as it lands (and before a relay forwards it), and
+    # ``checksum``, the xxh3-64 of those bytes in hex: one name for the whole version's content.
+    chunk_xxh3: Annotated[bytes, Meta(max_length=MAX_BIN_BYTES)]
+    checksum: Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")]
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0:  # decode checks the bound first; this guards Python construction
             raise ValueError(f"chunk_bytes {self.chunk_bytes} must be positive")
         if self.num_chunks != -(-self.total_bytes // self.chunk_bytes):
             raise ValueError(f"num_chunks {self.num_chunks} does not cover {self.total_bytes} bytes")
+        if len(self.chunk_xxh3) != 8 * self.num_chunks:
+            raise ValueError(f"chunk_xxh3 has {len(self.chunk_xxh3)} bytes for {self.num_chunks} chunks (8 each)")
         end = 0
         for spec in self.tensors:
             if spec.offset < end or spec.offset + spec.nbytes > self.total_bytes:
@@ -353,10 +359,13 @@ class WeightsManifest(Message, tag=_tag("weights_manifest"), kw_only=True):
 
 
 class WeightsChunk(Message, tag=_tag("weights_chunk"), kw_only=True):
+    """One chunk of a version. On the zmq channel ``data`` is empty and the chunk's bytes follow as the next
+    frame of the same multipart message (received straight into the version's buffer, never re-encoded)."""
+
     KIND: ClassVar[str] = "weights_chunk"
     version: NonNegInt
     index: NonNegInt
-    data: _Bin
+    data: _Bin = b""
 
 
 class WeightsRequest(Message, tag=_tag("weights_request"), kw_only=True):
@@ -370,6 +379,17 @@ class WeightsRequest(Message, tag=_tag("weights_request"), kw_only=True):
     receiver_id: ID
     version: Annotated[int, Meta(ge=-1)] = -1
     index: NonNegInt = 0
+    relay: Annotated[str, Meta(max_length=MAX_ID_LEN)] = ""  # get: where this receiver serves peers ("" none)
+    dead: Annotated[str, Meta(max_length=MAX_ID_LEN)] = ""  # get: a relay endpoint this receiver saw die
+
+
+class WeightsSource(Message, tag=_tag("weights_source"), kw_only=True):
+    """Hub -> receiver, just before a manifest: fetch that version's chunks from ``endpoint`` (a peer that
+    relays them) instead of the hub (``""``). See rlef.common.weights.zmq_transport (fan-out)."""
+
+    KIND: ClassVar[str] = "weights_source"
+    version: NonNegInt
+    endpoint: Annotated[str, Meta(max_length=MAX_ID_LEN)] = ""
 
 
 # ---------------------------------------------------------------- control
@@ -388,7 +408,8 @@ class Control(Message, tag=_tag("control"), kw_only=True):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (ExecutionJob, ExecutionResult, Rollout, WeightsManifest, WeightsChunk, WeightsRequest, Control)
+    cls.KIND: cls for cls in (ExecutionJob, ExecutionResult, Rollout, WeightsManifest, WeightsChunk, WeightsRequest,
+                               WeightsSource, Control)
 }
 
 M = TypeVar("M", bound=Message)

@@ -21,6 +21,8 @@ directory of safetensors; :mod:`.filesystem`).
 
 from __future__ import annotations
 
+import socket
+
 from rlef.common.config import CollectiveWeights, FilesystemWeights, RlefConfig, ZmqWeights
 from rlef.common.errors import ConfigError
 from rlef.common.transport import Transport
@@ -72,9 +74,15 @@ def make_receiver(config: RlefConfig, transport: Transport, receiver_id: str) ->
     if isinstance(weights, ZmqWeights):
         from rlef.common.weights.zmq_transport import ZmqReceiver
 
+        relay_bind, relay_host = None, None
+        if weights.relay:
+            loopback = config.endpoints.learner_host in ("127.0.0.1", "localhost", "::1")
+            relay_host = weights.relay_host or ("127.0.0.1" if loopback else socket.gethostname())
+            relay_bind = "tcp://127.0.0.1:0" if loopback and weights.relay_host is None else "tcp://*:0"
         return ZmqReceiver(
             transport, config.endpoints.learner(config.endpoints.weights_port), receiver_id,
             credit=weights.credit, poll_interval_s=weights.poll_interval_s, stall_timeout_s=weights.stall_timeout_s,
+            relay_bind=relay_bind, relay_host=relay_host, relay_stall_s=weights.relay_stall_s,
         )
     if isinstance(weights, CollectiveWeights):
         from rlef.common.weights.collective import CollectiveReceiver

@@ -33,7 +33,7 @@ class ReceivedWeights:
     version: int
     tensors: dict[str, torch.Tensor]
     path: Path | None = None
-    sha256: str = ""
+    checksum: str = ""  # names the version's content (zmq/collective: the manifest's xxh3; filesystem: the file's sha256)
     nbytes: int = 0
     seconds: float = field(default=0.0, compare=False)
 

@@ -10,8 +10,8 @@ stalls every later broadcast until ``timeout_s`` and the group cannot grow. Elas
 Per version (sequence number ``k`` = 1, 2, ...): the hub sets store key ``seq/k`` (receivers idle in
 ``store.wait`` on it, not in a collective, so an idle period never trips the collective timeout), then
 broadcasts the encoded msgpack :class:`~rlef.common.messages.WeightsManifest` (its length as one int64,
-then its bytes), then the flat payload (same layout and sha256 as the zmq transport,
-:mod:`rlef.common.weights.packing`) in buckets of ``bucket_bytes``. Receivers verify the sha256 before a
+then its bytes), then the flat payload (same layout and per-chunk xxh3 checksums as the zmq transport, one chunk
+per bucket, :mod:`rlef.common.weights.packing`) in buckets of ``bucket_bytes``. Receivers verify the checksums before a
 version becomes visible to ``poll``. If the hub gets several versions while a broadcast is running, only the
 newest is broadcast next (superseded ones are skipped by everybody).
 
@@ -23,7 +23,6 @@ here): with ``backend="nccl"`` each bucket is staged through a CUDA buffer on th
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
 import threading
 import time
@@ -35,7 +34,7 @@ import torch.distributed as dist
 from rlef.common.errors import MessageError, TransportError, WeightsError
 from rlef.common.messages import WeightsManifest, decode, encode
 from rlef.common.weights.base import ReceivedWeights, ThreadedReceiver, WeightPublisher
-from rlef.common.weights.packing import HASH_BLOCK, PackedVersion, pack, populated, unpack
+from rlef.common.weights.packing import PackedVersion, first_bad_chunk, pack, populated, unpack
 from rlef.monitoring import metrics_weights as M
 
 log = logging.getLogger(__name__)
@@ -77,15 +76,10 @@ class _Group:
             tensor.copy_(staged.cpu())
 
 
-def _broadcast_payload(group: _Group, payload: torch.Tensor, bucket_bytes: int, hasher: "hashlib._Hash | None") -> None:
+def _broadcast_payload(group: _Group, payload: torch.Tensor, bucket_bytes: int) -> None:
     total = payload.numel()
     for start in range(0, total, bucket_bytes):
-        bucket = payload[start : min(start + bucket_bytes, total)]
-        group.broadcast(bucket)
-        if hasher is not None:
-            view = memoryview(bucket.numpy()).cast("B")
-            for block in range(0, len(view), HASH_BLOCK):
-                hasher.update(view[block : block + HASH_BLOCK])
+        group.broadcast(payload[start : min(start + bucket_bytes, total)])
 
 
 class CollectivePublisher(WeightPublisher):
@@ -169,7 +163,7 @@ class CollectivePublisher(WeightPublisher):
                 self._store.set(f"seq/{seq}", str(packed.manifest.version))
                 group.broadcast(torch.tensor([len(header)], dtype=torch.int64))
                 group.broadcast(torch.frombuffer(bytearray(header), dtype=torch.uint8))
-                _broadcast_payload(group, packed.payload, self.bucket_bytes, None)
+                _broadcast_payload(group, packed.payload, self.bucket_bytes)
                 M.SENT_BYTES.labels(NAME).inc(packed.manifest.total_bytes * (self.world_size - 1))
                 with self._cond:
                     self._broadcast = packed.manifest.version
@@ -253,16 +247,15 @@ class CollectiveReceiver(ThreadedReceiver):
             raise WeightsError(f"collective weights: bad manifest from the hub: {exc}") from exc
         started = time.monotonic()
         payload = populated(manifest.total_bytes)
-        hasher = hashlib.sha256()
-        _broadcast_payload(group, payload, self.bucket_bytes, hasher)
+        _broadcast_payload(group, payload, self.bucket_bytes)
         M.RECEIVED_BYTES.labels(NAME).inc(manifest.total_bytes)
-        if hasher.hexdigest() != manifest.sha256:
+        if manifest.total_bytes and first_bad_chunk(manifest, memoryview(payload.numpy()).cast("B")) is not None:
             self.checksum_failures += 1
             M.CHECKSUM_FAILURES.labels(NAME).inc()
-            log.warning("collective weights receiver %s: version %d failed its sha256; not applied (the next "
+            log.warning("collective weights receiver %s: version %d failed its checksum; not applied (the next "
                         "version replaces it)", self.receiver_id, manifest.version)
             return
-        received = ReceivedWeights(version=manifest.version, tensors=unpack(manifest, payload), sha256=manifest.sha256,
+        received = ReceivedWeights(version=manifest.version, tensors=unpack(manifest, payload), checksum=manifest.checksum,
                                    nbytes=manifest.total_bytes, seconds=time.monotonic() - started)
         M.RECEIVE_SECONDS.labels(NAME).observe(received.seconds)
         M.RECEIVED_VERSION.labels(NAME).set(manifest.version)

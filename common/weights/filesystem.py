@@ -197,7 +197,7 @@ class FilesystemReceiver(ThreadedReceiver):
                         directory, exc)
             return
         seconds = time.monotonic() - started
-        received = ReceivedWeights(version=version, tensors=tensors, path=path, sha256=digest,
+        received = ReceivedWeights(version=version, tensors=tensors, path=path, checksum=digest,
                                    nbytes=path.stat().st_size if path.exists() else 0, seconds=seconds)
         M.RECEIVED_BYTES.labels(NAME).inc(received.nbytes)
         M.RECEIVE_SECONDS.labels(NAME).observe(seconds)

@@ -160,9 +160,11 @@ def manifests(draw: st.DrawFn) -> WeightsManifest:
         offset += nbytes
     total = offset + draw(st.integers(0, 64))
     chunk = draw(st.integers(1, 4096))
+    chunk = max(chunk, -(-total // 256))  # at most 256 chunks: 8 checksum bytes each
     return WeightsManifest(
         version=draw(i64), tensors=specs, total_bytes=total, chunk_bytes=chunk, num_chunks=-(-total // chunk),
-        sha256=draw(st.binary(min_size=32, max_size=32)).hex(),
+        chunk_xxh3=draw(st.binary(min_size=8 * -(-total // chunk), max_size=8 * -(-total // chunk))),
+        checksum=draw(st.binary(min_size=8, max_size=8)).hex(),
     )
 
 
@@ -188,8 +190,11 @@ STRATEGIES: dict[str, st.SearchStrategy[Message]] = {
 if "weights_request" in MESSAGE_TYPES:  # the zmq weights channel's request (rlef.common.weights.zmq)
     STRATEGIES["weights_request"] = st.builds(
         MESSAGE_TYPES["weights_request"], op=st.sampled_from(["get", "fetch"]), receiver_id=ids,
-        version=st.integers(-1, 2**40), index=st.integers(0, 2**40),
+        version=st.integers(-1, 2**40), index=st.integers(0, 2**40), relay=st.text(max_size=40),
+        dead=st.text(max_size=40),
     )
+if "weights_source" in MESSAGE_TYPES:  # fan-out: which peer relays a version's chunks
+    STRATEGIES["weights_source"] = st.builds(MESSAGE_TYPES["weights_source"], version=i64, endpoint=st.text(max_size=60))
 
 # ---------------------------------------------------------------- round trips
 
@@ -274,7 +279,7 @@ VALID: dict[str, Message] = {
     "weights_manifest": WeightsManifest(
         version=1, tensors=[TensorSpec(name="w", shape=[2, 3], dtype="float32", offset=0, nbytes=24),
                             TensorSpec(name="b", shape=[3], dtype="bfloat16", offset=32, nbytes=6)],
-        total_bytes=38, chunk_bytes=16, num_chunks=3, sha256="0" * 64),
+        total_bytes=38, chunk_bytes=16, num_chunks=3, chunk_xxh3=bytes(24), checksum="0" * 16),
     "weights_chunk": WeightsChunk(version=1, index=0, data=b"\x00" * 16),
     "control": Control(op="register", sender_id="actor-0", role="actor", capabilities=["vllm"], info={"k": 1}),
 }
@@ -365,7 +370,8 @@ INVALID = [
     ("weights_manifest", "tensors.0.nbytes", 20, "tensors.0"),  # not 2*3*4
     ("weights_manifest", "tensors.0.shape", [-2, -3], "tensors.0.shape.0"),
     ("weights_manifest", "tensors.0.dtype", "float64", "tensors.0.dtype"),
-    ("weights_manifest", "sha256", "g" * 64, "sha256"),
+    ("weights_manifest", "checksum", "g" * 16, "checksum"),
+    ("weights_manifest", "chunk_xxh3", bytes(16), None),  # 2 checksums for 3 chunks
     ("weights_manifest", "total_bytes", 1 << 50, "total_bytes"),
 ]
 
@@ -470,7 +476,8 @@ def test_long_top_level_lists_take_the_streaming_pass() -> None:
                        limits=Limits(time_s=1.0, memory_bytes=1 << 20))
     assert decode(encode(job), ExecutionJob) == job
     specs = [TensorSpec(name=f"t{i}", shape=[4], dtype="int32", offset=16 * i, nbytes=16) for i in range(500)]
-    manifest = WeightsManifest(version=2, tensors=specs, total_bytes=8000, chunk_bytes=1000, num_chunks=8, sha256="a" * 64)
+    manifest = WeightsManifest(version=2, tensors=specs, total_bytes=8000, chunk_bytes=1000, num_chunks=8,
+                               chunk_xxh3=bytes(64), checksum="a" * 16)
     assert decode(encode(manifest)) == manifest
     # ... and still reject a too-long nested list and trailing bytes on that path.
     tree = payload("execution_job")

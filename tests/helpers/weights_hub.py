@@ -12,12 +12,13 @@ from rlef.common.messages import Control, WeightsRequest, decode, encode
 from rlef.common.transport import Transport
 from rlef.common.weights.packing import PackedVersion
 
-ChunkReply = Callable[[int, int, bytes], "bytes | None"]
+ChunkReply = Callable[[int, int, bytes], "bytes | list | None"]
 
 
 class ScriptedHub:
     """Answers ``get`` with the manifest of ``packed`` (or an ack once the receiver holds it) and ``fetch``
-    through ``chunk_reply(version, index, data) -> frame | None`` (None: no answer)."""
+    through ``chunk_reply(version, index, data) -> frame(s) | None`` (a list is sent as one multipart
+    message, e.g. ``encode_chunk``'s header + bytes; None: no answer)."""
 
     def __init__(self, transport: Transport, endpoint: str, packed: PackedVersion, chunk_reply: ChunkReply):
         self.sock = transport.server(zmq.ROUTER, endpoint)
@@ -46,7 +47,7 @@ class ScriptedHub:
                 self.fetches += 1
                 reply = self.chunk_reply(request.version, request.index, bytes(self.packed.chunk(request.index)))
             if reply is not None:
-                self.sock.send_multipart([identity, reply])
+                self.sock.send_multipart([identity, *(reply if isinstance(reply, list) else [reply])])
 
     def close(self) -> None:
         self._stop.set()
