@@ -476,6 +476,7 @@ async def run_evaluation(
     started = time.perf_counter()
     skipped: dict[str, str] = {}
     errors: list[str] = []
+    episode_seconds = 0.0
     errored: list[tuple[str, str]] = []  # episodes dropped for infrastructure failures: not in episodes.jsonl, rerun on resume
     sink = _CollectSink(episodes_path)
     if todo:
@@ -494,8 +495,10 @@ async def run_evaluation(
             with Bar(*columns, transient=False) as bar:
                 sink.progress, sink.task = bar, bar.add_task("episodes", total=total, completed=len(kept))
                 sink.eta = Progress(total, len(kept))
+                episodes_started = time.perf_counter()
                 runner = await run_episodes(config, backend=backend, executor=executor, tokenizer=tokenizer,
                                             problems=problems, todo=todo, sink=sink, instance=instance, seed=seed)
+            episode_seconds = time.perf_counter() - episodes_started
             skipped = {pid: reason for pid, reason in runner.skipped}  # one reason per problem (it repeats R times)
             errors = list(runner.errors)
             errored = list(runner.dropped)
@@ -507,6 +510,7 @@ async def run_evaluation(
     elif backend is not None:
         await backend.close()
     settings["seconds"] = round(time.perf_counter() - started, 3)
+    settings["episode_seconds"] = round(episode_seconds, 3)  # running episodes only (no model load): throughput
     settings["resumed_episodes"] = len(kept)
     episodes = [summary_from_line(line) for line in kept] + sink.episodes
     report = aggregate(settings, [p.problem_id for p in problems], episodes, skipped.items(), errors,

@@ -188,3 +188,19 @@ def test_evaluator_process_registers_evaluates_and_stops(tiny_model_dir, executo
     records = list(read_metrics_log(tmp_path / "run" / "metrics" / "evaluator-0.jsonl"))
     assert records and any(r.values.get("rlef_evaluator_evaluated_version") == 0 for r in records)
     assert records[-1].step == 1
+
+
+def test_report_section_shows_the_curve_and_the_selection(tmp_path):
+    from rlef.monitoring.report_evaluator import evaluator_section
+
+    assert evaluator_section(tmp_path, tmp_path / "report") is None
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    points = [{"version": v, "seconds": 3.0, "episodes": 6, "estimates": {"1@3": {"mean": m, "ci_low": m / 2, "ci_high": m}}}
+              for v, m in ((0, 0.25), (10, 0.5), (20, 0.4))]
+    (eval_dir / "curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points) + '{"torn')
+    (eval_dir / "best.json").write_text(json.dumps({"select_on": "1@3", "split": "valid", "best": {"version": 10, "checkpoint": None,
+                                                    "model_dir": "m"}, "latest": {"version": 20}, "final_checkpoint": "c"}))
+    md = evaluator_section(tmp_path, tmp_path / "report")
+    assert "| 10 (selected) | 50.0 [25.0, 50.0] |" in md and "| 20 | 40.0" in md and "version 10, checkpoint" in md
+    assert (tmp_path / "report" / "eval-curve.png").read_bytes()[:4] == b"\x89PNG"
