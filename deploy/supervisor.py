@@ -63,7 +63,7 @@ class Supervisor:
         """Poll every process once; returns the run's exit code when it has ended, else None."""
         for proc in self.processes:
             code = proc.poll(now)
-            if code and proc.spec.kill_leftovers:
+            if code:  # died (not done): what it left re-parented to us is garbage, and may hold its ports
                 self._kill_orphans(proc)
             if code is not None and (not proc.spec.restart or (proc.spec.ends_run and proc.state is State.EXITED)):
                 self.ended_by = proc.spec.name
@@ -127,8 +127,10 @@ class Supervisor:
 
     def _kill_orphans(self, dead: ManagedProcess) -> None:
         """SIGKILL every process re-parented to us (we are a subreaper) that no managed child owns, with its
-        tree: after ``dead`` died they are what is left of it (torchrun's ranks once the agent got SIGKILL),
-        even those started too shortly before its death for its own tree snapshot to have seen them."""
+        tree: after ``dead`` died they are what is left of it (torchrun's ranks once the agent got SIGKILL, an
+        executor's jails, a forked helper of an actor still holding its metrics port: seen in the chaos test
+        as "Address already in use" on the actor's restart), even those started too shortly before its death
+        for a tree snapshot to have seen them."""
         me = os.getpid()
         managed = {p.popen.pid for p in self.processes if p.popen is not None and p.popen.poll() is None}
         orphans = {pid for pid, parent in _ppid_map().items()
