@@ -156,6 +156,20 @@ def batches(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def spooled(run_dir: Path) -> int:
+    """Whole rollout frames in the hub's spool (read without disturbing the learner: append mode, no writes)."""
+    from rlef.learner.buffer import Spool
+
+    path = run_dir / "learner" / "rollout-spool.bin"
+    if not path.exists():
+        return 0
+    spool = Spool(path)
+    try:
+        return len(spool.read())
+    finally:
+        spool.close()
+
+
 def wait_for(pred, timeout: float, proc: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -210,7 +224,10 @@ def test_kill_resume_rejects_and_export(learner_model_dir, tmp_path):
             pusher.push(1, give_up=lambda: proc.poll() is not None)
             time.sleep(0.1)
         assert proc.wait(timeout=30) == 0, log_path.read_text()[-4000:]
-        time.sleep(1.0)
+        # The real condition (was a bare 1 s sleep): the receiver holds the last version the learner published.
+        end = time.monotonic() + 30
+        while received.get("latest", (-1,))[0] != 8 and time.monotonic() < end:
+            time.sleep(0.05)
         stop_rx.set()
         rx.join()
         receiver.close()
@@ -221,12 +238,15 @@ def test_kill_resume_rejects_and_export(learner_model_dir, tmp_path):
             kill9(proc)
 
     all_batches = batches(run_dir)
-    resumed = all_batches[len(first):]
+    # The resumed learner rolled the batch log back to its checkpoint: the lost batch is listed apart.
+    assert all_batches[: saved["batches"]] == first[: saved["batches"]]
+    rolled_back = [json.loads(line) for line in (run_dir / "learner" / "batches-rolled-back.jsonl").read_text().splitlines()]
+    assert rolled_back == lost
+    resumed = all_batches[saved["batches"]:]
     assert resumed[0]["batch"] == saved["batches"] + 1
     assert resumed[0]["step"] == saved["step"] + 2 and resumed[0]["version"] == saved["version"] + 1
     assert resumed[-1]["step"] == 16 and resumed[-1]["version"] == 8
-    effective = [b for b in first if b["batch"] <= saved["batches"]] + resumed
-    ids = [rid for b in effective for rid in b["rollout_ids"]]
+    ids = [rid for b in all_batches for rid in b["rollout_ids"]]  # the batch log is the effective history
     assert len(ids) == len(set(ids)) == 8 * 4, "a rollout was trained on twice"
     assert not any(rid.startswith("bad-") for rid in ids)
     lost_ids = {rid for b in lost for rid in b["rollout_ids"]}
@@ -271,13 +291,19 @@ def test_sigterm_writes_a_final_checkpoint_and_keeps_waiting_rollouts(learner_mo
     try:
         pusher.push(6)  # one batch of 4 + 2 waiting (and one round of malformed frames)
         wait_for(lambda: len(batches(run_dir)) >= 1, 240, proc, log_path)
-        time.sleep(1.0)
+        # The precondition (was a bare 1 s sleep): the 2 rollouts beyond the batch reached the hub's spool.
+        wait_for(lambda: spooled(run_dir) == 6, 120, proc, log_path)
         proc.send_signal(signal.SIGTERM)  # torchrun forwards it to its workers
-        proc.wait(timeout=120)
+        code = proc.wait(timeout=120)
     finally:
         pusher.close()
         if proc.poll() is None:
             kill9(proc)
+    log_text = log_path.read_text()
+    # Both ranks stopped through the learner's own SIGTERM path (finish the step, checkpoint, return) ...
+    assert log_text.count("learner done: step 2, version 1, 1 batches") == 2, log_text[-4000:]
+    # ... and torchrun itself, signalled, ends with its SignalException: exit code 1 (never a kill by us).
+    assert code == 1 and "SignalException: Process" in log_text, (code, log_text[-4000:])
     (final,) = sorted((run_dir / "checkpoints").glob("step-*"))
     assert final.name == "step-00000002" and (final / "COMPLETE").exists()
     state = json.loads((final / "trainer_state.json").read_text())
