@@ -229,6 +229,9 @@ def chrf_plot(named: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> P
         ax.errorbar([t for t, _ in pts], [e["mean"] for _, e in pts],
                     yerr=[[e["mean"] - e["ci_low"] for _, e in pts], [e["ci_high"] - e["mean"] for _, e in pts]],
                     fmt="o-", capsize=3, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("turn (distance to the previous turn's program)")
     ax.set_ylabel("1 - chrF")
     ax.set_ylim(0, 1)
