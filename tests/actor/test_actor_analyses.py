@@ -179,3 +179,21 @@ def test_probe_fails_at_once_naming_the_endpoint():
     with pytest.raises(NoExecutorError, match=f"tcp://127.0.0.1:{port}") as err:
         probe(config, timeout_s=1.0)
     assert "--executors N" in str(err.value)
+
+
+@pytest.mark.slow
+def test_rlef_evaluate_without_an_executor_fails_naming_the_endpoint(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers.executor_service import free_port
+
+    port = free_port()
+    rlef = str(Path(sys.executable).with_name("rlef"))
+    proc = subprocess.run([rlef, "evaluate", "--probe-timeout", "2", "--output", str(tmp_path / "out"),
+                           f"endpoints.broker_frontend_port={port}", "data.dataset=sample", "data.path=null"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"no executor answered at tcp://127.0.0.1:{port}" in proc.stderr
+    assert not (tmp_path / "out" / "episodes.jsonl").exists()  # nothing ran
