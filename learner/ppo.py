@@ -28,6 +28,7 @@ from rlef.common.config import RlefConfig
 from rlef.common.messages import Rollout
 from rlef.learner import models, objective as O
 from rlef.learner.batching import Layout, MicroBatch, Sequence, collate, dummy_micro_batch, layout, plan_micro_batches, to_sequence
+from rlef.learner.logprobs import response_logprobs
 from rlef.learner.parallel import materialize, parallelize
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,13 @@ class PPOLearner:
         picked = logits[mb.resp_rows.to(self.device), mb.resp_cols.to(self.device)]
         return O.token_logprobs(picked, mb.resp_targets.to(self.device)), picked
 
+    def _response_logprobs(self, model: nn.Module, mb: MicroBatch, with_entropy: bool = False):
+        """(log-prob of every response token, its entropy or None) without the [B, T, vocab] logits: the head
+        runs on the response positions only, in chunks (rlef.learner.logprobs; same numbers)."""
+        dev = lambda t: t.to(self.device)  # noqa: E731
+        return response_logprobs(model, dev(mb.input_ids), dev(mb.attention_mask), dev(mb.resp_rows),
+                                 dev(mb.resp_cols), dev(mb.resp_targets), with_entropy=with_entropy)
+
     def _values(self, model: nn.Module, mb: MicroBatch) -> torch.Tensor:
         out = self._logits(model, mb)[..., 0].float()
         return out[mb.value_rows.to(self.device), mb.value_cols.to(self.device)], out
@@ -143,8 +151,8 @@ class PPOLearner:
         logpi_old, logrho = torch.zeros(N), torch.zeros(N)
         V_old = torch.zeros(lay.num_turns)
         for mb in self._micro_batches(seqs, lay):
-            logpi_old[mb.resp_index] = self._token_logprobs(self._logits(self.policy, mb), mb)[0].cpu().float()
-            logrho[mb.resp_index] = self._token_logprobs(self._logits(self.reference, mb), mb)[0].cpu().float()
+            logpi_old[mb.resp_index] = self._response_logprobs(self.policy, mb)[0].cpu().float()
+            logrho[mb.resp_index] = self._response_logprobs(self.reference, mb)[0].cpu().float()
             V_old[mb.value_index] = self._values(self.value, mb)[0].cpu()
         E = len(seqs)
         V_old = V_old.reshape(E, K).double()
@@ -203,13 +211,14 @@ class PPOLearner:
         acc = torch.zeros(7, dtype=torch.float64)
         t0 = time.perf_counter()
         for mb in self._micro_batches(seqs, sub):
-            logits = self._logits(self.policy, mb)
-            logpi, picked = self._token_logprobs(logits, mb)
-            V, vout = self._values(self.value, mb)
             if len(mb.resp_index) == 0:  # dummy: run the collectives, contribute nothing
+                logits = self._logits(self.policy, mb)
+                V, vout = self._values(self.value, mb)
                 loss = logits.sum() * 0.0 + vout.sum() * 0.0
                 loss.backward()
                 continue
+            logpi, token_entropy = self._response_logprobs(self.policy, mb, with_entropy=True)
+            V, vout = self._values(self.value, mb)
             dev = lambda t: t.to(self.device)  # noqa: E731
             ri, vi = mb.resp_index, mb.value_index
             A_tok = dev(A_flat[sub.token_turn[ri]].float())
@@ -223,7 +232,7 @@ class PPOLearner:
                     pi_terms.sum().item(), v_terms.sum().item(),
                     ((ratio.detach() - 1).abs() > self.cfg.clip_eps).sum().item(),
                     (torch.exp(log_r) - 1 - log_r).sum().item(),
-                    O.entropy(picked.detach()).sum().item(),
+                    token_entropy.sum().item(),
                     float(mb.num_tokens), 0.0,
                 ], dtype=torch.float64)
         grad_norms = {name: self._clip(model) for name, model in (("policy", self.policy), ("value", self.value))}
