@@ -194,15 +194,25 @@ class Evaluator:
         started = time.perf_counter()
         sink = _CollectSink(folder / "episodes.jsonl")
         log.info("evaluating version %d on %s: %d episodes", version, self.split, len(todo))
+        episodes = asyncio.create_task(run_episodes(
+            self.config, backend=self.backend, executor=self.executor, tokenizer=self.tokenizer, problems=self.problems,
+            todo=todo, sink=sink, instance=new_instance_nonce(), actor_id=f"evaluator-{self.index}",
+            seed=self.config.run.seed + version))
+        stopped = asyncio.create_task(stop.wait())
         try:
-            runner = await run_episodes(self.config, backend=self.backend, executor=self.executor, tokenizer=self.tokenizer,
-                                        problems=self.problems, todo=todo, sink=sink, instance=new_instance_nonce(),
-                                        actor_id=f"evaluator-{self.index}", seed=self.config.run.seed + version, stop=stop)
+            # A stop abandons the evaluation at once: at the end of a run the executors go away too, and
+            # episodes waiting on them would outlive the launcher's grace period.
+            await asyncio.wait({episodes, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not episodes.done():
+                episodes.cancel()
+                await asyncio.gather(episodes, return_exceptions=True)
+                shutil.rmtree(self.out / "candidate-model", ignore_errors=True)
+                log.info("evaluation of version %d cut short by stop: not recorded", version)
+                return None
+            runner = episodes.result()
         finally:
+            stopped.cancel()
             sink.close()
-        if runner.started < len(todo):
-            log.info("evaluation of version %d cut short by stop: not recorded", version)
-            return None
         seconds = time.perf_counter() - started
         settings = evaluation_settings(self.config, split=self.split, limit=self.ev.limit, protocol=self.ev.protocol,
                                        rollouts=self.ev.rollouts_per_problem)
@@ -221,6 +231,8 @@ class Evaluator:
         if new_best and self.ev.export_best:
             shutil.rmtree(self.out / "best-model", ignore_errors=True)
             os.replace(self.out / "candidate-model", self.out / "best-model")
+        else:  # not selected: its export is not needed (the learner's checkpoints hold the weights of the run)
+            shutil.rmtree(self.out / "candidate-model", ignore_errors=True)
         self._write_best()
         for name, e in point["estimates"].items():
             label = name.replace(" (final program)", "")
@@ -241,6 +253,11 @@ class Evaluator:
                  None if best is None else best["version"])
         return point
 
+    def refresh_best(self) -> None:
+        """Rewrite best.json (the final checkpoint may have appeared since the last evaluation)."""
+        if self.selection.history:
+            self._write_best()
+
     def _write_best(self) -> None:
         best = self.selection.best
         latest = self.selection.history[-1]
@@ -257,6 +274,7 @@ class Evaluator:
             "latest": {"version": latest["version"], "estimate": latest["estimates"].get(key),
                        "checkpoint": _str(checkpoint_of_version(self.checkpoint_root, latest["version"]))},
             "final_checkpoint": _str(checkpoints[-1] if checkpoints else None),
+            "initial_model": self.config.model.path,  # version 0: the initial weights (no learner checkpoint)
             "evaluations": len(self.selection.history),
         }
         _write_json(self.out / "best.json", data)
@@ -340,6 +358,7 @@ async def run_evaluator(config: RlefConfig, *, index: int = 0) -> Selection:
         await evaluator.run(stop)
     finally:
         stop.set()
+        evaluator.refresh_best()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

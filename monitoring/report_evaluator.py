@@ -41,6 +41,9 @@ def curve_plot(points: list[dict[str, Any]], key: str, best_version: int | None,
     ax.fill_between(xs, [100 * e["ci_low"] for _, e in pts], [100 * e["ci_high"] for _, e in pts], alpha=0.2)
     if best_version is not None:
         ax.axvline(best_version, color="C2", linestyle="--", label=f"selected: version {best_version}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("policy version")
     ax.set_ylabel(f"{key} on valid (%)")
     ax.set_title("In-training evaluation")
@@ -75,7 +78,9 @@ def evaluator_section(run_dir: Path, out_dir: Path) -> str | None:
                      f"{p['episodes']} | {p['seconds']:.0f} |")
     if best:
         b, latest = best.get("best") or {}, best.get("latest") or {}
+        where = b.get("checkpoint") or (f"the initial weights {best.get('initial_model')}" if b.get("version") == 0
+                                        else "not on disk (exported model only)")
         lines += ["", f"Selected on {key} ({best.get('split')}): version {b.get('version')}, checkpoint "
-                      f"`{b.get('checkpoint') or 'not on disk (exported model only)'}`, model `{b.get('model_dir')}`; "
+                      f"`{where}`, model `{b.get('model_dir')}`; "
                       f"latest evaluated: version {latest.get('version')}; final checkpoint `{best.get('final_checkpoint')}`."]
     return "\n".join(lines) + "\n"

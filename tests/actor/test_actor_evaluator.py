@@ -204,3 +204,64 @@ def test_report_section_shows_the_curve_and_the_selection(tmp_path):
     md = evaluator_section(tmp_path, tmp_path / "report")
     assert "| 10 (selected) | 50.0 [25.0, 50.0] |" in md and "| 20 | 40.0" in md and "version 10, checkpoint" in md
     assert (tmp_path / "report" / "eval-curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_stop_abandons_an_evaluation_in_progress(tiny_model_dir, tokenizer, executor_service, tmp_path):
+    """A stop while episodes are generating ends the loop without waiting for them; nothing is recorded."""
+    import asyncio
+
+    from helpers.actor_support import ScriptedBackend, actor_config
+    from helpers.executor_service import free_port
+    from transformers import AutoModelForCausalLM
+
+    from rlef.actor.evaluator import Evaluator
+    from rlef.common.data import load_problems
+    from rlef.common.execution_client import ExecutionClient
+    from rlef.common.transport import Transport
+    from rlef.common.weights import make_receiver
+    from rlef.common.weights.zmq_transport import ZmqPublisher
+
+    class Stuck(ScriptedBackend):
+        """The test's policy: it never finishes a response (an engine busy for far longer than the test)."""
+
+        async def generate(self, prompt_ids, sampling):
+            await asyncio.sleep(3600)
+
+    port = free_port()
+    config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")],
+                          "data.dataset=sample", "data.path=null", f"endpoints.weights_port={port}",
+                          "weights.poll_interval_s=0.1", "evaluator.limit=1", "evaluator.nice=0")
+    problems = load_problems("sample", split="valid", limit=1, generated=True)
+    state = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+    backend = Stuck(tokenizer, lambda _t, _n: "")
+    backend.version = -1
+    out = tmp_path / "eval"
+    out.mkdir()
+
+    async def main() -> Evaluator:
+        atransport, transport = Transport(config.transport, asyncio=True), Transport(config.transport)
+        publisher = ZmqPublisher(transport, f"tcp://127.0.0.1:{port}", chunk_bytes=1 << 18)
+        receiver = make_receiver(config, transport, "evaluator-0")
+        executor = ExecutionClient(atransport, executor_service.frontend, client_id="evaluator-stop", timeout_s=30)
+        ev = Evaluator(config, backend=backend, executor=executor, tokenizer=tokenizer, problems=problems,
+                       receiver=receiver, out_dir=out)
+        stop = asyncio.Event()
+        task = asyncio.create_task(ev.run(stop, poll_s=0.1))
+        try:
+            publisher.publish(0, state)
+            while not (out / "valid" / "v000000").exists():
+                await asyncio.sleep(0.1)
+                assert not task.done(), task.exception()
+            stop.set()
+            await asyncio.wait_for(task, 120)  # a hang guard, not a timing threshold
+        finally:
+            executor.close()
+            receiver.close()
+            publisher.close()
+            atransport.close()
+            transport.close()
+        return ev
+
+    ev = asyncio.run(main())
+    assert ev.selection.history == [] and not (out / "curve.jsonl").exists() and not (out / "candidate-model").exists()
