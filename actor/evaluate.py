@@ -13,6 +13,11 @@ when the problem has them, as the paper's evaluation scores do) and aggregates:
 - per-turn error categories (the turn's status on the public tests: wrong_answer, runtime_error, timeout,
   oom, syntax_error, no_code, ...) and how many of them a later turn of the same episode fixed.
 
+Resumable: ``episodes.jsonl`` is append-only (each episode flushed as it finishes, with every turn's
+program for the chrF analysis); a restart with the same settings (:data:`RESUME_KEYS`, kept in
+``evaluation-settings.json``) runs only the episodes each problem lacks, and refuses a file of another
+evaluation. :func:`run_episodes` is the core the in-training evaluator (:mod:`rlef.actor.evaluator`) reuses.
+
 Scope of the aggregation (pure, unit-tested): a problem whose every episode was skipped by the runner (no
 public tests, first prompt longer than ``model.max_seq_len``) counts as unsolved (0) in every estimate; a
 problem with fewer finished rollouts than an estimate draws (episode errors) is left out of that estimate,
@@ -358,7 +363,7 @@ class Progress:
             log.info("%s", self.line())
 
 
-class _CollectSink:
+class EpisodesSink:
     """Appends each finished episode to the episodes file at once (flushed: a kill loses at most the
     episodes in flight) and keeps its summary; advances the progress bar and the ETA log."""
 
@@ -478,7 +483,7 @@ async def run_evaluation(
     errors: list[str] = []
     episode_seconds = 0.0
     errored: list[tuple[str, str]] = []  # episodes dropped for infrastructure failures: not in episodes.jsonl, rerun on resume
-    sink = _CollectSink(episodes_path)
+    sink = EpisodesSink(episodes_path)
     if todo:
         tokenizer = AutoTokenizer.from_pretrained(config.model.path)
         # A resumed run samples with another seed: the same seed would replay the first episodes' draws.

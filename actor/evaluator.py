@@ -182,7 +182,7 @@ class Evaluator:
     async def evaluate(self, version: int, stop: asyncio.Event) -> dict[str, Any] | None:
         """One evaluation of the split with ``version`` loaded in the engine (exported to candidate-model/
         when export_best); the curve point (None: cut short by stop)."""
-        from rlef.actor.evaluate import _CollectSink, aggregate, evaluation_settings, run_episodes
+        from rlef.actor.evaluate import EpisodesSink, aggregate, evaluation_settings, run_episodes
         from rlef.actor.main import new_instance_nonce
         from rlef.monitoring import metrics as base_metrics
         from rlef.monitoring import metrics_evaluator as M
@@ -192,7 +192,7 @@ class Evaluator:
         folder.mkdir(parents=True)
         todo = [p for p in self.problems for _ in range(self.ev.rollouts_per_problem)]
         started = time.perf_counter()
-        sink = _CollectSink(folder / "episodes.jsonl")
+        sink = EpisodesSink(folder / "episodes.jsonl")
         log.info("evaluating version %d on %s: %d episodes", version, self.split, len(todo))
         episodes = asyncio.create_task(run_episodes(
             self.config, backend=self.backend, executor=self.executor, tokenizer=self.tokenizer, problems=self.problems,
