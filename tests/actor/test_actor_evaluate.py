@@ -305,3 +305,35 @@ def test_restart_runs_only_the_missing_episodes(tiny_model_dir, tokenizer, execu
     assert len(lines) == 6 and all(x["codes"] == [x["final_code"]] for x in lines)
     third, backend = run(3)
     assert backend.calls == [] and third.settings["resumed_episodes"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,template,file", [("humanevalplus", "humaneval", "HumanEvalPlus-mini.jsonl"),
+                                                    ("mbppplus", "mbpp", "MbppPlus-mini.jsonl")])
+def test_evalplus_evaluation_of_the_canonical_solutions(dataset, template, file, tiny_model_dir, tokenizer, executor_service, tmp_path):
+    """HumanEval+ / MBPP+ through the runner with the paper's templates: a policy answering with the canonical
+    solution (HumanEval+: the body after the pre-filled prompt) solves every task on public + private tests."""
+    import asyncio
+
+    from helpers.actor_support import ScriptedBackend, actor_config
+
+    from rlef.actor.evaluate import run_evaluation
+    from rlef.common.data import load_problems
+
+    path = ROOT / "tests" / "fixtures" / "evalplus" / file
+    problems = load_problems(dataset, str(path), "test")
+    config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")],
+                          f"data.dataset={dataset}", f"data.path={path}", f"prompt.template={template}",
+                          "actor.sampling.max_new_tokens=1024", "model.max_seq_len=4096")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+
+    def script(text: str, _turn: int) -> str:
+        row = next(r for r in rows if f"{r['entry_point']}(" in text)
+        if dataset == "humanevalplus":  # the response continues the pre-filled prompt and closes the fence
+            return row["canonical_solution"] + "```"
+        return _fenced(row["canonical_solution"].strip("\n") + "\n")
+
+    report = asyncio.run(run_evaluation(config, rollouts=1, protocol="1@3", output=tmp_path, split="test",
+                                        backend=ScriptedBackend(tokenizer, script)))
+    assert [(p.problem_id, p.rollouts, p.correct) for p in report.problems] == [(p.problem_id, 1, 1) for p in problems]
+    assert report.turns[0]["status"] == {"pass": len(problems)}
