@@ -43,6 +43,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     output = args.output or Path(config.run.output_dir) / config.run.name / f"eval-{split}-{args.protocol}"
     models = [_named_model(spec) for spec in args.compare] if args.compare else None
     turn_limits = _int_list(args.turn_limits, "--turn-limits") if args.turn_limits else None
+    if models is not None and (turn_limits or args.budget_curve):
+        raise SystemExit("rlef evaluate: --compare runs with neither --turn-limits nor --budget-curve (sweep each model "
+                         "with --model DIR into its own --output)")
     with contextlib.ExitStack() as stack:
         if args.executors:
             from rlef.actor.local_sandboxes import local_sandboxes
