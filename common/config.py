@@ -309,7 +309,7 @@ class EvaluatorConfig(Section):
 
     enabled: bool = Field(False, description="rlef launch also starts the evaluator (needs weights.type zmq or filesystem).")
     every_versions: int = Field(
-        10, ge=1, description="Evaluate when the newest version is this many past the last evaluated one (paper: every 800 updates).",
+        10, ge=1, description="Evaluate when the newest version is this many past the last evaluated one (paper: every 800 updates, i.e. 200 versions at 4 updates per batch).",
     )
     evaluate_initial: bool = Field(True, description="Also evaluate version 0 (the initial weights): the curve's first point.")
     split: str | None = Field(None, description="Split evaluated and selected on (None = data.eval_split).")
