@@ -167,21 +167,26 @@ class RolloutBuffer:
 
     def take(self, n: int) -> list[Rollout]:
         """Up to ``n`` oldest waiting rollouts, re-checked for staleness; marks them consumed."""
-        out: list[Rollout] = []
+        return [rollout for rollout, _ in self.take_frames(n)]
+
+    def take_frames(self, n: int) -> list[tuple[Rollout, bytes]]:
+        """As ``take``, each rollout with the exact frame it arrived in (forwarded to the other ranks as is)."""
+        out: list[tuple[Rollout, bytes]] = []
         while self._waiting and len(out) < n:
-            rid, (rollout, _) = self._waiting.popitem(last=False)
+            rid, (rollout, frame) = self._waiting.popitem(last=False)
             try:
                 self._check_version(rollout)
             except RolloutRejected as exc:
                 self._reject(exc.reason, f"{rid}: {exc}", rollout.actor_id)
                 continue
             self.consumed.add(rid)
-            out.append(rollout)
+            out.append((rollout, frame))
         return out
 
-    def give_back(self, rollouts: list[Rollout]) -> None:
+    def give_back(self, rollouts: list[Rollout], frames: list[bytes] | None = None) -> None:
         """Undo ``take`` for rollouts that were not trained on (a stop while a batch was being gathered)."""
-        waiting = OrderedDict((r.rollout_id, (r, encode(r))) for r in rollouts)
+        frames = frames if frames is not None else [encode(r) for r in rollouts]
+        waiting = OrderedDict((r.rollout_id, (r, f)) for r, f in zip(rollouts, frames))
         waiting.update(self._waiting)
         self._waiting = waiting
         self.consumed.difference_update(waiting)

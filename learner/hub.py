@@ -60,21 +60,28 @@ class Hub:
 
     def collect(self, n: int, should_stop: Callable[[], bool]) -> list[Rollout] | None:
         """``n`` valid rollouts (oldest first), or None when a stop was requested while waiting."""
-        out: list[Rollout] = []
+        got = self.collect_frames(n, should_stop)
+        return None if got is None else got[0]
+
+    def collect_frames(self, n: int, should_stop: Callable[[], bool]) -> tuple[list[Rollout], list[bytes]] | None:
+        """As ``collect``, with the frames the rollouts arrived in (the other ranks decode those: nothing is
+        encoded again)."""
+        out: list[tuple[Rollout, bytes]] = []
         start = time.monotonic()
         while True:
             if len(self.buffer) >= n - len(out):
-                out += self.buffer.take(n - len(out))
+                out += self.buffer.take_frames(n - len(out))
             M.BUFFER_FILL.set(len(self.buffer))
             if len(out) >= n:
                 break
             if should_stop() or self.control.stop_requested:
-                self.buffer.give_back(out)  # not trained on: they must stay unconsumed for a resume
+                # Not trained on: they must stay unconsumed for a resume.
+                self.buffer.give_back([r for r, _ in out], [f for _, f in out])
                 return None
             beat(self.publisher.version)
             self._drain(POLL_MS)
         M.WAIT_SECONDS.inc(time.monotonic() - start)
-        return out
+        return [r for r, _ in out], [f for _, f in out]
 
     def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> None:
         self.publisher.publish(version, state)

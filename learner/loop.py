@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from rlef.common.config import RlefConfig, dump_config
-from rlef.common.messages import Rollout, decode, encode
+from rlef.common.messages import Rollout, decode
 from rlef.learner import checkpoint as ckpt
 from rlef.learner.parallel import full_state_dict, init_distributed
 from rlef.learner.ppo import PPOLearner
@@ -139,12 +139,17 @@ class Learner:
         return cfg.deploy.max_batches is not None and self.batches >= cfg.deploy.max_batches
 
     def next_batch(self) -> list[Rollout] | None:
-        frames = None
+        # Rank 0 forwards the frames the rollouts arrived in (no re-encoding) and keeps the rollouts it already
+        # decoded; only the other ranks decode.
+        frames, rollouts = None, None
         if self.hub is not None:
-            rollouts = self.hub.collect(self.config.learner.batch_rollouts, lambda: self.stop.set)
-            frames = None if rollouts is None else [encode(r) for r in rollouts]
+            got = self.hub.collect_frames(self.config.learner.batch_rollouts, lambda: self.stop.set)
+            if got is not None:
+                rollouts, frames = got
         frames = _broadcast(frames, self.rank)
-        return None if frames is None else [decode(f, Rollout) for f in frames]
+        if frames is None:
+            return None
+        return rollouts if rollouts is not None else [decode(f, Rollout) for f in frames]
 
     def save(self) -> None:
         t0 = time.perf_counter()
