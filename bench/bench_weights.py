@@ -1,16 +1,20 @@
-"""Benchmark of weight publishing: a ~1 GB float32 state dict to 1, 2 and 4 receiver processes on loopback.
+"""Benchmark of weight publishing: a ~1 GB float32 state dict to 1, 2, 4 (8, 16) receiver processes on loopback.
 
 Same run, same bytes, same chunk size:
 - raw: a ROUTER sends the payload as ``chunk_bytes`` frames (zero-copy) to each DEALER receiver, which only
   counts bytes: the ceiling ZeroMQ itself sets on this machine;
-- zmq: ``ZmqPublisher`` -> ``ZmqReceiver`` (credit flow, msgpack chunks, sha256 verified, whole version);
-- collective: ``CollectivePublisher`` -> ``CollectiveReceiver`` over gloo (bucketed broadcast, sha256).
-Reported: bytes/s per receiver (payload / time from publish-done to that receiver holding the verified
+- zmq: ``ZmqPublisher`` -> ``ZmqReceiver`` without relays (credit flow, chunk frames received into the
+  version buffer, xxh3 per chunk, whole version): every receiver fetches from the hub;
+- relay: the same with every receiver relaying (the hub's chain: it sends one copy, peers pass it on);
+- collective: ``CollectivePublisher`` -> ``CollectiveReceiver`` over gloo (bucketed broadcast, xxh3).
+Reported: bytes/s per receiver (payload / mean time from publish-done to each receiver holding the verified
 version; best of versions 2-4, i.e. steady state with recycled buffers as in a long run; raw: best of 3
-passes) and the ratio to raw with the same number of receivers (target >= 0.5). Also the hashing choice:
-sha256 vs blake2b vs a plain copy of the same bytes, and publish() (copy + hash) time.
+passes), the ratio to raw with the same number of receivers (target >= 0.5), the time until the LAST
+receiver holds it (fan-out: target at 16 receivers <= 2x that at 1), and the hub's egress per version in
+copies of the payload (target <= 2). Also the checksum choice: xxh3 vs sha256 vs a plain copy of the same
+bytes, and publish() (copy + checksums) time.
 
-Run: ``.venv/bin/python bench/bench_weights.py [--gib 1.0] [--receivers 1,2,4] [--no-collective]``.
+Run: ``.venv/bin/python bench/bench_weights.py [--gib 1.0] [--receivers 1,2,4] [--no-collective] [--no-direct]``.
 Receivers are separate processes (this file re-run with ``--role``).
 """
 
@@ -89,11 +93,12 @@ def _report(receiver, last: int) -> None:
         del got
 
 
-def role_zmq(port: int, rid: str, last: int) -> None:
+def role_zmq(port: int, rid: str, last: int, relay: bool = False) -> None:
     from rlef.common.weights.zmq_transport import ZmqReceiver
 
     t = transport()
-    rec = ZmqReceiver(t, f"tcp://127.0.0.1:{port}", rid, credit=8, poll_interval_s=0.05)
+    rec = ZmqReceiver(t, f"tcp://127.0.0.1:{port}", rid, credit=8, poll_interval_s=0.05,
+                      relay_bind="tcp://127.0.0.1:0" if relay else None, relay_stall_s=30.0)
     _report(rec, last)
     rec.close()
     t.close()
@@ -137,16 +142,16 @@ VERSIONS = 4  # versions 2.. are timed (steady state, buffers recycled as in a l
 PASSES = 3  # raw passes; best one reported (the host is shared: best-of-N damps other jobs' noise)
 
 
-def bench_raw(payload: memoryview, n: int) -> float:
+def bench_raw(payload: memoryview, n: int) -> tuple[float, float]:
     """Seconds per receiver (mean over receivers, best of PASSES) to receive the payload from a ROUTER
-    sending zero-copy chunk frames."""
+    sending zero-copy chunk frames, and seconds until the last one has it (best of PASSES)."""
     t = transport()
     port = free_port()
     sock = t.server(zmq.ROUTER, f"tcp://127.0.0.1:{port}")
     sock.setsockopt(zmq.SNDHWM, 16)
     procs = [spawn("raw", str(port), str(len(payload)), str(PASSES)) for _ in range(n)]
     peers = [sock.recv_multipart()[0] for _ in range(n)]
-    best = float("inf")
+    best = last = float("inf")
     for _ in range(PASSES):
         start = time.time()
         for offset in range(0, len(payload), CHUNK):  # interleave receivers, as the weights hub does
@@ -155,10 +160,11 @@ def bench_raw(payload: memoryview, n: int) -> float:
                 sock.send_multipart([peer, frame], copy=False)
         results = collect(procs)
         best = min(best, sum(r["done"] - start for r in results) / n)
+        last = min(last, max(r["done"] for r in results) - start)
     finish(procs)
     sock.close(0)
     t.close()
-    return best
+    return best, last
 
 
 def _versions(sd: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -172,32 +178,35 @@ def _versions(sd: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def bench_zmq(sd: dict[str, torch.Tensor], n: int) -> tuple[float, float]:
-    """(publish seconds, mean seconds from publish-done to each receiver holding the verified version), of
-    the last of VERSIONS versions."""
+def bench_zmq(sd: dict[str, torch.Tensor], n: int, relay: bool = False) -> dict[str, float]:
+    """Best over versions 2..VERSIONS: publish seconds, mean and max seconds from publish-done to each
+    receiver holding the verified version, and the hub's egress per version (bytes)."""
     from rlef.common.weights.zmq_transport import ZmqPublisher
 
     t = transport()
     port = free_port()
     pub = ZmqPublisher(t, f"tcp://127.0.0.1:{port}", chunk_bytes=CHUNK)
-    procs = [spawn("zmq", str(port), f"r{i}", str(VERSIONS)) for i in range(n)]
-    while pub.receivers() < n:  # everybody connected and polling
+    procs = [spawn("zmq", str(port), f"r{i}", str(VERSIONS), "relay" if relay else "direct") for i in range(n)]
+    while pub.receivers() < n:  # everybody connected and polling (and, relaying, placed in the chain)
         time.sleep(0.05)
-    best_publish = best = float("inf")
+    out = {"publish": float("inf"), "mean": float("inf"), "max": float("inf"), "egress": float("inf")}
     for version, state in enumerate(_versions(sd), start=1):
         start = time.perf_counter()
+        sent = pub.sent_bytes
         pub.publish(version, state)
         publish_s = time.perf_counter() - start
         ready = time.time()
         results = collect(procs)
         assert all(r["version"] == version for r in results), results
         if version >= 2:
-            best_publish = min(best_publish, publish_s)
-            best = min(best, sum(r["done"] - ready for r in results) / n)
+            out["publish"] = min(out["publish"], publish_s)
+            out["mean"] = min(out["mean"], sum(r["done"] - ready for r in results) / n)
+            out["max"] = min(out["max"], max(r["done"] for r in results) - ready)
+            out["egress"] = min(out["egress"], pub.sent_bytes - sent)
     finish(procs)
     pub.close()
     t.close()
-    return best_publish, best
+    return out
 
 
 def bench_collective(sd: dict[str, torch.Tensor], n: int) -> float:
@@ -222,8 +231,10 @@ def bench_collective(sd: dict[str, torch.Tensor], n: int) -> float:
 
 def bench_receiver_work(view: memoryview) -> dict[str, float]:
     """Seconds a receiver spends per version on its own CPU work, measured here on the same bytes: mapping a
-    fresh buffer (MAP_POPULATE), copying the chunks into it, and hashing (sha256 as used; blake2b for the
-    comparison the choice rests on)."""
+    fresh buffer (MAP_POPULATE), copying the chunks into it (what recv_into now avoids), and checksumming
+    (xxh3 per chunk as used; sha256, the earlier choice, and blake2b for comparison)."""
+    import xxhash
+
     from rlef.common.weights.packing import populated
 
     out = {}
@@ -235,6 +246,10 @@ def bench_receiver_work(view: memoryview) -> dict[str, float]:
         buffer[offset : offset + CHUNK] = view[offset : offset + CHUNK]
     out["copy"] = time.perf_counter() - start
     del buffer
+    start = time.perf_counter()
+    for offset in range(0, len(view), CHUNK):
+        xxhash.xxh3_64_intdigest(view[offset : offset + CHUNK])
+    out["xxh3"] = time.perf_counter() - start
     for name in ("sha256", "blake2b"):
         start = time.perf_counter()
         h = hashlib.new(name)
@@ -249,6 +264,7 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--receivers", default="1,2,4")
     parser.add_argument("--no-collective", action="store_true")
+    parser.add_argument("--no-direct", action="store_true", help="skip raw and direct zmq (relay only, plus raw at 1)")
     parser.add_argument("--role", nargs="+")
     args = parser.parse_args()
     if args.role:
@@ -256,7 +272,7 @@ def main() -> None:
         if kind == "raw":
             role_raw(int(rest[0]), int(rest[1]), int(rest[2]))
         elif kind == "zmq":
-            role_zmq(int(rest[0]), rest[1], int(rest[2]))
+            role_zmq(int(rest[0]), rest[1], int(rest[2]), rest[3] == "relay")
         else:
             role_collective(int(rest[0]), int(rest[1]), rest[2], int(rest[3]))
         return
@@ -271,14 +287,23 @@ def main() -> None:
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
     work = bench_receiver_work(flat.view)
     print(f"receiver CPU work per version: map fresh buffer {work['populate']:.2f}s, copy chunks in {work['copy']:.2f}s, "
-          f"sha256 {work['sha256']:.2f}s ({gb / work['sha256']:.2f} GB/s; blake2b {work['blake2b']:.2f}s, "
-          f"{gb / work['blake2b']:.2f} GB/s)")
-    print(f"{'receivers':>9} {'raw GB/s/recv':>14} {'zmq GB/s/recv':>14} {'zmq/raw':>8} {'publish s':>10}"
-          + ("" if args.no_collective else f" {'gloo GB/s/recv':>15} {'gloo/raw':>9}"))
+          f"xxh3 {work['xxh3']:.2f}s ({gb / work['xxh3']:.2f} GB/s), sha256 {work['sha256']:.2f}s "
+          f"({gb / work['sha256']:.2f} GB/s; xxh3 {work['sha256'] / work['xxh3']:.1f}x faster), blake2b "
+          f"{work['blake2b']:.2f}s")
+    print(f"{'receivers':>9} {'raw GB/s/recv':>14} {'zmq GB/s/recv':>14} {'zmq/raw':>8} {'publish s':>10} "
+          f"{'raw all s':>10} {'zmq all s':>10} {'zmq egress':>11} {'relay GB/s/recv':>16} {'relay/raw':>10} "
+          f"{'relay all s':>12} {'relay egress':>13}" + ("" if args.no_collective else f" {'gloo GB/s/recv':>15} {'gloo/raw':>9}"))
+    first_all = None
     for n in [int(x) for x in args.receivers.split(",")]:
-        raw_s = bench_raw(flat.view, n)
-        publish_s, zmq_s = bench_zmq(sd, n)
-        line = f"{n:>9} {gb / raw_s:>14.2f} {gb / zmq_s:>14.2f} {raw_s / zmq_s:>8.2f} {publish_s:>10.2f}"
+        direct = not args.no_direct or n == 1
+        raw_s, raw_all = bench_raw(flat.view, n) if direct else (float("nan"), float("nan"))
+        z = bench_zmq(sd, n) if direct else {k: float("nan") for k in ("publish", "mean", "max", "egress")}
+        r = bench_zmq(sd, n, relay=True)
+        first_all = first_all or r["max"]
+        line = (f"{n:>9} {gb / raw_s:>14.2f} {gb / z['mean']:>14.2f} {raw_s / z['mean']:>8.2f} {r['publish']:>10.2f} "
+                f"{raw_all:>10.2f} {z['max']:>10.2f} {z['egress'] / nbytes:>10.2f}x {gb / r['mean']:>16.2f} "
+                f"{raw_s / r['mean']:>10.2f} {r['max']:>8.2f} ({r['max'] / first_all:.2f}x n=1) "
+                f"{r['egress'] / nbytes:>6.2f}x")
         if not args.no_collective:
             gloo_s = bench_collective(sd, n)
             line += f" {gb / gloo_s:>15.2f} {raw_s / gloo_s:>9.2f}"
