@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--engine-tokens", type=int, default=64)
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--skip-runner", action="store_true")
+    parser.add_argument("--skip-engines", action="store_true", help="skip the hf vs vLLM raw tokens/s comparison")
     parser.add_argument("--runner-backends", default="hf,vllm",
                         help="comma list of hf (prefix-cached engine), hf-chunked (the earlier backend), vllm")
     parser.add_argument("--model", default=None, help="model dir (default: the tiny model; the learning proof: a warm start)")
@@ -249,7 +250,7 @@ def main() -> None:
     if not args.skip_runner:
         names = [n for n in args.runner_backends.split(",") if n and not (args.skip_vllm and n == "vllm")]
         bench_runner(model, args, names)
-    if not args.skip_vllm:
+    if not args.skip_vllm and not args.skip_engines:
         bench_engines(model, args)
 
 

@@ -70,10 +70,12 @@ class _Entry:
 class PrefixCache:
     """Finished requests' KV caches keyed by the token ids they cover; bounded in tokens (oldest out first)."""
 
-    def __init__(self, max_tokens: int):
+    def __init__(self, max_tokens: int, max_bytes: int = 1 << 30):
         self.max_tokens = max_tokens
+        self.max_bytes = max_bytes  # entries of episodes that ended are never taken: bound what they hold
         self._entries: list[_Entry] = []
         self._tokens = 0
+        self._bytes = 0
         self.hits = 0
         self.misses = 0
         self.reused_tokens = 0
@@ -96,6 +98,7 @@ class PrefixCache:
             return None
         self._entries.remove(best)
         self._tokens -= len(best.ids)
+        self._bytes -= _nbytes(best.kv)
         self.hits += 1
         self.reused_tokens += len(best.ids)
         return best
@@ -105,13 +108,20 @@ class PrefixCache:
             return
         self._entries.append(_Entry(ids, kv, version))
         self._tokens += len(ids)
-        while self._tokens > self.max_tokens:
+        self._bytes += _nbytes(kv)
+        while self._entries and (self._tokens > self.max_tokens or self._bytes > self.max_bytes):
             old = self._entries.pop(0)
             self._tokens -= len(old.ids)
+            self._bytes -= _nbytes(old.kv)
 
     def clear(self) -> None:
         self._entries.clear()
         self._tokens = 0
+        self._bytes = 0
+
+
+def _nbytes(kv: KV) -> int:
+    return sum(getattr(t, "nbytes", 0) for pair in kv for t in pair)
 
 
 class _Batch:

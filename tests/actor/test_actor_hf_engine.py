@@ -163,3 +163,12 @@ def test_prefix_cache_takes_the_longest_strict_prefix_of_the_version_and_stays_b
     assert cache.take([1, 2, 3, 4, 5, 6], 0) is None  # the version-1 entry is not taken for version 0
     cache.put(list(range(7)), ["d"], 1)  # 5 + 7 tokens > 11: the oldest goes
     assert len(cache) == 1 and cache.take(list(range(8)), 1).kv == ["d"]
+
+
+def test_prefix_cache_is_bounded_in_bytes_too():
+    kv = [(torch.zeros(1, 2, 10, 4), torch.zeros(1, 2, 10, 4))]  # 640 bytes
+    cache = PrefixCache(max_tokens=1 << 20, max_bytes=1500)
+    cache.put([1], kv, 0)
+    cache.put([2], kv, 0)
+    cache.put([3], kv, 0)  # 1920 bytes > 1500: the oldest goes
+    assert len(cache) == 2 and cache.take([1, 9], 0) is None and cache.take([3, 9], 0) is not None
