@@ -134,6 +134,33 @@ def plain_generate_tokens_per_s(model_path: Path, turns: list[tuple[list[int], i
     return tokens / seconds, tokens, seconds
 
 
+def engine_replay_tokens_per_s(model_path: Path, turns: list[tuple[list[int], int]], batch: int) -> tuple[float, int, float, float]:
+    """The prefix-cached engine on the same contexts, ``batch`` requests at a time submitted together, each
+    sampling exactly its own response length (no stop): the engine's own throughput next to the plain
+    ``generate`` replay (no executors running meanwhile, no cache hits: every context is new to it).
+    Returns (tokens/s, tokens, seconds, mean decode batch)."""
+    from rlef.actor.backends.base import Sampling
+    from rlef.actor.backends.hf_engine import CachedHfBackend
+
+    backend = CachedHfBackend(str(model_path), seed=0)
+
+    async def go() -> tuple[int, float]:
+        tokens, seconds = 0, 0.0
+        for i in range(0, len(turns), batch):
+            group = turns[i : i + batch]
+            start = time.perf_counter()
+            gens = await asyncio.gather(*(backend.generate(c, Sampling(max_new_tokens=max(m, 1), stop_token_ids=()))
+                                          for c, m in group))
+            seconds += time.perf_counter() - start
+            tokens += sum(len(g.token_ids) for g in gens)
+        await backend.close()
+        return tokens, seconds
+
+    tokens, seconds = asyncio.run(go())
+    sizes = backend.engine.batch_sizes
+    return tokens / seconds, tokens, seconds, sum(sizes) / max(len(sizes), 1)
+
+
 def bench_runner(model: Path, args, backend_names: list[str]) -> None:
     import subprocess
 
@@ -160,6 +187,10 @@ def bench_runner(model: Path, args, backend_names: list[str]) -> None:
                     seen.clear()
                     r = await run_episodes(config, backend, tokenizer, frontend, problems, args.episodes)
                     r["busy_s"] = backend.busy_seconds()
+                    sizes = getattr(getattr(backend, "engine", None), "batch_sizes", None)
+                    if sizes is not None:  # mean decode batch of this run (the engine keeps every step's size)
+                        r["mean_batch"] = sum(sizes[r.get("_steps0", 0):]) / max(len(sizes), 1)
+                        sizes.clear()
                     if k not in results or r["episodes"] / r["seconds"] > results[k]["episodes"] / results[k]["seconds"]:
                         results[k] = r
                         if k == args.k:
@@ -187,7 +218,13 @@ def bench_runner(model: Path, args, backend_names: list[str]) -> None:
             episode_tps = many["tokens"] / many["seconds"]
             print(f"[{name}] plain batched generate (batch {args.k}, same {len(k_turns)} contexts and lengths): "
                   f"{tokens} tokens in {seconds:.1f} s = {tps:.0f} tokens/s; episode tokens/s at K={args.k} "
-                  f"{episode_tps:.0f} = {episode_tps / tps:.2f} of it (target >= 0.8)")
+                  f"{episode_tps:.0f} = {episode_tps / tps:.2f} of it (target >= 0.8); mean decode batch in the "
+                  f"K={args.k} run {many.get('mean_batch', float('nan')):.1f}")
+            if name == "hf":
+                etps, etokens, eseconds, ebatch = engine_replay_tokens_per_s(model, k_turns, args.k)
+                print(f"[{name}] engine replay of the same turns ({args.k} at a time, exact lengths): {etokens} tokens "
+                      f"in {eseconds:.1f} s = {etps:.0f} tokens/s = {etps / tps:.2f} of plain generate (mean decode "
+                      f"batch {ebatch:.1f})")
     print(f"load after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
 
