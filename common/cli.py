@@ -65,13 +65,13 @@ def _make_warm_start(args: argparse.Namespace) -> int:
 
 
 def _make_feedback_tasks(args: argparse.Namespace) -> int:
-    from rlef.common.feedback_tasks import make_feedback_tasks, read_manifest
+    from rlef.common.feedback_tasks import GENERATOR_VERSION, make_feedback_tasks, read_manifest
 
     out = Path(args.dir)
     if args.if_stale:
         old = read_manifest(out)
         wanted = {"seed": args.seed, "counts": {"train": args.train, "valid": args.valid, "test": args.test},
-                  "hidden_fraction": args.hidden_fraction}
+                  "hidden_fraction": args.hidden_fraction, "generator_version": GENERATOR_VERSION}
         if old is not None and all(old.get(k) == v for k, v in wanted.items()):
             print(f"feedback tasks in {out} are current; not rebuilt")
             return 0

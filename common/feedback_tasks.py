@@ -4,10 +4,10 @@ Every problem reads two integers ``a b`` and prints one operation of them (sum, 
 larger, smaller, remainder) wrapped in an output convention (``Answer: 12``, ``[12]``, ``<12>``, ``12!``,
 ...). The statement always names the operation. Whether it names the convention decides the kind:
 
-- **shown**: the statement shows the convention by an example value (``Print the answer written like this:
-  `[17]`.``): solvable at the first turn by a model that reads the statement;
-- **hidden**: the statement says only that the judge expects its own format. Nothing in the statement tells
-  which of the :data:`FORMATS` is meant; the failing public test's expected output in the feedback does.
+- **shown**: the statement shows the convention by an example (an input and its expected output, written
+  as the feedback writes a failing test): solvable at the first turn by a model that reads the statement;
+- **hidden**: the statement gives no example. Nothing in it tells which of the :data:`FORMATS` is meant;
+  the failing public test's expected output in the feedback does.
   A model that ignores the feedback can only guess (1 in 8 per turn).
 
 What makes it a test of reading feedback rather than of memorising:
@@ -36,7 +36,7 @@ from typing import Any
 
 from rlef.common.errors import RlefError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: shown conventions by an example test, as the feedback writes one
 PYTHON3 = 3
 KINDS = ("shown", "hidden")
 TIME_LIMIT = {"seconds": 2, "nanos": 0}
@@ -97,13 +97,18 @@ OPS_BY_NAME = {op.name: op for op in OPERATIONS}
 FORMATS_BY_NAME = {f.name: f for f in FORMATS}
 
 INPUT_SPEC = "One line with two integers a and b (1 <= a, b <= 99)."
-SHOWN_OUTPUT = "Print the answer written like this: `{example}`."
-HIDDEN_OUTPUT = "Print the answer in the judge's output format (it is not given here)."
+OUTPUT_SPEC = "Print the answer in the judge's output format."
+# The example is written the way the feedback shows a failing test (input, then "Expected output"), as
+# CodeContests statements show their examples: reading it is what a model that reads statements can do.
+SHOWN_EXAMPLE = "Example\n\ninput `{input}`\nExpected output `{output}`"
+HIDDEN_EXAMPLE = "No example is given."
 
 
-def statement(op: Operation, fmt: Format, kind: str, example: int) -> str:
-    output = SHOWN_OUTPUT.format(example=fmt.render(example)) if kind == "shown" else HIDDEN_OUTPUT
-    return f"Read two integers a and b and print {op.phrase}.\n\nInput\n\n{INPUT_SPEC}\n\nOutput\n\n{output}"
+def statement(op: Operation, fmt: Format, kind: str, example: tuple[int, int]) -> str:
+    a, b = example
+    tail = SHOWN_EXAMPLE.format(input=f"{a} {b}\n", output=fmt.render(op.apply(a, b)) + "\n") if kind == "shown" else HIDDEN_EXAMPLE
+    return (f"Read two integers a and b and print {op.phrase}.\n\nInput\n\n{INPUT_SPEC}\n\nOutput\n\n{OUTPUT_SPEC}"
+            f"\n\n{tail}")
 
 
 def program(op: Operation, fmt: Format) -> str:
@@ -158,7 +163,7 @@ def _inputs(rng: random.Random, op: Operation, count: int) -> list[tuple[int, in
 def make_record(split: str, index: int, op: Operation, fmt: Format, kind: str, rng: random.Random) -> dict[str, Any]:
     """One CodeContests-layout record (the public test is the first input; the rest are private)."""
     pairs = _inputs(rng, op, 1 + PRIVATE_TESTS)
-    example = op.apply(rng.randint(*VALUE_RANGE), rng.randint(*VALUE_RANGE))
+    example = (rng.randint(*VALUE_RANGE), rng.randint(*VALUE_RANGE))
     inputs = [f"{a} {b}\n" for a, b in pairs]
     outputs = [fmt.render(op.apply(a, b)) + "\n" for a, b in pairs]
     wrong_formats = [f for f in FORMATS if f.name != fmt.name]

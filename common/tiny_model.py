@@ -182,12 +182,26 @@ def warm_start(
     return supervised_steps(model, sft_examples(tokenizer), tokenizer.pad_token_id, steps, seed, lr=lr, batch_size=batch_size)
 
 
+def _length_grouped(perm: list[int], lengths: list[int], batch_size: int, gen: Any, window: int = 16) -> list[int]:
+    """``perm`` cut into batches of similar length (sorted within windows of ``window`` batches), the batches
+    then in a random order: little padding per batch, random content across batches."""
+    import torch
+
+    span = batch_size * window
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), span):
+        chunk = sorted(perm[start : start + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [i for k in torch.randperm(len(batches), generator=gen).tolist() for i in batches[k]]
+
+
 def supervised_steps(
     model: Any, examples: list[tuple[list[int], list[int]]], pad_id: int, steps: int, seed: int, *,
-    lr: float = SFT_LR, batch_size: int = SFT_BATCH,
+    lr: float = SFT_LR, batch_size: int = SFT_BATCH, length_grouped: bool = False,
 ) -> list[float]:
     """``steps`` AdamW steps of next-token loss on ``(ids, labels)`` examples (labels -100 where no loss),
-    seeded shuffles, linear warm-up then decay to 10%; returns each step's loss. Leaves ``model`` in eval mode."""
+    seeded shuffles, linear warm-up then decay to 10%; returns each step's loss. Leaves ``model`` in eval mode.
+    ``length_grouped`` batches examples of similar length together (less padding: faster when lengths vary)."""
     import torch
 
     if steps <= 0:
@@ -208,11 +222,13 @@ def supervised_steps(
         opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1.0 - s / max(1, steps))
     )
     gen = torch.Generator().manual_seed(seed)
+    lengths = mask.sum(dim=1).tolist()
     order: list[int] = []
     losses = []
     for _ in range(steps):
         if len(order) < batch_size:
-            order += torch.randperm(len(examples), generator=gen).tolist()
+            perm = torch.randperm(len(examples), generator=gen).tolist()
+            order += _length_grouped(perm, lengths, batch_size, gen) if length_grouped else perm
         rows, order = order[:batch_size], order[batch_size:]
         used = int(mask[rows].sum(dim=1).max())  # trim padding columns of this batch
         loss = model(input_ids=input_ids[rows, :used], attention_mask=mask[rows, :used], labels=labels[rows, :used]).loss
@@ -222,6 +238,8 @@ def supervised_steps(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if len(losses) % 100 == 0:
+            log.info("supervised step %d/%d: loss %.4f", len(losses), steps, sum(losses[-100:]) / 100)
     model.eval()
     return losses
 

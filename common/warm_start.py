@@ -91,7 +91,7 @@ def shown_twin(problem: Any, rng: random.Random) -> Any:
     if meta is None:
         raise WarmStartError(f"problem {problem.problem_id!r} is not a generated feedback task")
     op, fmt = T.OPS_BY_NAME[meta["op"]], T.FORMATS_BY_NAME[meta["format"]]
-    example = op.apply(rng.randint(*T.VALUE_RANGE), rng.randint(*T.VALUE_RANGE))
+    example = (rng.randint(*T.VALUE_RANGE), rng.randint(*T.VALUE_RANGE))
     name = "-".join([meta["split"], meta["index"], meta["op"], meta["format"], "shown"])
     return replace(problem, problem_id=name, description=T.statement(op, fmt, "shown", example))
 
@@ -176,7 +176,8 @@ def make_warm_start(
         torch.set_num_threads(threads)
     try:
         model = tm.build_model(tokenizer, seed)
-        losses = tm.supervised_steps(model, examples, tokenizer.pad_token_id, steps, seed, lr=lr, batch_size=batch_size)
+        losses = tm.supervised_steps(model, examples, tokenizer.pad_token_id, steps, seed, lr=lr, batch_size=batch_size,
+                                     length_grouped=True)
     finally:
         torch.set_num_threads(old_threads)
     meta = {

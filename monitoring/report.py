@@ -399,7 +399,10 @@ def _with_evaluation(text: str, run_dir: Path, out: Path) -> str:
     """The learning section (rlef.monitoring.report_eval) goes first: it is what a reader of a run wants."""
     from rlef.monitoring.report_eval import evaluation_section
 
-    section = evaluation_section(run_dir, out)
+    from rlef.monitoring.report_evaluator import evaluator_section
+
+    curve = evaluator_section(run_dir, out)
+    section = evaluation_section(run_dir, out) + ([curve.rstrip("\n"), ""] if curve else [])
     if not section:
         return text
     head, sep, rest = text.partition("\n## ")

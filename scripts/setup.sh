@@ -62,4 +62,9 @@ fi
 # --if-stale: rebuilt only when missing or made by an older builder (about a minute on 2 cores).
 log "tiny model in artifacts/tiny-model"
 "$VENV/bin/rlef" make-tiny-model artifacts/tiny-model --if-stale
+# --- The learning proof's task family and warm start (configs/tiny-cpu.yaml trains them; see docs/results.md).
+log "feedback tasks in artifacts/feedback-tasks"
+"$VENV/bin/rlef" data make-feedback-tasks artifacts/feedback-tasks --seed 0 --if-stale
+log "warm start in artifacts/warm-start (built once: about 5 minutes; one thread is faster than two on a shared 2-core host)"
+"$VENV/bin/rlef" make-warm-start artifacts/warm-start --tasks artifacts/feedback-tasks --seed 0 --threads 1 --if-stale
 log "ready: $VENV"

@@ -96,7 +96,8 @@ def test_overrides_apply_on_top_of_the_file() -> None:
     )
     assert config.learner.lr == 3e-6 and config.actor.sampling.top_p == 0.95
     assert config.transport.curve_keys_dir == Path("/k") and config.deploy.max_batches is None
-    assert config.learner.batch_rollouts == 16  # untouched values still come from the file
+    # Untouched values still come from the file (the file's value, not the schema's default of 1024).
+    assert config.learner.batch_rollouts == yaml.safe_load((CONFIGS / "tiny-cpu.yaml").read_text())["learner"]["batch_rollouts"] != 1024
 
 
 def test_weights_union_picks_the_backend(tmp_path: Path) -> None:

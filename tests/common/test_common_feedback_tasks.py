@@ -53,10 +53,10 @@ def test_statements_show_or_hide_the_convention(tasks):
         meta = T.parse_problem_name(p.problem_id)
         fmt = T.FORMATS_BY_NAME[meta["format"]]
         if meta["kind"] == "hidden":
-            assert "`" not in p.description and "judge's output format" in p.description
+            assert "`" not in p.description and "No example" in p.description
         else:
-            shown = p.description.split("like this: `")[1].split("`")[0]
-            assert shown.startswith(fmt.prefix) and shown.endswith(fmt.suffix)
+            shown = p.description.split("Expected output `")[1].split("`")[0]
+            assert shown.startswith(fmt.prefix) and shown.endswith(fmt.suffix + "\n")
 
 
 def _run(code: str, stdin: str) -> str:
@@ -133,7 +133,7 @@ def test_hidden_traces_ignore_the_feedback_and_stop_when_right(tasks):
 def test_shown_twin_and_traces_of_shown_problems(tasks):
     p = next(p for p in load_problems("codecontests", str(tasks), "train") if p.problem_id.endswith("hidden"))
     twin = shown_twin(p, random.Random(1))
-    assert twin.problem_id.endswith("-shown") and "like this: `" in twin.description
+    assert twin.problem_id.endswith("-shown") and "Expected output `" in twin.description
     messages = trace(twin, random.Random(0), max_turns=3, max_chars=256)
     meta = T.parse_problem_name(p.problem_id)
     assert len(messages) == 2 and T.program(T.OPS_BY_NAME[meta["op"]], T.FORMATS_BY_NAME[meta["format"]]) in messages[1]["content"]

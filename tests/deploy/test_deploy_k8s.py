@@ -81,7 +81,7 @@ def test_configmap_is_the_shipped_config_plus_deployment_facts(name: str, tmp_pa
     cfg = rendered_config(docs, tmp_path)
     shipped = load_config(ROOT / "configs" / CONFIGS[name])
     values = yaml.safe_load(VALUES[name].read_text())
-    ignore = {"endpoints", "deploy"} | ({"run", "model"} if name == "tiny" else set())
+    ignore = {"endpoints", "deploy"} | ({"run", "model", "data"} if name == "tiny" else set())
     for section in RlefConfig.model_fields:
         if section not in ignore:
             got, want = getattr(cfg, section).model_dump(), getattr(shipped, section).model_dump()

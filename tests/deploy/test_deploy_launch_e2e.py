@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_rlef_launch_tiny_run_trains_and_ends_cleanly(tmp_path: Path, tiny_model_dir: Path) -> None:
     cmd = [sys.executable, "-m", "rlef.common.cli", "launch", "--config", "configs/tiny-cpu.yaml", "--free-ports",
            "--progress", "log", f"run.output_dir={tmp_path}", "run.name=e2e", f"model.path={tiny_model_dir}",
-           "deploy.max_batches=2", "learner.batch_rollouts=8", "monitoring.episode_samples.rate=1.0"]  # fmt: skip
+           "deploy.max_batches=2", "learner.batch_rollouts=8", "monitoring.episode_samples.rate=1.0",
+           # The final evaluation (warm start vs final checkpoint, real and random feedback) on 3 test problems.
+           "deploy.final_evaluation.enabled=true", "deploy.final_evaluation.limit=3",
+           "deploy.final_evaluation.rollouts_per_problem=3", "actor.sampling.max_new_tokens=32"]  # fmt: skip
     launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: set[int] = set()
     deadline = time.monotonic() + 540
@@ -60,3 +63,9 @@ def test_rlef_launch_tiny_run_trains_and_ends_cleanly(tmp_path: Path, tiny_model
     # The actor's sampled episodes, also in the report.
     assert list((run_dir / "samples" / "actor-0").glob("episodes-*.jsonl"))
     assert "## Sampled episodes" in summary and "episode(s) sampled by 1 actor(s)" in summary
+    # The final evaluation compared the warm start (model.path) and the exported final checkpoint.
+    comparison = json.loads((run_dir / "eval" / "comparison.json").read_text())
+    assert set(comparison["rows"]) == {"warm-start/real", "warm-start/random", "rlef/real", "rlef/random"}
+    assert comparison["settings"]["problems"] == 3 and comparison["settings"]["split"] == "test"
+    assert (run_dir / "final-model" / "model.safetensors").is_file()
+    assert "## Learning: before and after RLEF" in summary and "eval_comparison.png" in summary
