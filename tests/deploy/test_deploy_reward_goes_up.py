@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BATCHES = 18
-# Each batch has 64 rollouts; with solve rates near 0.5 one batch's rate has a standard error of about
-# 0.0625, the mean of a third (6 batches) about 0.026, the difference of two thirds about 0.036 (more with
-# the batch-to-batch drift of a live run). 0.12 is over three of those standard errors.
-MARGIN = 0.12
+BATCHES = 24
+# Each batch has 64 rollouts; with solve rates near 0.5-0.7 one batch's rate has a standard error of about
+# 0.06, the mean of a third (8 batches) about 0.021, the difference of two thirds about 0.03. 0.10 is over three
+# of those standard errors; the working system gains about 0.2 over this span (docs/results.md).
+MARGIN = 0.10
 
 
 def solve_rates(run_dir: Path) -> list[float]:
@@ -37,13 +37,14 @@ def solve_rates(run_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_reward_goes_up_on_the_main_job(tmp_path: Path) -> None:
     if not (ROOT / "artifacts" / "warm-start" / "model.safetensors").is_file():
         pytest.fail("no warm start in artifacts/warm-start: run scripts/setup.sh (it builds it)")
     cmd = [sys.executable, "-m", "rlef.common.cli", "launch", "--config", "configs/tiny-cpu.yaml", "--free-ports",
            "--progress", "log", f"run.output_dir={tmp_path}", "run.name=reward-goes-up", f"deploy.max_batches={BATCHES}",
            "deploy.final_evaluation.enabled=false", "monitoring.episode_samples.rate=0.0"]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1400, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rates = solve_rates(tmp_path / "reward-goes-up")
     assert len(rates) == BATCHES, rates
