@@ -88,7 +88,7 @@ def test_cli_dry_run_writes_readable_jsonl(tiny_model_dir, executor_service, tmp
     proc = subprocess.run(
         [rlef, "actor", "--dry-run", "--output", str(out), "--episodes", "3", "--actor-index", "1",
          f"model.path={tiny_model_dir}", "actor.metrics_port=0", "actor.sampling.max_new_tokens=16",
-         "actor.episodes_in_flight=3", "deploy.actors=2", *overrides],
+         "actor.episodes_in_flight=3", "deploy.actors=2", "data.dataset=sample", "data.path=null", *overrides],
         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,7 +23,7 @@ from rlef.deploy.process import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 11
-MAX_BATCHES = 6
+MAX_BATCHES = 12  # long enough that every kill lands mid-run (the kills come after batch 1-3)
 # role -> how to recognise its process among the launcher's descendants (cmdline contains all of these)
 TARGETS = {
     "actor-1": ("rlef.common.cli actor ", " 1 "),
@@ -66,7 +66,7 @@ def test_run_reaches_its_end_while_every_role_is_killed(tmp_path: Path, tiny_mod
            "deploy.actors=2", "actor.episodes_in_flight=3", "actor.sampling.max_new_tokens=32",
            "learner.checkpoint.every_batches=2", "actor.execution_timeout_s=20", "actor.sandbox_retry_backoff_s=0.2",
            "executor.heartbeat_interval_s=0.3", "executor.heartbeat_liveness=3", "executor.workers=2",
-           "deploy.final_evaluation.enabled=false"]  # fmt: skip
+           "deploy.final_evaluation.enabled=false", "data.dataset=sample", "data.path=null"]  # fmt: skip
     launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "chaos"
     seen: set[int] = set()
