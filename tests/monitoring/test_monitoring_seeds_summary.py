@@ -1,0 +1,31 @@
+"""The learning proof's table over seeds (rlef.monitoring.seeds_summary) from real comparison files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlef.actor.compare import compare_reports
+from rlef.actor.evaluate import EpisodeSummary, aggregate
+from rlef.monitoring.seeds_summary import summary
+
+SETTINGS = {"model": "m", "dataset": "codecontests", "split": "test", "rollouts_per_problem": 1, "max_turns": 3,
+            "temperature": 0.2, "top_p": 0.95, "test_set": "all"}
+IDS = ["test-00000-sum-square-hidden", "test-00001-product-bang-shown"]
+WRONG3 = ("wrong_answer",) * 3
+BASE = aggregate(SETTINGS, IDS, [EpisodeSummary(IDS[0], WRONG3, False), EpisodeSummary(IDS[1], ("pass",), True)])
+BETTER = aggregate(SETTINGS, IDS, [EpisodeSummary(IDS[0], ("wrong_answer", "pass"), True), EpisodeSummary(IDS[1], ("pass",), True)])
+BETTER_RANDOM = BASE
+
+
+def test_table_has_a_row_per_seed_and_says_when_one_is_missing(tmp_path: Path) -> None:
+    result = compare_reports({"warm-start": {"real": BASE, "random": BASE}, "rlef": {"real": BETTER, "random": BETTER_RANDOM}})
+    (tmp_path / "seed-0" / "eval").mkdir(parents=True)
+    (tmp_path / "seed-0" / "eval" / "comparison.json").write_text(json.dumps(result))
+    (tmp_path / "seed-0" / "timing.json").write_text(json.dumps({"seed": 0, "warm_start_s": 300, "train_and_eval_s": 600}))
+    text = summary(tmp_path, ["0", "1"])
+    row0 = next(line for line in text.splitlines() if line.startswith("| 0 |"))
+    # warm 1@3 50%, RLEF 100%: +50 points; RLEF real - random +50; warm start real - random 0; 15 minutes.
+    assert "| 50.0 [" in row0 and "| 100.0 [" in row0 and "+50.0 [" in row0 and "+0.0 [" in row0
+    assert row0.rstrip(" |").endswith("15.0")
+    assert "| 1 | no evaluation" in text
