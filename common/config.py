@@ -99,11 +99,6 @@ class ActorConfig(Section):
         "executors; measured 6x faster than 2 threads on a loaded 2-core host; None: torch's default).",
     )
     episodes_in_flight: int = Field(8, ge=1, description="K: episodes one actor keeps in flight.")
-    hf_chunk_tokens: int = Field(
-        16, ge=0,
-        description="hf backend: tokens per generate call before waiting requests may join the batch (0 = a whole "
-        "response per call: no re-prefill of the context between chunks, which wins when responses are short).",
-    )
     max_turns: int = Field(3, ge=1, description="Turn limit (paper: 3 in training and evaluation).")
     sampling: SamplingConfig = SamplingConfig()
     random_feedback: bool = Field(False, description="Ablation: feedback from a wrong solution of another problem (paper, section 5).")

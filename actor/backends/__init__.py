@@ -17,7 +17,7 @@ def make_backend(config: Any, *, seed: int = 0) -> GenerationBackend:
         from rlef.actor.backends.hf import HfBackend
 
         return HfBackend(config.model.path, dtype=config.model.dtype, device=config.actor.device, seed=seed,
-                         threads=config.actor.torch_threads, chunk_tokens=config.actor.hf_chunk_tokens)
+                         threads=config.actor.torch_threads)
     from rlef.actor.backends.vllm import VllmBackend
 
     return VllmBackend.from_config(config, seed=seed)
