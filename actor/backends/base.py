@@ -91,3 +91,29 @@ class GenerationBackend(abc.ABC):
 
     async def close(self) -> None:
         """Release the engine (threads, worker processes)."""
+
+
+def fitting_tensors(model: Any, received: ReceivedWeightsLike) -> dict[str, Any]:
+    """``received``'s arrays as torch tensors, checked to fit ``model`` (every parameter present, no unknown
+    name, every shape equal); raises WeightsError naming the version and the first mismatches."""
+    import numpy as np
+    import torch
+
+    from rlef.common.errors import WeightsError
+
+    state = model.state_dict()
+    params = dict(model.named_parameters())
+    tensors = {name: value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+               for name, value in received.tensors.items()}
+    unknown = sorted(set(tensors) - set(state))
+    missing = sorted(set(params) - set(tensors))
+    if unknown or missing:
+        raise WeightsError(
+            f"weights version {received.version} does not fit the model: unknown {unknown[:3]}, missing {missing[:3]}"
+        )
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(state[name].shape):
+            raise WeightsError(
+                f"weights version {received.version}: {name} has shape {tuple(tensor.shape)}, model {tuple(state[name].shape)}"
+            )
+    return tensors

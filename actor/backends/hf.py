@@ -30,8 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlef.actor.backends.base import Generation, GenerationBackend, ReceivedWeightsLike, Sampling
-from rlef.common.errors import WeightsError
+from rlef.actor.backends.base import Generation, GenerationBackend, ReceivedWeightsLike, Sampling, fitting_tensors
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +44,6 @@ class _Request:
     logprobs: list[float] = field(default_factory=list)
     version: int | None = None
 
-
-def _as_tensor(value: Any):
-    import numpy as np
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value
-    return torch.from_numpy(np.ascontiguousarray(value))
 
 
 def teacher_forced_logprobs(model: Any, prompt_ids: list[int], response_ids: list[int], temperature: float = 1.0) -> list[float]:
@@ -237,19 +228,7 @@ class ChunkedHfBackend(GenerationBackend):
         import torch
 
         state = self.model.state_dict()
-        params = dict(self.model.named_parameters())
-        tensors = {name: _as_tensor(value) for name, value in received.tensors.items()}
-        unknown = sorted(set(tensors) - set(state))
-        missing = sorted(set(params) - set(tensors))
-        if unknown or missing:
-            raise WeightsError(
-                f"weights version {received.version} does not fit the model: unknown {unknown[:3]}, missing {missing[:3]}"
-            )
-        for name, tensor in tensors.items():
-            if tuple(tensor.shape) != tuple(state[name].shape):
-                raise WeightsError(
-                    f"weights version {received.version}: {name} has shape {tuple(tensor.shape)}, model {tuple(state[name].shape)}"
-                )
+        tensors = fitting_tensors(self.model, received)
         with self._lock, torch.no_grad():
             for name, tensor in tensors.items():
                 state[name].copy_(tensor.to(state[name].dtype))

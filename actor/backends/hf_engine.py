@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from rlef.actor.backends.base import Generation, GenerationBackend, ReceivedWeightsLike, Sampling
-from rlef.common.errors import WeightsError
+from rlef.actor.backends.base import Generation, GenerationBackend, ReceivedWeightsLike, Sampling, fitting_tensors
 
 log = logging.getLogger(__name__)
 
@@ -475,20 +474,7 @@ class CachedHfBackend(GenerationBackend):
         import torch
 
         state = self.model.state_dict()
-        params = dict(self.model.named_parameters())
-        tensors = {name: as_tensor(value) for name, value in received.tensors.items()}
-        unknown = sorted(set(tensors) - set(state))
-        missing = sorted(set(params) - set(tensors))
-        if unknown or missing:
-            raise WeightsError(
-                f"weights version {received.version} does not fit the model: unknown {unknown[:3]}, missing {missing[:3]}"
-            )
-        for name, tensor in tensors.items():
-            if tuple(tensor.shape) != tuple(state[name].shape):
-                raise WeightsError(
-                    f"weights version {received.version}: {name} has shape {tuple(tensor.shape)}, model {tuple(state[name].shape)}"
-                )
-
+        tensors = fitting_tensors(self.model, received)
         def copy() -> None:
             with torch.no_grad():
                 for name, tensor in tensors.items():
@@ -497,12 +483,3 @@ class CachedHfBackend(GenerationBackend):
         self.engine.apply_weights(copy, received.version)
         log.info("hf backend: applied weights version %d (%d tensors)", received.version, len(tensors))
 
-
-def as_tensor(value: Any) -> Any:
-    """A torch tensor view of a received array (numpy arrays from the weights transports)."""
-    import numpy as np
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value
-    return torch.from_numpy(np.ascontiguousarray(value))
