@@ -111,7 +111,7 @@ def snapshot_now() -> None:
     """Write one metrics-log snapshot now (the evaluator calls it after each evaluation, so every curve point
     is in the log even when evaluations are closer together than the snapshot interval)."""
     if _snapshotter is not None:
-        _snapshotter._snapshot()  # noqa: SLF001 - same module family; the snapshotter serialises writes itself
+        _snapshotter.snapshot()
 
 
 def beat(policy_version: int | None = None) -> None:

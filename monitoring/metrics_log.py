@@ -165,7 +165,7 @@ class Snapshotter(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
-            self._snapshot()
+            self.snapshot()
 
     def _values(self) -> tuple[int | None, dict[str, float]]:
         now = _time.time()
@@ -187,7 +187,8 @@ class Snapshotter(threading.Thread):
         step = int(totals[self.step_from]) if self.step_from else None
         return step, values
 
-    def _snapshot(self) -> None:
+    def snapshot(self) -> None:
+        """Write one snapshot now (the thread calls this every ``interval_s``; safe from any thread)."""
         with self._lock:
             if self.mlog._fh is None:
                 return
@@ -203,7 +204,7 @@ class Snapshotter(threading.Thread):
         self._stop_event.set()
         if self.is_alive():
             self.join(timeout=max(self.interval_s, 1.0) + 5)
-        self._snapshot()
+        self.snapshot()
         with self._lock:
             self.mlog.close()
 

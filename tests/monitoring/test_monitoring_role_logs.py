@@ -25,16 +25,20 @@ def test_snapshots_carry_rates_ratios_and_step(tmp_path):
     tokens = Counter("rlef_actor_generated_tokens_total", "x", ["kind"], registry=reg)
     reward = Gauge("rlef_actor_episode_reward_running_sum", "x", registry=reg)
     mlog = MetricsLog(tmp_path / "actor-0.jsonl", "actor", 0)
-    snap = mlog.start_snapshots(0.2, reg, rates={"throughput/rollouts_per_s": "rlef_actor_rollouts_sent_total",
-                                                 "throughput/tokens_per_s": "rlef_actor_generated_tokens_total"},
+    # The timer never fires here: a snapshot taken between two increments of one step would see half a step
+    # (rollouts counted, tokens not yet), so the test takes each snapshot between steps itself.
+    snap = mlog.start_snapshots(3600.0, reg, rates={"throughput/rollouts_per_s": "rlef_actor_rollouts_sent_total",
+                                                    "throughput/tokens_per_s": "rlef_actor_generated_tokens_total"},
                                 ratios={"reward/episode_mean": ("rlef_actor_episode_reward_running_sum", "rlef_actor_rollouts_sent_total")},
                                 step_from="rlef_actor_rollouts_sent_total")
+    snap.snapshot()
     for _ in range(6):
         sent.inc(2)
         tokens.labels("a").inc(30)
         tokens.labels("b").inc(10)
         reward.dec(1.0)  # -0.5 per rollout
-        time.sleep(0.2)
+        time.sleep(0.05)
+        snap.snapshot()
     snap.stop()
     records = list(read_metrics_log(tmp_path / "actor-0.jsonl"))
     assert len(records) >= 4 and "throughput/rollouts_per_s" not in records[0].values  # no rate before a second point
