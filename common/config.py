@@ -161,6 +161,10 @@ class LearnerConfig(Section):
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up (paper: 50).")
     adam_betas: tuple[float, float] = (0.9, 0.95)
     clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip (paper: 0.2).")
+    dual_clip: float | None = Field(
+        None, gt=1, description="Dual-clip PPO (Ye et al. 2020): for negative advantages the per-token loss is at most "
+        "c*|A|, so a token whose probability grew far beyond the behaviour policy's cannot send an unbounded gradient "
+        "(paper: not used; None disables).")
     value_clip: float = Field(0.2, gt=0, description="Value clip around the old value (paper: 0.2).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (paper: unspecified; None disables).")
     advantage_norm: Literal["batch", "update", "none"] = Field(

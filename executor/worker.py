@@ -54,6 +54,8 @@ class ExecutorPool:
         self._stop = asyncio.Event()
         self._connections = itertools.count()
         m.SANDBOXES.set(self.size)
+        for mode in ("v1", "v2", "weak"):  # every mode present, so a dashboard can alert on weak == 1 or count them
+            m.LIMITS_MODE.labels(mode=mode).set(1.0 if mode == self.sandboxes[0].limits_mode else 0.0)
 
     def stop(self) -> None:
         self._stop.set()

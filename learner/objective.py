@@ -14,7 +14,8 @@ Method facts (docs/method.md, reference rlef-method.md):
 - KL_t = (1/|a_t|) sum_j [log pi(a_t^j) - log rho(a_t^j)]: log of the geometric-mean probability ratio.
 - R_t = r_t - beta * KL_t; G_t = sum_{i>=t} R_i (gamma = lambda = 1); A_t = G_t - V(c_t), one per turn,
   shared by every token of the turn's response.
-- ratio = pi/pi_old * stopgrad(min(pi/pi_b, 1)); L_pi = -E_tokens[min(ratio A, clip(ratio, 1-eps, 1+eps) A)].
+- ratio = pi/pi_old * stopgrad(min(pi/pi_b, 1)); L_pi = -E_tokens[min(ratio A, clip(ratio, 1-eps, 1+eps) A)]
+  (optionally dual-clipped for A < 0: max(that, c A); not in the paper, off by default).
 - L_V = 0.5 * E_turns[max((V - G)^2, (clip(V, V_old - c, V_old + c) - G)^2)].
 
 Where the KL is computed: the learner re-scores. Before a batch's U updates it runs its own forward passes of
@@ -73,16 +74,22 @@ def importance_ratio(logpi: Tensor, logpi_old: Tensor, logpi_b: Tensor) -> Tenso
     return torch.exp(logpi - logpi_old) * truncated
 
 
-def policy_loss_terms(ratio: Tensor, advantages: Tensor, clip_eps: float) -> Tensor:
-    """Per-token -min(ratio A, clip(ratio, 1-eps, 1+eps) A); average (or sum then divide) over tokens."""
+def policy_loss_terms(ratio: Tensor, advantages: Tensor, clip_eps: float, dual_clip: float | None = None) -> Tensor:
+    """Per-token -min(ratio A, clip(ratio, 1-eps, 1+eps) A); average (or sum then divide) over tokens.
+
+    With ``dual_clip`` c, tokens with A < 0 use -max(min(ratio A, clip(ratio) A), c A): the plain clip leaves
+    ratio * A unbounded when A < 0 and the ratio is large, and one such token can dominate a whole update."""
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    return -torch.minimum(unclipped, clipped)
+    objective = torch.minimum(unclipped, clipped)
+    if dual_clip is not None:
+        objective = torch.where(advantages < 0, torch.maximum(objective, dual_clip * advantages), objective)
+    return -objective
 
 
-def policy_loss(ratio: Tensor, advantages: Tensor, clip_eps: float) -> Tensor:
-    """L_pi = -E[min(ratio A, clip(ratio) A)] over response tokens (token-level mean)."""
-    return policy_loss_terms(ratio, advantages, clip_eps).mean()
+def policy_loss(ratio: Tensor, advantages: Tensor, clip_eps: float, dual_clip: float | None = None) -> Tensor:
+    """L_pi = -E[min(ratio A, clip(ratio) A)] over response tokens (token-level mean); see policy_loss_terms."""
+    return policy_loss_terms(ratio, advantages, clip_eps, dual_clip).mean()
 
 
 def value_loss_terms(V: Tensor, V_old: Tensor, G: Tensor, value_clip: float) -> Tensor:

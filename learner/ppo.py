@@ -223,7 +223,7 @@ class PPOLearner:
             ri, vi = mb.resp_index, mb.value_index
             A_tok = dev(A_flat[sub.token_turn[ri]].float())
             ratio = O.importance_ratio(logpi, dev(logpi_old[ri]), dev(logpi_b[ri]))
-            pi_terms = O.policy_loss_terms(ratio, A_tok, self.cfg.clip_eps)
+            pi_terms = O.policy_loss_terms(ratio, A_tok, self.cfg.clip_eps, self.cfg.dual_clip)
             v_terms = O.value_loss_terms(V, dev(V_old_flat[vi].float()), dev(G_flat[vi].float()), self.cfg.value_clip)
             (pi_terms.sum() * scale_tok + v_terms.sum() * scale_turn).backward()
             with torch.no_grad():

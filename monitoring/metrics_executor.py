@@ -19,6 +19,10 @@ SANDBOX_ERRORS = Counter("rlef_executor_sandbox_errors_total", "Jobs or tests th
 JAIL_RESTARTS = Counter("rlef_executor_jail_retries_total", "Jobs re-run in a fresh jail after their jail died.")
 BUSY_SANDBOXES = Gauge("rlef_executor_busy_sandboxes", "Sandboxes of this executor running a job now.")
 SANDBOXES = Gauge("rlef_executor_sandboxes", "Sandboxes in this executor's pool.")
+LIMITS_MODE = Gauge(
+    "rlef_executor_limits_mode", "1 for the per-test limits mode this executor runs in: cgroup v1 or v2 (whole jail "
+    "counted), or weak (per-process rlimits only: forked children escape the time and memory limits).", ["mode"]
+)
 WORKER_RECONNECTS = Counter("rlef_executor_reconnects_total", "Times a sandbox slot reconnected to a silent broker.")
 BAD_MESSAGES = Counter("rlef_executor_bad_messages_total", "Malformed messages dropped, by receiving process kind.", ["process"])
 

@@ -140,6 +140,8 @@ def test_metrics_are_served(tmp_path: Path) -> None:
     assert 'rlef_executor_jobs_total{status="pass"}' in executor  # the readiness probe passed through it
     assert 'rlef_executor_tests_total{status="pass"}' in executor
     assert "rlef_executor_test_duration_seconds_bucket" in executor
+    modes = {mode: f'rlef_executor_limits_mode{{mode="{mode}"}} 1.0' in executor for mode in ("v1", "v2", "weak")}
+    assert sum(modes.values()) == 1 and not modes["weak"], modes  # cgroups work here (test_executor_limits)
     assert 'rlef_role_info{id="test-executor-0",role="executor"' in executor
     assert "rlef_executor_broker_workers_alive 1.0" in broker
     assert 'rlef_executor_broker_jobs_total{outcome="completed"}' in broker

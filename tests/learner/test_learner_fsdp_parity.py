@@ -95,7 +95,7 @@ def reference_update(model_dir, perturbed, batch, config):
         _, logpi = score(policy, s)
         a_tok = torch.repeat_interleave(a, torch.from_numpy(s.response_lens))
         ratio = O.importance_ratio(logpi, lo, torch.from_numpy(s.logprobs_b))
-        pi_terms.append(O.policy_loss_terms(ratio, a_tok, cfg.clip_eps))
+        pi_terms.append(O.policy_loss_terms(ratio, a_tok, cfg.clip_eps, cfg.dual_clip))
         V = value(input_ids=torch.from_numpy(s.tokens)[None]).logits[0, :, 0][torch.from_numpy(s.value_positions)]
         v_terms.append(O.value_loss_terms(V, vo, g, cfg.value_clip))
     (torch.cat(pi_terms).mean() + torch.cat(v_terms).mean()).backward()

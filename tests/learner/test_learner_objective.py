@@ -97,7 +97,7 @@ def ref_advantages(eps, beta, normalize):
     return A
 
 
-def ref_policy_loss(eps, A, clip):
+def ref_policy_loss(eps, A, clip, dual_clip=None):
     total, n = 0.0, 0
     for e, turns in enumerate(eps):
         for t, turn in enumerate(turns):
@@ -105,7 +105,10 @@ def ref_policy_loss(eps, A, clip):
                 w = min(math.exp(turn["logpi"][j] - turn["logpi_b"][j]), 1.0)
                 ratio = math.exp(turn["logpi"][j] - turn["logpi_old"][j]) * w
                 clipped = min(max(ratio, 1 - clip), 1 + clip)
-                total += -min(ratio * A[e][t], clipped * A[e][t])
+                objective = min(ratio * A[e][t], clipped * A[e][t])
+                if dual_clip is not None and A[e][t] < 0:
+                    objective = max(objective, dual_clip * A[e][t])
+                total += -objective
                 n += 1
     return total / n
 
@@ -178,6 +181,36 @@ def test_policy_loss_token_level_with_truncated_importance_weight(seed, clip):
     ratio = O.importance_ratio(T["logpi"], T["logpi_old"], T["logpi_b"])
     loss = O.policy_loss(ratio, A_tok, clip)
     assert close(loss.item(), ref_policy_loss(eps, A_ref, clip))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dual_clip", [1.5, 3.0])
+def test_dual_clip_matches_the_scalar_reference(seed, dual_clip):
+    eps = make_episodes(seed)
+    for turns in eps:  # large ratios, so the dual clip is active on some tokens
+        for turn in turns:
+            turn["logpi_old"] = [v - 1.5 for v in turn["logpi_old"]]
+    T = to_tensors(eps)
+    A_ref = ref_advantages(eps, 0.05, True)
+    A_tok = torch.tensor([A_ref[e][t] for e, turns in enumerate(eps) for t, turn in enumerate(turns)
+                          for _ in turn["logpi"]], dtype=torch.float64)
+    ratio = O.importance_ratio(T["logpi"], T["logpi_old"], T["logpi_b"])
+    assert bool(((ratio > dual_clip) & (A_tok < 0)).any())  # the case under test occurs
+    assert close(O.policy_loss(ratio, A_tok, 0.2, dual_clip).item(), ref_policy_loss(eps, A_ref, 0.2, dual_clip))
+    assert not close(O.policy_loss(ratio, A_tok, 0.2, dual_clip).item(), O.policy_loss(ratio, A_tok, 0.2).item())
+
+
+def test_dual_clip_bounds_the_loss_and_stops_the_gradient_of_large_ratios_with_negative_advantages():
+    logpi = torch.tensor([0.0, 0.0, 0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    old = torch.log(torch.tensor([1 / 10, 1 / 2, 1 / 10, 1.0], dtype=torch.float64))  # ratios 10, 2, 10, 1
+    A = torch.tensor([-1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    terms = O.policy_loss_terms(O.importance_ratio(logpi, old, logpi.detach()), A, 0.2, 3.0)
+    terms.sum().backward()
+    # ratio 10, A<0: plain PPO would give loss 10 with gradient 10; the dual clip caps it at 3 with no gradient.
+    assert close(terms[0].item(), 3.0) and close(logpi.grad[0].item(), 0.0)
+    assert close(terms[1].item(), 2.0) and close(logpi.grad[1].item(), 2.0)  # under the cap: plain PPO
+    assert close(terms[2].item(), -1.2) and close(logpi.grad[2].item(), 0.0)  # A>0: the ordinary clip
+    assert close(terms[3].item(), 1.0) and close(logpi.grad[3].item(), 1.0)
 
 
 def test_truncated_weight_carries_no_gradient():
