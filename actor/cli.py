@@ -47,13 +47,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SystemExit("rlef evaluate: --compare runs with neither --turn-limits nor --budget-curve (sweep each model "
                          "with --model DIR into its own --output)")
     with contextlib.ExitStack() as stack:
+        children = []
         if args.executors:
             from rlef.actor.local_sandboxes import local_sandboxes
 
-            stack.enter_context(local_sandboxes(Path(args.config), args.executors, output / "logs", list(args.overrides)))
+            children = stack.enter_context(local_sandboxes(Path(args.config), args.executors, output / "logs", list(args.overrides)))
         from rlef.actor.local_sandboxes import probe
 
-        probe(config, timeout_s=args.probe_timeout)
+        # Local sandboxes: their start-up (minutes on a loaded machine) is waited for while they live.
+        probe(config, timeout_s=args.probe_timeout, children=children, log_dir=output / "logs" if children else None)
         if args.random_feedback and models is None:
             config.actor.random_feedback = True
         if turn_limits or args.budget_curve:
@@ -161,7 +163,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--executors", type=int, default=0,
                           help="start a local broker and N executors for this evaluation (default 0: use the configured ones)")
     evaluate.add_argument("--probe-timeout", type=float, default=30.0,
-                          help="seconds one trivial job may take before the evaluation fails naming the broker endpoint")
+                          help="seconds one trivial job may take before the evaluation fails naming the broker endpoint (with "
+                               "--executors N it is resent while the local sandboxes start, for up to 5 minutes)")
     evaluator = subparsers.add_parser(
         "evaluator",
         help="the in-training evaluator: receives weights like an actor, evaluates the valid split every N versions, "

@@ -197,3 +197,102 @@ def test_rlef_evaluate_without_an_executor_fails_naming_the_endpoint(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"no executor answered at tcp://127.0.0.1:{port}" in proc.stderr
     assert not (tmp_path / "out" / "episodes.jsonl").exists()  # nothing ran
+
+
+def _sleeper(code: str = "import time; time.sleep(120)"):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def _stop(*procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+
+
+def test_probe_waits_for_local_sandboxes_that_start_late():
+    # `rlef evaluate --executors 1` on a loaded 2-core machine: the niced broker and executor took over 90 s to
+    # come up and the 30 s probe failed the evaluation. With the children it started, the probe waits for them.
+    import threading
+    import time
+
+    import zmq
+
+    from helpers.executor_service import free_port
+
+    from rlef.actor.local_sandboxes import probe
+    from rlef.common.config import load_config
+    from rlef.common.messages import ExecutionJob, ExecutionResult, TestResult, decode, encode
+
+    port = free_port()
+    config = load_config(None, [f"endpoints.broker_frontend_port={port}"])
+    stop = threading.Event()
+
+    def late_broker(delay_s: float = 2.5) -> None:  # binds only after delay_s, then answers every job: pass
+        time.sleep(delay_s)
+        sock = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"tcp://127.0.0.1:{port}")
+        try:
+            while not stop.is_set():
+                if sock.poll(100):
+                    identity, frame = sock.recv_multipart()
+                    job = decode(frame, ExecutionJob)
+                    sock.send_multipart([identity, encode(ExecutionResult(
+                        job_id=job.job_id, compile_ok=True, tests=[TestResult(status="pass")], tests_total=1))])
+        finally:
+            sock.close()
+
+    child = _sleeper()
+    thread = threading.Thread(target=late_broker, daemon=True)
+    thread.start()
+    try:
+        seconds = probe(config, timeout_s=1.0, children=[child], startup_s=60.0)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        _stop(child)
+    assert 2.0 < seconds < 30.0
+
+
+def test_probe_fails_at_once_when_a_local_sandbox_exits(tmp_path):
+    import time
+
+    from helpers.executor_service import free_port
+
+    from rlef.actor.local_sandboxes import NoExecutorError, probe
+    from rlef.common.config import load_config
+
+    config = load_config(None, [f"endpoints.broker_frontend_port={free_port()}"])
+    alive, dead = _sleeper(), _sleeper("import sys; sys.exit(3)")
+    dead.wait(timeout=30)
+    started = time.monotonic()
+    try:
+        with pytest.raises(NoExecutorError, match=rf"exited with code 3 .*{tmp_path}"):
+            probe(config, timeout_s=1.0, children=[alive, dead], startup_s=60.0, log_dir=tmp_path)
+    finally:
+        _stop(alive, dead)
+    assert time.monotonic() - started < 5.0  # not the 60 s start-up allowance
+
+
+def test_probe_gives_up_when_local_sandboxes_never_answer():
+    import time
+
+    from helpers.executor_service import free_port
+
+    from rlef.actor.local_sandboxes import NoExecutorError, probe
+    from rlef.common.config import load_config
+
+    port = free_port()
+    config = load_config(None, [f"endpoints.broker_frontend_port={port}"])
+    child = _sleeper()
+    started = time.monotonic()
+    try:
+        with pytest.raises(NoExecutorError, match=rf"tcp://127.0.0.1:{port}.*did not answer in [23] s"):
+            probe(config, timeout_s=1.0, children=[child], startup_s=2.5)
+    finally:
+        _stop(child)
+    assert 2.4 < time.monotonic() - started < 10.0
