@@ -36,6 +36,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     pre = [f"actor.sampling.temperature={temperature}", f"actor.sampling.top_p={top_p}"]
     if args.model is not None:
         pre.append(f"model.path={args.model}")
+    if args.executors:
+        from rlef.actor.local_sandboxes import private_endpoints
+
+        pre += private_endpoints()
     args.overrides = pre + list(args.overrides)
     config = config_from_args(args)
     split = args.split or config.data.eval_split

@@ -38,6 +38,18 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rlef.common.cli", *args]
 
 
+def private_endpoints() -> list[str]:
+    """Config overrides that give an evaluation's own sandboxes ports nobody else uses.
+
+    The config's ports belong to a run: the final evaluation of ``rlef launch`` reads the run's config while
+    that run's broker may still be closing, and two evaluations on one machine share a config; either way the
+    local broker failed with "Address already in use". Its metrics are not scraped, so it serves none."""
+    from rlef.monitoring.promconfig import free_port
+
+    return ["endpoints.broker_host=127.0.0.1", f"endpoints.broker_frontend_port={free_port()}",
+            f"endpoints.broker_backend_port={free_port()}", "executor.metrics_port=0"]
+
+
 @contextlib.contextmanager
 def local_sandboxes(config_path: Path, executors: int, log_dir: Path, overrides: list[str] = ()) -> Iterator[list[subprocess.Popen]]:
     """Run a broker and ``executors`` executors (config ``config_path`` plus ``overrides``) for the block."""

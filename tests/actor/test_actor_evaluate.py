@@ -195,6 +195,43 @@ def test_rlef_evaluate_process(tiny_model_dir, executor_service, tmp_path):
     assert "1@3" in proc.stdout
 
 
+@pytest.mark.slow
+def test_local_sandboxes_do_not_need_the_configs_ports(tiny_model_dir, tmp_path):
+    """`rlef evaluate --executors 1` with every port of the config taken (as in the final evaluation of
+    `rlef launch`, whose run broker may still be closing): its own broker and executor use other ports."""
+    import socket
+
+    import yaml
+
+    held = []
+    for _ in range(3):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        held.append(s)
+    front, back, metrics = (s.getsockname()[1] for s in held)
+    config = yaml.safe_load((ROOT / "configs/tiny-cpu.yaml").read_text())
+    config.setdefault("endpoints", {}).update(broker_frontend_port=front, broker_backend_port=back)
+    config["executor"]["metrics_port"] = metrics + 1  # the broker serves metrics on metrics_port - 1
+    path = tmp_path / "run-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "eval"
+    rlef = str(Path(sys.executable).with_name("rlef"))
+    try:
+        proc = subprocess.run(
+            [rlef, "evaluate", "--config", str(path), "--model", str(tiny_model_dir), "--split", "valid", "--limit", "1",
+             "-R", "1", "--executors", "1", "--output", str(out), "actor.sampling.max_new_tokens=16"],
+            check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        for s in held:
+            s.close()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((out / "evaluation.json").read_text())["errors"] == []
+    broker_log = (out / "logs" / "executor-broker.log").read_text()
+    assert "Address already in use" not in broker_log and f":{front}" not in broker_log
+
+
 def _fenced(code: str) -> str:
     return f"```python\n{code}```"
 
