@@ -78,7 +78,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             from rlef.actor.compare import comparison_markdown, run_comparison
 
             result = asyncio.run(run_comparison(config, models=models, split=split, rollouts=rollouts, protocol=args.protocol,
-                                                output=output, random_feedback=args.random_feedback, limit=args.limit))
+                                                output=output, random_feedback=args.random_feedback, limit=args.limit,
+                                                fresh=args.fresh))
             comparison_plot(result, output / "comparison.png")
             print(comparison_markdown(result, result["settings"]))
             print(f"written to {output}/comparison.json, comparison.md, comparison.png and one folder per model and feedback mode")
@@ -182,8 +183,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluator.set_defaults(func=_evaluator)
 
     evaluate.add_argument("--fresh", action="store_true",
-                          help="single evaluation: start over, dropping the episodes a previous run left in --output (default, "
-                               "and always for --compare and the sweeps: resume, running only the episodes missing)")
+                          help="single evaluation and --compare: start over, dropping the episodes a previous run left in --output "
+                               "(default, and always for the sweeps: resume, running only the episodes missing; a resume refuses "
+                               "episodes of another model, settings or checkpoint files)")
     analyses = evaluate.add_argument_group("the paper's analyses (section 5); each writes a table (.md), a plot (.png) and .json")
     analyses.add_argument("--chrf", action="store_true",
                           help="1 - chrF between successive programs per turn (and a per-turn error plot) of every "

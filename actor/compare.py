@@ -135,7 +135,7 @@ def comparison_markdown(result: dict[str, Any], settings: dict[str, Any]) -> str
 
 async def run_comparison(
     config: Any, *, models: list[tuple[str, str]], split: str, rollouts: int, protocol: str, output: Path,
-    random_feedback: bool, limit: int | None = None,
+    random_feedback: bool, limit: int | None = None, fresh: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every model in every mode (module docstring); writes and returns the comparison."""
     from rlef.actor.evaluate import run_evaluation
@@ -154,7 +154,8 @@ async def run_comparison(
             cfg.actor.random_feedback = mode == "random"
             log.info("evaluating %s (%s feedback) on %s", name, mode, split)
             reports[name][mode] = await run_evaluation(cfg, rollouts=rollouts, protocol=protocol,
-                                                       output=output / name / mode, split=split, limit=limit)
+                                                       output=output / name / mode, split=split, limit=limit,
+                                                       fresh=fresh)
     result = compare_reports(reports, seed=config.run.seed)
     first = next(iter(next(iter(reports.values())).values()))
     s = first.settings

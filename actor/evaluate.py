@@ -296,7 +296,7 @@ class ResumeMismatchError(RlefError):
 
 
 #: Settings that decide what an episode means: a restart may only add episodes to a file made with these.
-RESUME_KEYS = ("model", "dataset", "split", "max_turns", "temperature", "top_p", "top_k", "max_new_tokens",
+RESUME_KEYS = ("model", "model_fingerprint", "dataset", "split", "max_turns", "temperature", "top_p", "top_k", "max_new_tokens",
                "max_seq_len", "random_feedback", "test_set", "prompt_template")
 
 
@@ -393,11 +393,30 @@ class EpisodesSink:
             self._file = None
 
 
+def model_fingerprint(path: str | Path) -> str | None:
+    """Names, sizes and modification times of a checkpoint directory's files (None when it is not a directory).
+
+    The path alone does not name the weights: a resumed run exports its new final checkpoint to the same
+    ``final-model`` directory, and a resumed evaluation kept the old checkpoint's episodes (seen: the 80-batch
+    evaluation of a run reported its 40-batch numbers). Re-writing identical weights changes the fingerprint
+    too; that costs a re-run, never a wrong number. Hashing the contents would cost a minute per 16 GB."""
+    import hashlib
+
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for f in sorted(p for p in root.iterdir() if p.is_file()):
+        st = f.stat()
+        digest.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def evaluation_settings(config: Any, *, split: str, limit: int | None, protocol: str, rollouts: int) -> dict[str, Any]:
     """What an evaluation's report records about how it sampled and scored."""
     s = config.actor.sampling
     return {
-        "model": config.model.path, "dataset": config.data.dataset, "split": split, "limit": limit,
+        "model": config.model.path, "model_fingerprint": model_fingerprint(config.model.path), "dataset": config.data.dataset, "split": split, "limit": limit,
         "protocol": protocol, "rollouts_per_problem": rollouts, "max_turns": config.actor.max_turns,
         "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
         "max_seq_len": config.model.max_seq_len, "random_feedback": config.actor.random_feedback,

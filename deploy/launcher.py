@@ -128,6 +128,7 @@ def final_evaluation(config: RlefConfig, config_path: Path) -> int:
             "evaluate", "--config", str(config_path), "--compare", f"warm-start={config.model.path}", f"rlef={final_model}",
             "--split", fe.split, "--protocol", fe.protocol, "-R", str(fe.rollouts_per_problem),
             "--executors", str(fe.executors), "--output", str(run_dir / "eval"),
+            "--fresh",  # a resumed run's final checkpoint is new: never add its episodes to the old one's
             *(["--random-feedback"] if fe.random_feedback else []), *(["--limit", str(fe.limit)] if fe.limit else []),
         )),
     ]

@@ -158,6 +158,33 @@ def test_resume_refuses_another_evaluation(tmp_path):
     assert not (tmp_path / "episodes.jsonl").exists()
 
 
+def test_resume_refuses_episodes_of_other_weights_at_the_same_path(tmp_path):
+    """A resumed run re-exports its final checkpoint into the same directory: the path is the same, the
+    weights are not, and the old episodes must not count for the new weights."""
+    import os
+
+    from rlef.actor.evaluate import model_fingerprint
+
+    model = tmp_path / "final-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"old weights")
+    settings = {"model": str(model), "model_fingerprint": model_fingerprint(model), "split": "test"}
+    out = tmp_path / "eval"
+    _check_resumable(out, settings, fresh=False)
+    (out / "episodes.jsonl").write_text("{}\n")
+    assert model_fingerprint(model) == settings["model_fingerprint"]  # unchanged files: resumable
+    _check_resumable(out, settings, fresh=False)
+    (model / "model.safetensors").write_bytes(b"new weights")
+    st = (model / "model.safetensors").stat()
+    os.utime(model / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    moved = {**settings, "model_fingerprint": model_fingerprint(model)}
+    assert moved["model_fingerprint"] != settings["model_fingerprint"]
+    with pytest.raises(ResumeMismatchError, match="model_fingerprint"):
+        _check_resumable(out, moved, fresh=False)
+    assert model_fingerprint(tmp_path / "no-such-dir") is None
+
+
 def test_progress_eta():
     p = Progress(total=10, done=4, every_s=1e9)
     assert p.eta_s() is None and "ETA unknown" in p.line()
