@@ -41,6 +41,7 @@ import zmq
 
 from rlef.common.config import RlefConfig
 from rlef.common.errors import MessageError, TransportError
+from rlef.common.log_limit import LogLimiter, printable
 from rlef.common.messages import Control, decode, encode
 from rlef.common.router_loop import serve_router
 from rlef.common.transport import Transport
@@ -96,6 +97,7 @@ class ControlServer:
         self._commands: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._bad_logged: set[bytes] = set()
+        self._bad_log = LogLimiter(log, "control hub: bad messages")
         self.bad_messages = 0
         # Fresh per start: tells peers this hub is not the one they knew (module docstring, "Hub restarts").
         self.incarnation = uuid.uuid4().hex[:16]
@@ -177,9 +179,9 @@ class ControlServer:
     def _bad(self, identity: bytes, reason: str) -> None:
         self.bad_messages += 1
         M.CONTROL_BAD_MESSAGES.inc()
-        if identity not in self._bad_logged and len(self._bad_logged) < 1000:  # log once per peer
+        if identity not in self._bad_logged and len(self._bad_logged) < 1000:  # once per peer, within the log budget
             self._bad_logged.add(identity)
-            log.warning("control hub: dropped a bad message from %r: %s", identity[:64], reason)
+            self._bad_log.warning("control hub: dropped a bad message from %s: %s", identity[:64], reason)
 
     def _handle(self, identity: bytes, frame: bytes) -> None:
         try:
@@ -195,8 +197,9 @@ class ControlServer:
             peer = self._peers.get(identity)
             if peer is None or message.op == "register":
                 if peer is None:
-                    log.info("control hub: %s %s (%s) %s", message.role, message.sender_id,
-                             ",".join(message.capabilities) or "-", "registered" if message.op == "register" else "is back")
+                    log.info("control hub: %s %s (%s) %s", message.role, printable(message.sender_id),
+                             printable(",".join(message.capabilities) or "-"),
+                             "registered" if message.op == "register" else "is back")
                 peer = Peer(sender_id=message.sender_id, role=message.role, identity=identity,
                             capabilities=list(message.capabilities), info=dict(message.info), registered_at=now)
                 self._peers[identity] = peer
@@ -231,6 +234,7 @@ class ControlClient:
         self.stop_requested = False
         self.last_heard = 0.0  # time.monotonic() of the hub's last message (0: never)
         self.bad_messages = 0
+        self._bad_log = LogLimiter(log, f"control {client_id}: bad messages")
         self.hub_incarnation = ""  # the hub's nonce ("" until it answered; a change means it restarted)
         self.hub_restarts = 0
         self._local_version = -1
@@ -376,8 +380,8 @@ class ControlClient:
         self.bad_messages += 1
         M.CONTROL_CLIENT_BAD_MESSAGES.inc()
         if self.bad_messages == 1 or self.bad_messages % 1000 == 0:
-            log.warning("control %s: dropped a bad message from %s (%d so far): %s", self.client_id, self.endpoint,
-                        self.bad_messages, reason)
+            self._bad_log.warning("control %s: dropped a bad message from %s (%d so far): %s", self.client_id,
+                                  self.endpoint, self.bad_messages, reason)
 
 
 def make_control_server(config: RlefConfig, transport: Transport, *, version: int = -1, hub_id: str = "learner-0") -> ControlServer:

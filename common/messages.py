@@ -368,6 +368,12 @@ class WeightsChunk(Message, tag=_tag("weights_chunk"), kw_only=True):
     data: _Bin = b""
 
 
+# A relay endpoint as receivers advertise it (``tcp://host:port``; "" = none). Receivers connect to what the
+# hub passes on, so anything else (a peer's garbage) is rejected on decode instead of reaching a connect().
+_Endpoint = Annotated[str, Meta(max_length=MAX_ID_LEN,
+                                pattern=r"^(?:tcp://(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})?\Z")]
+
+
 class WeightsRequest(Message, tag=_tag("weights_request"), kw_only=True):
     """Receiver -> hub on the zmq weights channel (see rlef.common.weights.zmq_transport): ``get`` asks for a version
     newer than ``version`` (the hub answers with its manifest, or a control ack naming its current version);
@@ -379,8 +385,8 @@ class WeightsRequest(Message, tag=_tag("weights_request"), kw_only=True):
     receiver_id: ID
     version: Annotated[int, Meta(ge=-1)] = -1
     index: NonNegInt = 0
-    relay: Annotated[str, Meta(max_length=MAX_ID_LEN)] = ""  # get: where this receiver serves peers ("" none)
-    dead: Annotated[str, Meta(max_length=MAX_ID_LEN)] = ""  # get: a relay endpoint this receiver saw die
+    relay: _Endpoint = ""  # get: where this receiver serves peers ("" none)
+    dead: _Endpoint = ""  # get: a relay endpoint this receiver saw die
 
 
 class WeightsSource(Message, tag=_tag("weights_source"), kw_only=True):
@@ -389,7 +395,7 @@ class WeightsSource(Message, tag=_tag("weights_source"), kw_only=True):
 
     KIND: ClassVar[str] = "weights_source"
     version: NonNegInt
-    endpoint: Annotated[str, Meta(max_length=MAX_ID_LEN)] = ""
+    endpoint: _Endpoint = ""
 
 
 # ---------------------------------------------------------------- control

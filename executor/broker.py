@@ -32,6 +32,7 @@ import zmq
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
 from rlef.common.execution_client import job_problem, refusal
+from rlef.common.log_limit import LogLimiter, printable
 from rlef.common.messages import Control, ExecutionJob, ExecutionResult, decode, encode
 from rlef.common.transport import Transport
 from rlef.executor.dropped import DropLog
@@ -70,6 +71,8 @@ class Broker:
         self.workers: dict[bytes, _Worker] = {}
         self.idle: OrderedDict[bytes, None] = OrderedDict()
         self.drops = DropLog("broker", log)
+        # A requester that sends and never reads (or leaves) must not get a log line per answer it misses.
+        self._undelivered = LogLimiter(log, "broker: answers not delivered")
         self.weak_executors: set[str] = set()
         self.stopped = threading.Event()
         self._heartbeat = encode(Control(op="heartbeat", sender_id="broker", role="broker"))
@@ -145,7 +148,7 @@ class Broker:
             self.frontend.send_multipart([client, encode(refusal(job_id, "broker", reason, tests_total))], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             m.BROKER_JOBS.labels("requester_gone").inc()
-            log.info("refusal of job %s not delivered to %s: %s", job_id, client.hex(), exc)
+            self._undelivered.info("refusal of job %s not delivered to %s: %s", job_id, client.hex(), exc)
             return
         m.BROKER_JOBS.labels("refused").inc()
 
@@ -155,7 +158,7 @@ class Broker:
             self.frontend.send_multipart([job.client, encode(result)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # requester gone (EHOSTUNREACH) or its queue is full
             m.BROKER_JOBS.labels("requester_gone").inc()
-            log.info("result of job %s not delivered to %s: %s", job.job_id, job.client.hex(), exc)
+            self._undelivered.info("result of job %s not delivered to %s: %s", job.job_id, job.client.hex(), exc)
             return
         m.BROKER_JOBS.labels(outcome).inc()
         m.BROKER_LATENCY.observe(time.monotonic() - job.arrived)
@@ -197,7 +200,7 @@ class Broker:
         if executor not in self.weak_executors and len(self.weak_executors) < 10_000:
             self.weak_executors.add(executor)
             log.warning("executor %s runs with WEAK LIMITS (executor.allow_weak_limits): its tests' CPU time and "
-                        "memory are bounded per process only", executor)
+                        "memory are bounded per process only", printable(executor))
 
     def _on_result(self, identity: bytes, worker: _Worker | None, result: ExecutionResult) -> None:
         job = self.jobs.get(result.job_id)

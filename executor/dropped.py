@@ -1,9 +1,12 @@
-"""Counting and logging of dropped messages: every drop is counted, each (sender, cause) is logged once."""
+"""Counting and logging of dropped messages: every drop is counted; the first of each (sender, cause) is
+logged while the process' log budget lasts (rlef.common.log_limit: 10 lines a minute), so a peer sending
+garbage with ever-changing causes or identities cannot flood the log."""
 
 from __future__ import annotations
 
 import logging
 
+from rlef.common.log_limit import LogLimiter
 from rlef.monitoring import metrics_executor as m
 
 MAX_REMEMBERED = 10_000
@@ -12,18 +15,18 @@ MAX_REMEMBERED = 10_000
 class DropLog:
     """``drop(reason, sender)`` counts a malformed or unexpected message and logs its first occurrence."""
 
-    def __init__(self, process: str, logger: logging.Logger):
+    def __init__(self, process: str, logger: logging.Logger, *, burst: int = 10, window_s: float = 60.0):
         self.process = process
         self.log = logger
         self.seen: set[tuple[str, str]] = set()
         self.count = 0
+        self.limiter = LogLimiter(logger, f"{process}: dropped messages", burst=burst, window_s=window_s)
 
     def drop(self, reason: str, sender: str, cause: str | None = None) -> None:
         self.count += 1
         m.BAD_MESSAGES.labels(self.process).inc()
         key = (sender, cause or reason[:80])
-        if key in self.seen:
+        if key in self.seen or len(self.seen) >= MAX_REMEMBERED:
             return
-        if len(self.seen) < MAX_REMEMBERED:
-            self.seen.add(key)
-        self.log.warning("dropped a message from %s: %s (further drops like it are only counted)", sender, reason)
+        self.seen.add(key)
+        self.limiter.warning("dropped a message from %s: %s (further drops like it are only counted)", sender, reason)

@@ -18,13 +18,32 @@ import os
 import time
 from pathlib import Path
 
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Info, start_http_server
+import http.client
+import sys
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder, make_wsgi_app
+
+from rlef.common.log_limit import LogLimiter
 
 ROLE_INFO = Info("rlef_role", "Identity of this process: role, id, package version.")
 HEARTBEAT = Gauge("rlef_heartbeat_timestamp_seconds", "Unix time of this process' last main-loop iteration.")
 POLICY_VERSION = Gauge("rlef_policy_version", "Policy (weights) version this process holds; -1 before the first.")
+HTTP_ERRORS = Counter(
+    "rlef_process_metrics_http_errors_total", "Requests to this process' /metrics endpoint refused or failed, by "
+    "cause: bad_request (not HTTP the server could parse), bad_accept (an Accept header it cannot honour), busy "
+    "(over the concurrent-connection cap), timeout (nothing read in time), client_gone, error.", ["cause"],
+)
 
 log = logging.getLogger(__name__)
+
+#: An idle or slow connection to /metrics holds a thread for at most this long.
+HTTP_TIMEOUT_S = 10.0
+#: Connections served at once; more are closed at once (counted as busy). Prometheus needs one.
+HTTP_MAX_CONNECTIONS = 32
+_http_log = LogLimiter(log, "/metrics endpoint: failed requests")
 
 #: Environment variables the launchers set so every role writes the run's metrics log.
 RUN_DIR_ENV = "RLEF_RUN_DIR"
@@ -68,8 +87,93 @@ def serve_metrics(
         start_metrics_log(run_dir, role, process_id, log_interval_s, registry)
     if port <= 0:
         return None
-    start_http_server(port, registry=registry)
+    start_metrics_server(port, registry)
     return port
+
+
+class _Handler(WSGIRequestHandler):
+    """No access log; a request http.server rejects (``send_error``: 400, 414, 431, 505, ...) is counted and
+    logged within the log budget; an idle connection times out (``timeout``: the socket's)."""
+
+    timeout = HTTP_TIMEOUT_S
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Log nothing: a scrape every few seconds is no news."""
+
+    def log_error(self, format: str, *args: object) -> None:
+        HTTP_ERRORS.labels("bad_request").inc()
+        _http_log.warning("/metrics endpoint: bad request from %s: %s", self.client_address[0], format % args)
+
+
+class _Server(ThreadingWSGIServer):
+    """prometheus_client's threaded WSGI server with a cap on concurrent connections, and failed requests
+    (client gone, timeouts, unparseable headers) counted and logged in one rate-limited line instead of
+    socketserver's traceback on stderr for each."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(HTTP_MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            HTTP_ERRORS.labels("busy").inc()
+            _http_log.warning("/metrics endpoint: %d connections open; closed the one from %s",
+                              HTTP_MAX_CONNECTIONS, client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread could be started: the slot is not used (socketserver logs and closes)
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, TimeoutError):
+            cause = "timeout"
+        elif isinstance(exc, ConnectionError):
+            cause = "client_gone"
+        elif isinstance(exc, http.client.HTTPException):
+            cause = "bad_request"
+        else:
+            cause = "error"
+        HTTP_ERRORS.labels(cause).inc()
+        _http_log.warning("/metrics endpoint: request from %s failed (%s): %s: %s", client_address[0], cause,
+                          type(exc).__name__, exc)
+
+
+def _checked_accept(app):
+    """``app``, answering 400 to an Accept header prometheus_client's content negotiation fails on (e.g.
+    ``text/plain; version=abc`` raised TypeError: a 500 and a traceback on stderr for every such request)."""
+
+    def guarded(environ, start_response):
+        accept = environ.get("HTTP_ACCEPT")
+        if accept:
+            try:
+                choose_encoder(accept)
+            except (TypeError, ValueError) as exc:
+                HTTP_ERRORS.labels("bad_accept").inc()
+                _http_log.warning("/metrics endpoint: Accept header %s from %s not understood: %s: %s", accept,
+                                  environ.get("REMOTE_ADDR", "?"), type(exc).__name__, exc)
+                start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+                return [b"Accept header not understood\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+def start_metrics_server(port: int, registry: CollectorRegistry = REGISTRY, addr: str = "0.0.0.0") -> _Server:
+    """Serve ``registry`` on http://addr:port/metrics from a daemon thread (as prometheus_client's
+    ``start_http_server``, hardened: see _Server, _Handler, _checked_accept); returns the server."""
+    server = make_server(addr, port, _checked_accept(make_wsgi_app(registry)), _Server, handler_class=_Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
 
 
 def start_metrics_log(

@@ -55,7 +55,8 @@ import torch
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from rlef.common.errors import MessageError, WeightsError
+from rlef.common.errors import MessageError, TransportError, WeightsError
+from rlef.common.log_limit import LogLimiter, printable
 from rlef.common.messages import (
     Control,
     Message,
@@ -136,6 +137,7 @@ class ZmqPublisher(WeightPublisher):
         self._receivers: dict[bytes, float] = {}
         self._chain: list[_Member] = []
         self._bad_logged: set[bytes] = set()
+        self._bad_log = LogLimiter(log, "weights hub: bad messages")
         self.bad_messages = 0
         self.chunks_sent = 0
         self.sent_bytes = 0  # chunk bytes sent (the hub's egress), all versions
@@ -185,9 +187,9 @@ class ZmqPublisher(WeightPublisher):
     def _bad(self, identity: bytes, reason: str) -> None:
         self.bad_messages += 1
         M.HUB_BAD_MESSAGES.labels(NAME).inc()
-        if identity not in self._bad_logged and len(self._bad_logged) < 1000:  # log once per peer, count every time
+        if identity not in self._bad_logged and len(self._bad_logged) < 1000:  # once per peer, within the log budget
             self._bad_logged.add(identity)
-            log.warning("weights hub: dropped a bad message from %r: %s", identity[:64], reason)
+            self._bad_log.warning("weights hub: dropped a bad message from %s: %s", identity[:64], reason)
 
     def _send(self, identity: bytes, *frames: bytes | memoryview) -> bool:
         return _send_frames(self._sock, identity, list(frames), "weights hub")
@@ -200,7 +202,7 @@ class ZmqPublisher(WeightPublisher):
             self._chain = [m for m in self._chain if m.relay != request.dead]
             if len(self._chain) < before:
                 log.info("weights hub: relay %s reported dead by %s; dropped from the chain", request.dead,
-                         request.receiver_id)
+                         printable(request.receiver_id))
         if not request.relay:
             return ""
         now = time.monotonic()
@@ -352,6 +354,7 @@ class ZmqReceiver(ThreadedReceiver):
         self.hub_version = -1
         self.checksum_failures = 0
         self.bad_messages = 0
+        self._bad_log = LogLimiter(log, f"weights receiver {receiver_id}: bad messages")
         self.restarts = 0
         self.source_switches = 0
         self.relayed_bytes = 0  # chunk bytes this receiver served to peers
@@ -360,7 +363,9 @@ class ZmqReceiver(ThreadedReceiver):
         self._transfer: _Transfer | None = None
         self._held: _Held | None = None
         self._pending: dict[tuple[int, int], list[bytes]] = {}  # (version, index) -> peers waiting for it
+        self._pending_since: dict[tuple[int, int], float] = {}  # when the first of them asked
         self._pending_count = 0
+        self._next_pending_check = 0.0
         self._offered: WeightsSource | None = None
         self._source = _Source(transport, "", self._identity, self._sock)
         self._dead_to_report = ""
@@ -416,6 +421,8 @@ class ZmqReceiver(ThreadedReceiver):
 
     def _tick(self) -> None:
         now = time.monotonic()
+        if self._pending:
+            self._forget_stale_fetches(now)
         transfer = self._transfer
         if transfer is None and (now >= self._next_get or self._wake.is_set()):
             self._wake.clear()
@@ -468,8 +475,8 @@ class ZmqReceiver(ThreadedReceiver):
         self.bad_messages += 1
         M.RECEIVER_BAD_MESSAGES.labels(NAME).inc()
         if self.bad_messages == 1 or self.bad_messages % 1000 == 0:
-            log.warning("weights receiver %s: dropped a bad message from %s (%d so far): %s",
-                        self.receiver_id, self.endpoint, self.bad_messages, reason)
+            self._bad_log.warning("weights receiver %s: dropped a bad message from %s (%d so far): %s",
+                                  self.receiver_id, self.endpoint, self.bad_messages, reason)
 
     def _handle(self, sock: zmq.Socket, frame: memoryview, from_peer: bool) -> None:
         more = sock.getsockopt(zmq.RCVMORE)
@@ -508,7 +515,7 @@ class ZmqReceiver(ThreadedReceiver):
     def _switch_source(self, endpoint: str, count: bool = True) -> None:
         """Fetch from ``endpoint`` from now on ("" the hub): every chunk not yet received is asked again."""
         self._source.close()
-        self._source = _Source(self._transport, endpoint, self._identity, self._sock)
+        self._source = self._open_source(endpoint)
         if count:
             self.source_switches += 1
         transfer = self._transfer
@@ -518,6 +525,17 @@ class ZmqReceiver(ThreadedReceiver):
             transfer.next_request = 0
             transfer.last_progress = time.monotonic()
             self._request_more(transfer)
+
+    def _open_source(self, endpoint: str) -> _Source:
+        """The source for ``endpoint``, or the hub when that peer endpoint cannot even be connected to (a
+        relay address a broken or hostile receiver gave the hub): counted, and reported dead to the hub with
+        the next ``get`` so that it leaves the chain."""
+        try:
+            return _Source(self._transport, endpoint, self._identity, self._sock)
+        except TransportError as exc:
+            self._bad(f"relay source {endpoint!r} offered by the hub: {exc}; fetching from the hub")
+            self._dead_to_report = endpoint
+            return _Source(self._transport, "", self._identity, self._sock)
 
     def _on_monitor(self, source: _Source) -> None:
         assert source.monitor is not None
@@ -556,10 +574,10 @@ class ZmqReceiver(ThreadedReceiver):
         offered = self._offered
         self._offered = None
         endpoint = offered.endpoint if offered is not None and offered.version == manifest.version else self._source.endpoint
+        self._dead_to_report = ""
         if endpoint != self._source.endpoint:
             self._source.close()
-            self._source = _Source(self._transport, endpoint, self._identity, self._sock)
-        self._dead_to_report = ""
+            self._source = self._open_source(endpoint)
         started = time.monotonic()
         transfer = _Transfer(
             manifest=manifest, payload=torch.empty(0, dtype=torch.uint8), view=memoryview(b""),
@@ -698,15 +716,12 @@ class ZmqReceiver(ThreadedReceiver):
                 return
             if transfer.received[index]:
                 self._relay(identity, version, index, transfer.view, transfer.manifest)
-            elif self._pending_count < _MAX_PENDING:
-                self._pending.setdefault((version, index), []).append(identity)
-                self._pending_count += 1
+            else:
+                self._queue_fetch(version, index, identity)
             return
         newest = max(held.manifest.version if held else -1, transfer.manifest.version if transfer else -1)
         if version > newest:  # the peer heard of a version before us: queue it and ask the hub now
-            if self._pending_count < _MAX_PENDING:
-                self._pending.setdefault((version, index), []).append(identity)
-                self._pending_count += 1
+            self._queue_fetch(version, index, identity)
             self._wake.set()
         elif transfer is not None:
             _send_frames(self._relay_sock, identity, [encode(transfer.manifest)], "weights relay")
@@ -719,7 +734,26 @@ class ZmqReceiver(ThreadedReceiver):
         if _send_frames(self._relay_sock, identity, encode_chunk(version, index, data), "weights relay"):
             self.relayed_bytes += len(data)
 
+    def _queue_fetch(self, version: int, index: int, identity: bytes) -> None:
+        if self._pending_count < _MAX_PENDING:
+            self._pending.setdefault((version, index), []).append(identity)
+            self._pending_since.setdefault((version, index), time.monotonic())
+            self._pending_count += 1
+
+    def _forget_stale_fetches(self, now: float) -> None:
+        """Drop fetches queued for longer than twice ``relay_stall_s``: their peer has gone to the hub by then
+        (its own stall timer), and fetches of a version nobody publishes (found by fuzzing the relay: a
+        confused or hostile peer) would otherwise hold their place in the bounded queue for ever, so that
+        real peers' fetches of chunks still on their way were ignored."""
+        if now < self._next_pending_check:
+            return
+        self._next_pending_check = now + 0.5
+        for key in [k for k, since in self._pending_since.items() if now - since > 2 * self.relay_stall_s]:
+            self._pending_count -= len(self._pending.pop(key, ()))
+            del self._pending_since[key]
+
     def _serve_waiting(self, version: int, index: int, data: memoryview) -> None:
+        self._pending_since.pop((version, index), None)
         waiting = self._pending.pop((version, index), None)
         if not waiting or self._relay_sock is None:
             return
@@ -735,6 +769,7 @@ class ZmqReceiver(ThreadedReceiver):
         for (version, _), identities in list(self._pending.items()):
             if version < manifest.version:
                 del self._pending[(version, _)]
+                self._pending_since.pop((version, _), None)
                 self._pending_count -= len(identities)
                 for identity in identities:
                     if identity not in told and self._relay_sock is not None:

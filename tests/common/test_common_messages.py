@@ -39,6 +39,8 @@ from rlef.common.messages import (
     TurnOutcome,
     WeightsChunk,
     WeightsManifest,
+    WeightsRequest,
+    WeightsSource,
     decode,
     encode,
     pack_floats,
@@ -187,14 +189,17 @@ STRATEGIES: dict[str, st.SearchStrategy[Message]] = {
     "weights_chunk": chunks,
     "control": controls,
 }
+# Relay endpoints as receivers advertise them ("" none); anything else fails decode (test_relay_endpoints_are_checked).
+relay_endpoints = st.one_of(st.just(""), st.builds(
+    "tcp://{}:{}".format, st.one_of(st.from_regex(r"\A[a-z0-9][a-z0-9.-]{0,30}\Z"), st.just("[::1]")), st.integers(1, 65535)))
 if "weights_request" in MESSAGE_TYPES:  # the zmq weights channel's request (rlef.common.weights.zmq)
     STRATEGIES["weights_request"] = st.builds(
         MESSAGE_TYPES["weights_request"], op=st.sampled_from(["get", "fetch"]), receiver_id=ids,
-        version=st.integers(-1, 2**40), index=st.integers(0, 2**40), relay=st.text(max_size=40),
-        dead=st.text(max_size=40),
+        version=st.integers(-1, 2**40), index=st.integers(0, 2**40), relay=relay_endpoints,
+        dead=relay_endpoints,
     )
 if "weights_source" in MESSAGE_TYPES:  # fan-out: which peer relays a version's chunks
-    STRATEGIES["weights_source"] = st.builds(MESSAGE_TYPES["weights_source"], version=i64, endpoint=st.text(max_size=60))
+    STRATEGIES["weights_source"] = st.builds(MESSAGE_TYPES["weights_source"], version=i64, endpoint=relay_endpoints)
 
 # ---------------------------------------------------------------- round trips
 
@@ -386,6 +391,27 @@ def test_invalid_field_is_a_message_error_naming_field_and_kind(kind: str, path:
     assert err.sender == "tcp://10.0.0.7:5555" and "sender=tcp://10.0.0.7:5555" in str(err)
     if field is not None:
         assert err.field == field
+
+
+@pytest.mark.parametrize("endpoint,ok", [
+    ("", True), ("tcp://127.0.0.1:5555", True), ("tcp://node-3.cluster.local:40001", True), ("tcp://[::1]:9", True),
+    ("garbage", False), ("tcp://127.0.0\x191:1", False), ("tcp://a:1\n", False), ("tcp://a b:1", False),
+    ("ipc:///tmp/x", False), ("tcp://a:", False),
+])
+def test_relay_endpoints_are_checked(endpoint: str, ok: bool) -> None:
+    """A receiver connects to the relay endpoint the hub passes on from another receiver: found by fuzzing the
+    hub, one ``get`` naming an endpoint ZeroMQ cannot parse killed the transfer thread of the next relaying
+    receiver (tests/learner/test_learner_fuzz.py). Only ``tcp://host:port`` (or "") decodes now."""
+    frames = [encode(WeightsRequest(op="get", receiver_id="r", relay=endpoint)),
+              encode(WeightsRequest(op="get", receiver_id="r", dead=endpoint)),
+              encode(WeightsSource(version=1, endpoint=endpoint))]
+    for frame in frames:
+        if ok:
+            decode(frame)
+        else:
+            with pytest.raises(MessageError) as info:
+                decode(frame)
+            assert info.value.field in ("relay", "dead", "endpoint")
 
 
 def test_valid_base_messages_decode() -> None:

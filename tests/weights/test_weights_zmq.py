@@ -113,6 +113,33 @@ def test_hub_answers_a_fetch_of_a_superseded_version_with_the_new_manifest(trans
         sock.close(0)
 
 
+def test_a_relay_endpoint_nobody_can_connect_to_does_not_kill_the_next_receiver(transport: Transport) -> None:
+    """Found by fuzzing the hub (tests/learner/test_learner_fuzz.py): one ``get`` whose relay endpoint ZeroMQ
+    cannot connect to put it first in the chain, and the next relaying receiver, told to fetch from it, died
+    in its connect (TransportError in its thread: no weights ever again). Endpoints that are not
+    ``tcp://host:port`` no longer decode; one that is but still cannot be connected to (``tcp://..:5``) makes
+    the receiver fetch from the hub and report it dead, which drops it from the chain."""
+    config = zmq_config()
+    with make_publisher(config, transport) as pub:
+        pub.publish(1, state_dict(1))
+        poisoner = _dealer(transport, config)
+        assert isinstance(_ask(poisoner, op="get", version=-1, relay="tcp://..:5"), WeightsManifest)
+        assert pub.chain() == ["tcp://..:5"]
+        rec = ZmqReceiver(transport, config.endpoints.learner(config.endpoints.weights_port), "actor-0",
+                          poll_interval_s=0.05, relay_bind="tcp://127.0.0.1:0")
+        try:
+            got = rec.poll(timeout_s=20)
+            assert got is not None and got.version == 1 and state_dict_digest(got.tensors) == state_dict_digest(state_dict(1))
+            assert rec.bad_messages == 1
+            deadline = time.monotonic() + 10
+            while "tcp://..:5" in pub.chain() and time.monotonic() < deadline:  # reported with the next get
+                time.sleep(0.05)
+            assert pub.chain() == [rec.relay_endpoint]
+        finally:
+            rec.close()
+            poisoner.close(0)
+
+
 def test_hub_counts_bad_messages_and_keeps_serving(transport: Transport) -> None:
     config = zmq_config()
     with make_publisher(config, transport) as pub:
