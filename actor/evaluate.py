@@ -296,8 +296,8 @@ class ResumeMismatchError(RlefError):
 
 
 #: Settings that decide what an episode means: a restart may only add episodes to a file made with these.
-RESUME_KEYS = ("model", "model_fingerprint", "dataset", "split", "max_turns", "temperature", "top_p", "top_k", "max_new_tokens",
-               "max_seq_len", "random_feedback", "test_set", "prompt_template")
+RESUME_KEYS = ("model", "model_fingerprint", "dataset", "split", "max_turns", "temperature", "top_p", "top_k",
+               "max_new_tokens", "max_seq_len", "random_feedback", "test_set", "prompt_template")
 
 
 def episode_line(record: Any) -> dict[str, Any]:
@@ -416,7 +416,8 @@ def evaluation_settings(config: Any, *, split: str, limit: int | None, protocol:
     """What an evaluation's report records about how it sampled and scored."""
     s = config.actor.sampling
     return {
-        "model": config.model.path, "model_fingerprint": model_fingerprint(config.model.path), "dataset": config.data.dataset, "split": split, "limit": limit,
+        "model": config.model.path, "model_fingerprint": model_fingerprint(config.model.path),
+        "dataset": config.data.dataset, "split": split, "limit": limit,
         "protocol": protocol, "rollouts_per_problem": rollouts, "max_turns": config.actor.max_turns,
         "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
         "max_seq_len": config.model.max_seq_len, "random_feedback": config.actor.random_feedback,
