@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers.executor_service import start_executor_service
+from helpers.executor_service import start_executor_service, two_free_ports
 
 from rlef.common.config import TransportConfig
 from rlef.common.execution_client import ExecutionClient
@@ -111,29 +111,12 @@ def test_executor_refuses_to_start_without_a_working_sandbox(tmp_path: Path) -> 
     assert "nsjail not found" in proc.stderr
 
 
-def _two_free_ports() -> int:
-    """A port p with p - 1 also free (the broker serves metrics on executor.metrics_port - 1)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port - 1))
-                b.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports")
-
 
 @pytest.mark.slow
 def test_metrics_are_served(tmp_path: Path) -> None:
     import urllib.request
 
-    port = _two_free_ports()
+    port = two_free_ports()
     with start_executor_service(tmp_path, workers=1, overrides=[f"executor.metrics_port={port}"]):
         executor = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         broker = urllib.request.urlopen(f"http://127.0.0.1:{port - 1}/metrics", timeout=10).read().decode()
@@ -176,7 +159,7 @@ def test_a_broker_restart_resends_the_jobs_in_flight(tmp_path: Path) -> None:
 
     from rlef.monitoring import metrics_execution_client as mc
 
-    port = _two_free_ports()
+    port = two_free_ports()
 
     def broker_in_flight() -> float:
         try:

@@ -12,14 +12,13 @@ Fixed seed ``SEED``: a failure names it and the case (``Case.describe``), which 
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import zmq
-from helpers.executor_service import ROOT, ExecutorService, start_executor_service
+from helpers.executor_service import ROOT, ExecutorService, start_executor_service, two_free_ports
 from helpers.fuzz import (
     STARVED_S,
     Case,
@@ -53,25 +52,10 @@ BAD = 'rlef_executor_bad_messages_total{process="broker"}'
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
-def _two_free_ports() -> int:
-    """A port p with p - 1 free too (the broker serves metrics on executor.metrics_port - 1)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port - 1))
-                b.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports")
-
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExecutorService, int]]:
-    port = _two_free_ports()
+    port = two_free_ports()
     overrides = [f"executor.metrics_port={port}", "executor.heartbeat_interval_s=0.5"]
     with start_executor_service(tmp_path_factory.mktemp("broker-fuzz"), workers=1, overrides=overrides,
                                 ready_timeout_s=STARVED_S) as service:

@@ -38,6 +38,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def two_free_ports() -> int:
+    """A port p with p - 1 free too (the broker serves metrics on executor.metrics_port - 1)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port - 1))
+                b.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
 @dataclass
 class ExecutorService:
     log_dir: Path
