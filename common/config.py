@@ -140,6 +140,9 @@ class ExecutorConfig(Section):
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_liveness: int = Field(5, ge=1, description="Missed heartbeats before a worker is presumed dead.")
     max_retries: int = Field(2, ge=0, description="Requeues of a job whose worker died; then sandbox_error.")
+    broker_max_queued_jobs: int = Field(
+        10_000, ge=1, description="Jobs the broker holds waiting for a worker; more are answered 'busy' at once (requesters resend with backoff)."
+    )
     metrics_port: int = Field(9200, ge=0, description="Prometheus port of executor 0 (executor i: +i); the broker uses metrics_port - 1.")
 
 

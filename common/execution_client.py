@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 TIMEOUT_ERROR = "timed out waiting for an executor"
 # Every refusal's error starts with this, then who refused it: "job refused by the client: ...".
 REFUSED = "job refused by the"
+# An overloaded broker's answer: a sandbox_error that is NOT a refusal, so requesters resend it after a backoff.
+BUSY = "executor broker busy"
 
 
 def refusal(job_id: str, who: str, reason: str, tests_total: int = 0) -> ExecutionResult:

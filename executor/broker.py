@@ -15,6 +15,9 @@ Invariants:
 - Bad frames are counted, logged once per sender and cause, and dropped; the loop never dies on input. A
   job that fails validation but has a readable job_id, or that exceeds this config's executor caps
   (``job_problem``), is answered at once with a refusal naming the field and the limit, never queued.
+- The queue is bounded (``executor.broker_max_queued_jobs``): a job beyond it is answered at once with a
+  "busy" sandbox_error (not a refusal), which requesters resend after a backoff, so a flood of requesters
+  costs the broker bounded memory and every job still gets an answer.
 The broker holds no durable state: restarting it loses queued jobs (requesters time out and resubmit);
 workers notice the silence and reconnect by themselves.
 """
@@ -31,7 +34,7 @@ import zmq
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
-from rlef.common.execution_client import job_problem, refusal
+from rlef.common.execution_client import BUSY, job_problem, refusal
 from rlef.common.log_limit import LogLimiter, printable
 from rlef.common.messages import Control, ExecutionJob, ExecutionResult, decode, encode
 from rlef.common.transport import Transport
@@ -138,6 +141,9 @@ class Broker:
         if job.job_id in self.jobs:
             self.drops.drop(f"job_id {job.job_id} is already queued or running", client.hex(), "duplicate job_id")
             return
+        if len(self.queue) >= self.config.broker_max_queued_jobs:
+            self._answer_busy(client, job)
+            return
         self.jobs[job.job_id] = _Job(job.job_id, client, frame, time.monotonic())
         self.queue.append(job.job_id)
         m.BROKER_JOBS.labels("received").inc()
@@ -151,6 +157,18 @@ class Broker:
             self._undelivered.info("refusal of job %s not delivered to %s: %s", job_id, client.hex(), exc)
             return
         m.BROKER_JOBS.labels("refused").inc()
+
+    def _answer_busy(self, client: bytes, job: ExecutionJob) -> None:
+        limit = self.config.broker_max_queued_jobs
+        error = f"{BUSY}: {len(self.queue)} jobs queued (executor.broker_max_queued_jobs={limit}); resend later"
+        result = ExecutionResult(job_id=job.job_id, compile_ok=True, tests_total=len(job.tests or []), error=error)
+        try:
+            self.frontend.send_multipart([client, encode(result)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            m.BROKER_JOBS.labels("requester_gone").inc()
+            self._undelivered.info("busy answer to job %s not delivered to %s: %s", job.job_id, client.hex(), exc)
+            return
+        m.BROKER_JOBS.labels("busy").inc()
 
     def _reply(self, job: _Job, result: ExecutionResult, outcome: str) -> None:
         self.jobs.pop(job.job_id, None)

@@ -31,7 +31,7 @@ QUEUE_DEPTH = Gauge("rlef_executor_broker_queue_depth", "Jobs waiting for a free
 IN_FLIGHT = Gauge("rlef_executor_broker_in_flight", "Jobs running on a worker.")
 WORKERS_ALIVE = Gauge("rlef_executor_broker_workers_alive", "Workers (sandbox slots) the broker has heard from recently.")
 WORKERS_IDLE = Gauge("rlef_executor_broker_workers_idle", "Alive workers waiting for a job.")
-BROKER_JOBS = Counter("rlef_executor_broker_jobs_total", "Jobs through the broker, by outcome.", ["outcome"])
+BROKER_JOBS = Counter("rlef_executor_broker_jobs_total", "Jobs through the broker, by outcome (received, completed, refused, busy: queue full, failed, requester_gone, duplicate_result).", ["outcome"])
 BROKER_LATENCY = Histogram(
     "rlef_executor_broker_job_latency_seconds", "Job arrival to result sent back, as the broker sees it.", buckets=LATENCY_BUCKETS
 )

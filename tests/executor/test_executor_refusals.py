@@ -8,6 +8,7 @@ only be the refusal.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import zmq
 from helpers.executor_service import free_port
 
 from rlef.common.config import ExecutorConfig, TransportConfig
-from rlef.common.execution_client import REFUSED, TIMEOUT_ERROR, ExecutionClient, job_problem
+from rlef.common.execution_client import BUSY, REFUSED, TIMEOUT_ERROR, ExecutionClient, job_problem
 from rlef.common.messages import Control, ExecutionJob, ExecutionResult, Limits, decode, encode
 from rlef.common.messages import TestCase as Case
 from rlef.common.transport import Transport
@@ -208,3 +209,44 @@ def test_executor_answers_what_it_cannot_decode_and_its_own_caps(lone_executor: 
     fine = job()
     backend.send_multipart([worker, encode(fine)])
     assert _next_result(backend).passed
+
+
+# ---------------------------------------------------------------- a full queue answers "busy"
+
+
+def test_broker_queue_is_bounded_and_answers_busy_beyond_it() -> None:
+    """With no worker, the first ``broker_max_queued_jobs`` jobs wait; every further one is answered at once
+    with a resendable busy error (not a refusal), and the waiting ones still go to the first worker."""
+    from rlef.executor.broker import Broker
+
+    frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    with Transport(TransportConfig()) as transport:
+        broker = Broker(transport, frontend, backend, ExecutorConfig(broker_max_queued_jobs=2))
+        thread = threading.Thread(target=broker.run, daemon=True)
+        thread.start()
+        requester = transport.client(zmq.DEALER, frontend)
+        jobs = [job() for _ in range(5)]
+        for j in jobs:
+            requester.send(encode(j))
+        busy = [receive_result(requester) for _ in range(3)]
+        assert sorted(r.job_id for r in busy) == sorted(j.job_id for j in jobs[2:])
+        for r in busy:
+            assert r.status == "sandbox_error" and r.error.startswith(BUSY) and not r.error.startswith(REFUSED)
+            assert "2 jobs queued (executor.broker_max_queued_jobs=2)" in r.error, r.error
+        assert not requester.poll(300, zmq.POLLIN)  # the two queued jobs wait for a worker, unanswered
+
+        worker = transport.client(zmq.DEALER, backend, identity=b"ex/0")
+        worker.send(encode(Control(op="register", sender_id="ex/0", role="executor")))
+        received = []
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            if worker.poll(200, zmq.POLLIN):
+                message = decode(worker.recv(), (ExecutionJob, Control))
+                if isinstance(message, ExecutionJob):
+                    received.append(message.job_id)
+        assert received == [jobs[0].job_id]
+        broker.stop()
+        thread.join(5)
+        broker.close()
+        requester.close(0)
+        worker.close(0)
