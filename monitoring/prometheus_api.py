@@ -75,6 +75,10 @@ class PrometheusAPI:
             raise PrometheusError(f"{self.url}: query {expr!r} returned {len(result)} series, expected one")
         return float(result[0]["value"][1])
 
+    def targets(self, state: str = "any") -> dict:
+        """GET /api/v1/targets: ``{"activeTargets": [...], "droppedTargets": [...]}``; state: active, dropped, any."""
+        return self._get("/api/v1/targets", {"state": state}, f"targets state={state}")
+
     def wait_for(self, expr: str, timeout_s: float, poll_s: float = 0.5) -> list[dict]:
         """Poll until ``expr`` returns a non-empty vector; raise PrometheusError on timeout."""
         deadline = time.monotonic() + timeout_s

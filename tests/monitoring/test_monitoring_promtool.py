@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,47 +40,6 @@ def test_kubernetes_config_is_valid_apart_from_the_sd_block(tmp_path):
     patched.write_text(yaml.safe_dump(config))
     res = promtool("check", "config", str(patched))
     assert res.returncode == 0, res.stdout + res.stderr
-
-
-def _relabel(labels: dict[str, str], rules: list[dict]) -> dict[str, str] | None:
-    """Prometheus relabelling (replace/keep/drop), the subset our configs use; None = target dropped."""
-    out = dict(labels)
-    for rule in rules:
-        action = rule.get("action", "replace")
-        value = rule.get("separator", ";").join(out.get(s, "") for s in rule.get("source_labels", []))
-        match = re.fullmatch(rule.get("regex", "(.*)"), value)
-        if action == "keep" and not match:
-            return None
-        if action == "drop" and match:
-            return None
-        if action == "replace" and match:
-            replacement = re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", rule.get("replacement", "$1"))
-            out[rule["target_label"]] = match.expand(replacement)
-    return out
-
-
-def test_kubernetes_relabelling_picks_annotated_pods():
-    rules = yaml.safe_load((PROMETHEUS_DIR / "prometheus-kubernetes.yml").read_text())["scrape_configs"][0]["relabel_configs"]
-    pod = {
-        "__address__": "10.1.2.3:8080",
-        "__metrics_path__": "/metrics",
-        "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
-        "__meta_kubernetes_pod_annotation_prometheus_io_port": "9300",
-        "__meta_kubernetes_pod_phase": "Running",
-        "__meta_kubernetes_pod_label_app_kubernetes_io_component": "actor",
-        "__meta_kubernetes_pod_label_rlef_io_id": "3",
-        "__meta_kubernetes_pod_name": "rlef-actor-3",
-        "__meta_kubernetes_namespace": "rlef",
-        "__meta_kubernetes_pod_node_name": "gpu-node-7",
-    }
-    out = _relabel(pod, rules)
-    assert out is not None
-    assert (out["__address__"], out["job"], out["id"], out["namespace"], out["node"]) == ("10.1.2.3:9300", "actor", "3", "rlef", "gpu-node-7")
-    assert out["__metrics_path__"] == "/metrics"
-    no_port = _relabel({**pod, "__address__": "10.1.2.3", "__meta_kubernetes_pod_label_rlef_io_id": ""}, rules)
-    assert no_port["__address__"] == "10.1.2.3:9300" and no_port["id"] == "rlef-actor-3"
-    assert _relabel({**pod, "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "false"}, rules) is None
-    assert _relabel({**pod, "__meta_kubernetes_pod_phase": "Succeeded"}, rules) is None
 
 
 def test_run_config_copy_is_valid(tmp_path):
