@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from rlef.actor.sinks import PushSink
 from rlef.common.config import TransportConfig
 from rlef.common.data import load_problems
 from rlef.common.execution_client import ExecutionClient
-from rlef.common.messages import Rollout, decode
+from rlef.common.messages import Rollout, TurnStatus, decode
 from rlef.common.transport import Transport
 
 pytestmark = pytest.mark.slow
@@ -32,42 +33,76 @@ def _metric(name: str, labels: dict | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+class _EnteringPushSink(PushSink):
+    """The real PushSink, also counting rollouts handed to ``send`` (``sent`` counts those that left).
+
+    pyzmq's asyncio ``send`` completes without yielding when the socket takes the message, so another task
+    sees ``entered > sent`` only while sends are suspended on a full socket."""
+
+    def __init__(self, transport: Transport, endpoint: str):
+        super().__init__(transport, endpoint)
+        self.entered = 0
+
+    async def send(self, record) -> None:
+        self.entered += 1
+        await super().send(record)
+
+
+async def _until(condition, what: str, timeout_s: float = 120.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 def test_slow_learner_blocks_new_episodes_then_everything_arrives(tiny_model_dir, tokenizer, executor_service):
-    config = actor_config(tiny_model_dir, "actor.episodes_in_flight=2", "actor.max_turns=1")
+    slots, hwm, episodes = 2, 2, 10
+    config = actor_config(tiny_model_dir, f"actor.episodes_in_flight={slots}", "actor.max_turns=1")
     port = __import__("helpers.executor_service", fromlist=["free_port"]).free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
-    episodes_before = _metric("rlef_actor_episodes_total")
+    names = ["rlef_actor_episodes_total", "rlef_actor_turns_per_episode_count", "rlef_actor_episode_reward_count"]
+    statuses = typing.get_args(TurnStatus)
+    before = {n: _metric(n) for n in names} | {s: _metric("rlef_actor_turn_outcomes_total", {"turn": "1", "status": s}) for s in statuses}
 
     async def go():
-        transport = Transport(TransportConfig(sndhwm=2, rcvhwm=2), asyncio=True)
+        transport = Transport(TransportConfig(sndhwm=hwm, rcvhwm=hwm), asyncio=True)
         client = ExecutionClient(transport, executor_service.frontend, client_id="actor-push", timeout_s=30)
-        sink = PushSink(transport, endpoint)  # nobody bound yet: the learner is "slow"
+        sink = _EnteringPushSink(transport, endpoint)  # nobody bound yet: the learner is "slow"
         runner = EpisodeRunner(config, backend=ScriptedBackend(tokenizer, lambda t, n: RIGHT), executor=client,
                                tokenizer=tokenizer, problems=problem_stream(PROBLEMS, 0, 1, seed=0), sink=sink,
                                actor_id="actor-0", instance="bp")
-        task = asyncio.create_task(runner.run(episodes=10))
-        await asyncio.sleep(4)
-        stalled = (runner.started, runner.finished, sink.sent)
-        assert not task.done()
+        task = asyncio.create_task(runner.run(episodes=episodes))
+        # Each slot gets one rollout onto the socket, then its next one blocks once the socket holds hwm.
+        await _until(lambda: sink.entered == slots + hwm or task.done(), f"{slots + hwm} rollouts handed to the sink")
+        stalled = (runner.started, runner.finished, sink.entered, sink.sent, task.done(),
+                   bool(sink._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT))
         pull = transport.server(zmq.PULL, endpoint)
         got = []
-        while len(got) < 10:
+        while len(got) < episodes:
             got.append(decode(await asyncio.wait_for(pull.recv(), 60), Rollout))
         await asyncio.wait_for(task, 60)
+        # Nothing beyond the ten: no rollout was sent twice.
+        extra = await pull.poll(500)
         pull.close(0)
         sink.close()
         client.close()
         transport.close()
-        return stalled, got, runner
+        return stalled, got, runner, extra
 
-    (started, finished, sent), got, runner = asyncio.run(go())
-    # At most sndhwm rollouts queue on the socket; one more waits in each blocked slot; no slot starts more.
-    assert sent <= 2 and finished <= 2 and started <= 2 + 2
-    assert len({r.rollout_id for r in got}) == 10 and all(r.actor_id == "actor-0" for r in got)
-    assert runner.errors == [] and runner.finished == 10
-    assert _metric("rlef_actor_episodes_total") - episodes_before >= 10
-    assert _metric("rlef_actor_turn_outcomes_total", {"turn": "1", "status": "wrong_answer"}) > 0
-    assert _metric("rlef_actor_turns_per_episode_count") >= 10 and _metric("rlef_actor_episode_reward_count") >= 10
+    (started, finished, entered, sent, done, writable), got, runner, extra = asyncio.run(go())
+    # Backpressure happened: the socket held exactly hwm rollouts and refused more, both slots were suspended
+    # in send with their second rollout, and neither started a third episode meanwhile.
+    assert (done, writable) == (False, False)
+    assert (sent, entered, finished, started) == (hwm, slots + hwm, hwm, slots + hwm)
+    # Then every rollout arrived exactly once.
+    assert sorted(r.rollout_id for r in got) == sorted(f"actor-0-bp-{k}" for k in range(1, episodes + 1))
+    assert all(r.actor_id == "actor-0" for r in got) and extra == 0
+    assert runner.errors == [] and runner.dropped == [] and runner.finished == episodes and runner.started == episodes
+    for n in names:
+        assert _metric(n) - before[n] == episodes, n
+    outcomes = {s: _metric("rlef_actor_turn_outcomes_total", {"turn": "1", "status": s}) - before[s] for s in statuses}
+    assert outcomes == {**dict.fromkeys(statuses, 0.0), "wrong_answer": float(episodes)}
 
 
 def test_shards_are_disjoint_and_streams_are_seeded():
