@@ -95,37 +95,45 @@ def test_huge_output_is_output_limit(sandbox: Sandbox) -> None:
 
 
 def test_jobs_do_not_share_tmp() -> None:
-    """Job A writes /tmp and stays alive while job B, in its own jail, looks for the file."""
+    """Job A writes /tmp and holds it, alive, until job B, in its own jail, has looked for the file."""
     config = ExecutorConfig()
     writer, reader = Sandbox(config), Sandbox(config)
-    limits = Limits(time_s=5.0, memory_bytes=128 << 20)
+    limits = Limits(time_s=30.0, memory_bytes=128 << 20)
     results: dict[str, object] = {}
 
     def job_a() -> None:
-        code = "import time\nopen('/tmp/secret', 'w').write('hunter2')\ntime.sleep(2)\nprint(open('/tmp/secret').read())\n"
+        # A writes its file, then sleeps (nearly no CPU) until the test writes into A's /tmp/gate once B is done.
+        # The test cannot create a file there (its uid is not mapped in the jail: EOVERFLOW), so A makes it, empty.
+        code = ("import os, time\nopen('/tmp/gate', 'w').close()\nopen('/tmp/secret', 'w').write('hunter2')\n"
+                "while not os.path.getsize('/tmp/gate'):\n    time.sleep(0.01)\nprint(open('/tmp/secret').read())\n")
         results["a"] = writer.run(code, [Case(input="", output="hunter2")], limits)
 
     thread = threading.Thread(target=job_a)
     thread.start()
     # Wait for the real precondition: job A's file exists in A's jail (seen through its test process's root).
     deadline = time.monotonic() + 60
-    written = False
-    while not written and time.monotonic() < deadline and thread.is_alive():
+    jail_tmp: Path | None = None
+    while jail_tmp is None and time.monotonic() < deadline and thread.is_alive():
         proc = writer._proc
         runner = _children(proc.pid) if proc is not None else []
         for pid in (_children(runner[0]) if runner else []):
-            written = written or os.path.exists(f"/proc/{pid}/root/tmp/secret")
+            if os.path.exists(f"/proc/{pid}/root/tmp/secret"):
+                jail_tmp = Path(f"/proc/{pid}/root/tmp")
         time.sleep(0.01)
-    assert written, "job A never wrote its file"
-    assert thread.is_alive()  # and holds it (it sleeps 2 s after writing) while job B looks
-    code = "import os\nprint(os.listdir('/tmp'))\nprint(open('/tmp/secret').read())\n"
-    results["b"] = reader.run(code, [Case(input="", output="hunter2")], limits)
-    thread.join()
+    assert jail_tmp is not None, "job A never wrote its file"
+    try:
+        code = "import os\nprint(os.listdir('/tmp'))\nprint(open('/tmp/secret').read())\n"
+        results["b"] = reader.run(code, [Case(input="", output="hunter2")], limits)
+        assert thread.is_alive()  # A held its file the whole time B looked
+    finally:
+        if thread.is_alive():
+            (jail_tmp / "gate").write_text("go")
+        thread.join(120)
     assert results["a"].tests[0].status == "pass"  # type: ignore[union-attr]
     b = results["b"].tests[0]  # type: ignore[union-attr]
     assert b.status == "runtime_error"
     assert b.stdout.strip() == "[]"
-    assert "hunter2" not in b.stdout
+    assert "hunter2" not in b.stdout and "FileNotFoundError" in b.stderr
 
 
 def test_signalling_the_parent_does_nothing(sandbox: Sandbox) -> None:
