@@ -113,6 +113,14 @@ class _Server(ThreadingWSGIServer):
     def __init__(self, *args: object, **kwargs: object):
         super().__init__(*args, **kwargs)
         self._slots = threading.BoundedSemaphore(HTTP_MAX_CONNECTIONS)
+        self._done_lock = threading.Lock()
+        self.connections_done = 0
+        """Accepted connections whose handling has ended (answered, refused as busy, or failed): handler threads
+        are daemons nobody joins, so this is how a caller knows every connection so far has been dealt with."""
+
+    def _done(self) -> None:
+        with self._done_lock:
+            self.connections_done += 1
 
     def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):
@@ -120,11 +128,13 @@ class _Server(ThreadingWSGIServer):
             _http_log.warning("/metrics endpoint: %d connections open; closed the one from %s",
                               HTTP_MAX_CONNECTIONS, client_address[0])
             self.shutdown_request(request)
+            self._done()
             return
         try:
             super().process_request(request, client_address)
         except RuntimeError:  # no thread could be started: the slot is not used (socketserver logs and closes)
             self._slots.release()
+            self._done()
             raise
 
     def process_request_thread(self, request, client_address) -> None:
@@ -132,6 +142,7 @@ class _Server(ThreadingWSGIServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._done()
 
     def handle_error(self, request, client_address) -> None:
         exc = sys.exc_info()[1]
