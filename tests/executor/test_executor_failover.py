@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers.executor_service import start_executor_service, two_free_ports
+from helpers.executor_service import metrics_ports, scrape_value, start_executor_service, two_free_ports, wait_scraped
 
 from rlef.common.config import TransportConfig
 from rlef.common.execution_client import ExecutionClient
@@ -42,17 +42,25 @@ def submit_in_background(endpoint: str, job: ExecutionJob, timeout_s: float = 60
 
 @pytest.mark.slow
 def test_job_survives_its_worker_being_killed(tmp_path: Path) -> None:
-    with start_executor_service(tmp_path, workers=1, overrides=FAST_HEARTBEATS) as service:
+    port = metrics_ports(2)
+    with start_executor_service(tmp_path, workers=1, executors=2, overrides=[*FAST_HEARTBEATS, f"executor.metrics_port={port}"]) as service:
+        wait_scraped(port - 1, "rlef_executor_broker_workers_idle", 2.0)  # both executors registered
         thread, box = submit_in_background(service.frontend, slow_job())
-        time.sleep(0.5)  # the job is now running on executor 0, the only worker
-        service.add_executor()
-        time.sleep(0.5)
-        service.kill_executor(0)
+        # The precondition: the job runs on one executor's sandbox (then kill -9 that executor).
+        deadline = time.monotonic() + 120
+        busy = [scrape_value(port + i, "rlef_executor_busy_sandboxes") for i in (0, 1)]
+        while sorted(busy) != [0.0, 1.0]:
+            assert time.monotonic() < deadline and thread.is_alive(), f"the job never ran on a sandbox: {busy}"
+            time.sleep(0.05)
+            busy = [scrape_value(port + i, "rlef_executor_busy_sandboxes") for i in (0, 1)]
+        victim = busy.index(1.0)
+        service.kill_executor(victim)
         thread.join(90)
         result = box["result"]
         assert result.passed, (result, service.logs())
         assert result.attempts == 2
-        assert result.worker_id.startswith("test-executor-1/")
+        assert result.worker_id.startswith(f"test-executor-{1 - victim}/")
+        assert f"requeued: worker test-executor-{victim}/" in service.logs()
 
 
 @pytest.mark.slow
@@ -71,16 +79,26 @@ def test_job_gives_up_after_max_retries(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_graceful_executor_stop_requeues_at_once(tmp_path: Path) -> None:
     # Long liveness: only the executor's "stop" message can make the broker requeue quickly.
-    overrides = ["executor.heartbeat_interval_s=0.2", "executor.heartbeat_liveness=1000"]
+    port = metrics_ports(2)
+    overrides = ["executor.heartbeat_interval_s=0.2", "executor.heartbeat_liveness=1000", f"executor.metrics_port={port}"]
     with start_executor_service(tmp_path, workers=1, executors=2, overrides=overrides) as service:
+        wait_scraped(port - 1, "rlef_executor_broker_workers_idle", 2.0)
         jobs = [slow_job() for _ in range(2)]
         started = [submit_in_background(service.frontend, j) for j in jobs]
-        time.sleep(0.5)
+        # The precondition (was a bare 0.5 s sleep): each executor's one sandbox is running one of the jobs.
+        for i in (0, 1):
+            wait_scraped(port + i, "rlef_executor_busy_sandboxes", 1.0)
         service.kill_executor(0, signal.SIGTERM)
+        assert service.executors[0].returncode == 0, service.logs()  # a clean stop, not a crash
         for thread, _ in started:
             thread.join(90)
         results = [box["result"] for _, box in started]
         assert all(r.passed for r in results), (results, service.logs())
+        # Executor 0's job was requeued on its stop message and ran again on executor 1.
+        (moved,) = [r for r in results if r.attempts == 2]
+        assert sorted(r.attempts for r in results) == [1, 2]
+        assert all(r.worker_id.startswith("test-executor-1/") for r in results), [r.worker_id for r in results]
+        assert f"job {moved.job_id} requeued: worker test-executor-0/" in service.logs()
         assert "said stop" in service.logs()
 
 

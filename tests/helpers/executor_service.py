@@ -40,16 +40,43 @@ def free_port() -> int:
 
 def two_free_ports() -> int:
     """A port p with p - 1 free too (the broker serves metrics on executor.metrics_port - 1)."""
+    return metrics_ports(1)
+
+
+def metrics_ports(executors: int) -> int:
+    """A port p with p - 1 .. p + executors - 1 free: with ``executor.metrics_port=p`` the broker serves
+    metrics on p - 1 and executor i on p + i."""
     for _ in range(100):
         port = free_port()
         try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port - 1))
-                b.bind(("127.0.0.1", port))
+            with contextlib.ExitStack() as stack:
+                for q in range(port - 1, port + executors):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", q))
             return port
         except OSError:
             continue
-    raise RuntimeError("no two consecutive free ports")
+    raise RuntimeError(f"no {executors + 1} consecutive free ports")
+
+
+def scrape_value(port: int, sample: str) -> float | None:
+    """The value of ``sample`` (a sample line's name and labels, e.g. ``rlef_executor_busy_sandboxes``) on
+    http://127.0.0.1:port/metrics; None while nothing answers there or the sample is absent."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.rsplit(" ", 1)[0] == sample), None)
+
+
+def wait_scraped(port: int, sample: str, value: float, timeout_s: float = 120.0) -> None:
+    """Block until ``sample`` on port's /metrics equals ``value`` (raise AssertionError after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while (seen := scrape_value(port, sample)) != value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{sample} on :{port} is {seen} after {timeout_s:.0f} s, waited for {value}")
+        time.sleep(0.05)
 
 
 @dataclass
