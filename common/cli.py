@@ -65,18 +65,21 @@ def _make_warm_start(args: argparse.Namespace) -> int:
 
 
 def _make_feedback_tasks(args: argparse.Namespace) -> int:
-    from rlef.common.feedback_tasks import GENERATOR_VERSION, make_feedback_tasks, read_manifest
+    from rlef.common.feedback_tasks import GENERATOR_VERSION, held_out_spec, make_feedback_tasks, read_manifest
 
     out = Path(args.dir)
     if args.if_stale:
         old = read_manifest(out)
         wanted = {"seed": args.seed, "counts": {"train": args.train, "valid": args.valid, "test": args.test},
                   "hidden_fraction": args.hidden_fraction, "generator_version": GENERATOR_VERSION}
-        if old is not None and all(old.get(k) == v for k, v in wanted.items()):
+        held_out = held_out_spec(args.held_out_combinations, args.held_out_per_operation)
+        if old is not None and all(old.get(k) == v for k, v in wanted.items()) and \
+                old.get("held_out", held_out_spec(8, 0)) == held_out:
             print(f"feedback tasks in {out} are current; not rebuilt")
             return 0
     manifest = make_feedback_tasks(out, seed=args.seed, train=args.train, valid=args.valid, test=args.test,
-                                   hidden_fraction=args.hidden_fraction, held_out_combinations=args.held_out_combinations)
+                                   hidden_fraction=args.hidden_fraction, held_out_combinations=args.held_out_combinations,
+                                   held_out_per_operation=args.held_out_per_operation)
     kinds = ", ".join(f"{s} {k['shown']} shown + {k['hidden']} hidden" for s, k in manifest["kinds"].items())
     print(f"feedback tasks written to {out} (seed {args.seed}): {kinds}; held-out test combinations: "
           f"{', '.join(manifest['combinations']['test'])}")
@@ -141,6 +144,9 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     tasks.add_argument("--test", type=int, default=192, help="problems in the test split")
     tasks.add_argument("--hidden-fraction", type=float, default=0.75, help="share of problems whose convention is hidden")
     tasks.add_argument("--held-out-combinations", type=int, default=8, help="(operation, convention) pairs held out for each of valid and test")
+    tasks.add_argument("--held-out-per-operation", type=int, default=0,
+                       help="instead: each operation holds out this many conventions for each of valid and test (balanced: "
+                       "every operation keeps the same number in train)")
     tasks.add_argument("--if-stale", action="store_true", help="do nothing when DIR holds the same seed, counts and mix")
     tasks.set_defaults(func=_make_feedback_tasks)
 

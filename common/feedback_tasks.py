@@ -144,6 +144,33 @@ def split_combinations(seed: int, held_out: int) -> dict[str, list[tuple[str, st
     raise TaskGenerationError(f"could not draw held-out combinations for seed {seed}")  # pragma: no cover
 
 
+def split_combinations_per_operation(seed: int, per_operation: int) -> dict[str, list[tuple[str, str]]]:
+    """(op, format) pairs per split, balanced: every operation holds out exactly ``per_operation`` formats for
+    valid and as many for test, and keeps the same number (``len(FORMATS) - 2 * per_operation``) for train.
+
+    Why: with ``split_combinations`` an operation keeps 3 to 8 formats in train, so "write the format this
+    operation usually has" solves up to a third of an operation's hidden train problems without reading the
+    feedback, and it is always wrong on the held-out pairs. RL can lock onto that shortcut instead of learning
+    to read the feedback (docs/results.md, seed 2). Here the shortcut is the same small one for every
+    operation (1 / 6 instead of 1 / 8 at one per operation). The held-out formats are spread over the formats
+    as evenly as the counts allow (each is held out by at most ceil(2 * per_operation * ops / formats) ops)."""
+    limit = (len(FORMATS) - 1) // 2
+    if not 1 <= per_operation <= limit:
+        raise TaskGenerationError(f"--held-out-per-operation must be between 1 and {limit}, got {per_operation}")
+    rng = random.Random(f"combos-per-operation-{seed}")
+    ops, formats = [op.name for op in OPERATIONS], [f.name for f in FORMATS]
+    rng.shuffle(ops)
+    rng.shuffle(formats)
+    splits: dict[str, list[tuple[str, str]]] = {"train": [], "valid": [], "test": []}
+    for i, op in enumerate(ops):
+        start = 2 * per_operation * i
+        held = [formats[(start + j) % len(formats)] for j in range(2 * per_operation)]
+        splits["valid"] += [(op, f) for f in held[:per_operation]]
+        splits["test"] += [(op, f) for f in held[per_operation:]]
+        splits["train"] += [(op, f) for f in formats if f not in held]
+    return {name: sorted(pairs) for name, pairs in splits.items()}
+
+
 # ---------------------------------------------------------------- problems
 
 
@@ -208,15 +235,20 @@ def _check_args(seed: int, counts: dict[str, int], hidden_fraction: float) -> No
 
 def make_feedback_tasks(
     out_dir: Path, *, seed: int = 0, train: int = 2000, valid: int = 96, test: int = 192,
-    hidden_fraction: float = 0.75, held_out_combinations: int = 8,
+    hidden_fraction: float = 0.75, held_out_combinations: int = 8, held_out_per_operation: int = 0,
 ) -> dict[str, Any]:
-    """Write the three splits and ``manifest.json`` into ``out_dir``; returns the manifest."""
+    """Write the three splits and ``manifest.json`` into ``out_dir``; returns the manifest.
+    ``held_out_per_operation`` > 0 draws the balanced split (:func:`split_combinations_per_operation`) instead
+    of ``held_out_combinations`` random pairs."""
     counts = {"train": train, "valid": valid, "test": test}
     _check_args(seed, counts, hidden_fraction)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TaskGenerationError(f"output {str(out_dir)!r} exists and is not a directory")
-    combos = split_combinations(seed, held_out_combinations)
+    if held_out_per_operation:
+        combos = split_combinations_per_operation(seed, held_out_per_operation)
+    else:
+        combos = split_combinations(seed, held_out_combinations)
     out_dir.mkdir(parents=True, exist_ok=True)
     kinds: dict[str, dict[str, int]] = {}
     for split, n in counts.items():
@@ -228,10 +260,16 @@ def make_feedback_tasks(
     manifest = {
         "generator": "rlef.common.feedback_tasks", "generator_version": GENERATOR_VERSION, "seed": seed,
         "counts": counts, "kinds": kinds, "hidden_fraction": hidden_fraction,
+        "held_out": held_out_spec(held_out_combinations, held_out_per_operation),
         "combinations": {s: [f"{o}/{f}" for o, f in c] for s, c in combos.items()},
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def held_out_spec(combinations: int, per_operation: int) -> dict[str, int]:
+    """How the held-out pairs were drawn, as the manifest records it (manifests without it: 8 random pairs)."""
+    return {"per_operation": per_operation} if per_operation else {"combinations": combinations}
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:

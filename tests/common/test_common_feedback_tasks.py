@@ -42,6 +42,40 @@ def test_splits_hold_disjoint_combinations_and_train_covers_every_op_and_format(
             assert f"{meta['op']}/{meta['format']}" in combos[split]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 7])
+@pytest.mark.parametrize("per_operation", [1, 2, 3])
+def test_the_per_operation_split_is_balanced(seed, per_operation):
+    """Every operation: exactly ``per_operation`` formats in valid, as many in test, the rest in train, all
+    disjoint; every format still in train, and held out by at most ceil(2 * k * ops / formats) operations."""
+    combos = T.split_combinations_per_operation(seed, per_operation)
+    sets = {s: set(c) for s, c in combos.items()}
+    assert not sets["train"] & sets["valid"] and not sets["train"] & sets["test"] and not sets["valid"] & sets["test"]
+    assert sets["train"] | sets["valid"] | sets["test"] == {(o, f) for o in T.OPS_BY_NAME for f in T.FORMATS_BY_NAME}
+    for op in T.OPS_BY_NAME:
+        assert sum(1 for o, _ in combos["valid"] if o == op) == per_operation
+        assert sum(1 for o, _ in combos["test"] if o == op) == per_operation
+        assert sum(1 for o, _ in combos["train"] if o == op) == len(T.FORMATS) - 2 * per_operation
+    held_out_by = {f: sum(1 for _, g in combos["valid"] + combos["test"] if g == f) for f in T.FORMATS_BY_NAME}
+    bound = -(-2 * per_operation * len(T.OPERATIONS) // len(T.FORMATS))
+    assert max(held_out_by.values()) <= bound and min(held_out_by.values()) >= bound - 1
+    assert {f for _, f in combos["train"]} == set(T.FORMATS_BY_NAME)
+
+
+def test_the_per_operation_split_through_the_generator_and_cli(tmp_path):
+    manifest = T.make_feedback_tasks(tmp_path / "a", seed=5, train=48, valid=12, test=12, held_out_per_operation=1)
+    assert manifest["held_out"] == {"per_operation": 1}
+    assert len(manifest["combinations"]["test"]) == len(T.OPERATIONS)
+    with pytest.raises(T.TaskGenerationError, match="--held-out-per-operation"):
+        T.make_feedback_tasks(tmp_path / "b", held_out_per_operation=4)
+    out = tmp_path / "cli"
+    args = [sys.executable, "-m", "rlef.common.cli", "data", "make-feedback-tasks", str(out), "--train", "10", "--valid", "5",
+            "--test", "5", "--if-stale"]
+    runs = [subprocess.run(args + extra, capture_output=True, text=True, timeout=120)
+            for extra in (["--held-out-per-operation", "1"], ["--held-out-per-operation", "1"], [])]
+    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+    assert "written" in runs[0].stdout and "current" in runs[1].stdout and "written" in runs[2].stdout  # the split changed
+
+
 def test_a_new_seed_draws_new_held_out_sets(tmp_path):
     a = T.split_combinations(0, 8)["test"]
     b = T.split_combinations(1, 8)["test"]
