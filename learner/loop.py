@@ -178,6 +178,8 @@ class Learner:
         M.APPROX_KL.set(last["approx_kl"])
         M.CLIP_FRACTION.set(last["clip_fraction"])
         M.EXPLAINED_VARIANCE.set(stats["explained_variance"])
+        M.MISMATCH_KL.set(stats["mismatch_kl"])
+        M.TRUNCATION_FRACTION.set(last["truncation_fraction"])
         M.GRAD_NORM.labels(model="policy").set(last["grad_norm"])
         M.GRAD_NORM.labels(model="value").set(last["grad_norm/value"])
         M.ENTROPY.set(last["entropy"])
@@ -196,7 +198,7 @@ class Learner:
                   **{f"rejected/{k}": v for k, v in self.hub.buffer.rejected.items()}}
         values["staleness/dropped"] = self.hub.buffer.rejected.get("stale", 0)
         for i, upd in enumerate(updates[:-1]):
-            self.mlog.write(self.ppo.step - len(updates) + 1 + i, {k: upd[k] for k in ("loss/policy", "loss/value", "clip_fraction", "grad_norm")})
+            self.mlog.write(self.ppo.step - len(updates) + 1 + i, {k: upd[k] for k in ("loss/policy", "loss/value", "clip_fraction", "truncation_fraction", "grad_norm")})
         self.mlog.write(self.ppo.step, values)
         self.batch_log.write(json.dumps({"batch": self.batches, "step": self.ppo.step, "version": self.version,
                                          "rollout_ids": [r.rollout_id for r in rollouts]}) + "\n")
