@@ -126,7 +126,7 @@ async def run_actor(
         control = make_control_client(config, transport, actor_id)
         receiver = make_receiver(config, transport, actor_id)
         control.set_local_version(backend.version)
-        gate = WeightSync(backend, receiver, max_policy_lag=config.actor.max_policy_lag,
+        gate = WeightSync(backend, receiver, max_policy_lag=config.staleness.actor_max_lag,
                           hub_version=lambda: control.hub_version, hub_known=lambda: control.registered,
                           on_applied=control.heartbeat,
                           receiver_factory=lambda: make_receiver(config, transport, actor_id))

@@ -1,6 +1,6 @@
 """`rlef actor` as a real process against a hub made of the real common/ pieces (control server, zmq weights
 publisher, rollout PULL socket) and the real executor service: it registers, waits while it lags the hub by
-more than actor.max_policy_lag, takes the current version as a late joiner, streams rollouts stamped with
+more than its gate (staleness.max_async_level - 1), takes the current version as a late joiner, streams rollouts stamped with
 that version, and stops when the hub says so."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_actor_process_registers_catches_up_streams_and_stops(tiny_model_dir, ex
         overrides = [o for o in executor_service.overrides if o.startswith("endpoints.")] + [
             f"endpoints.rollout_port={ports['rollout']}", f"endpoints.weights_port={ports['weights']}",
             f"endpoints.control_port={ports['control']}", f"model.path={tiny_model_dir}", "actor.metrics_port=0",
-            "actor.sampling.max_new_tokens=16", "actor.max_policy_lag=2", "actor.episodes_in_flight=2",
+            "actor.sampling.max_new_tokens=16", "staleness.max_async_level=3", "actor.episodes_in_flight=2",
             "weights.poll_interval_s=0.2", f"run.output_dir={tmp_path}", "run.name=run",
             "data.dataset=sample", "data.path=null",
             "monitoring.episode_samples.rate=1.0", "monitoring.metrics_log_interval_s=0.5",

@@ -132,7 +132,8 @@ def learner(tmp_path_factory: pytest.TempPathFactory, learner_model_dir: Path):
         "model": {"path": str(learner_model_dir), "max_seq_len": MAX_SEQ_LEN},
         # A batch it never gathers: the hub only serves (valid fuzz rollouts wait in its buffer).
         "learner": {"batch_rollouts": 100_000, "updates_per_batch": 1, "micro_batch_tokens": 256, "total_updates": 10,
-                    "max_policy_lag": 4, "metrics_port": metrics, "checkpoint": {"every_batches": 1000}},
+                    "metrics_port": metrics, "checkpoint": {"every_batches": 1000}},
+        "staleness": {"max_async_level": 4},
         "endpoints": {"rollout_port": rollout, "weights_port": weights, "control_port": control},
         "weights": {"type": "zmq", "chunk_bytes": CHUNK_BYTES, "poll_interval_s": 0.2},
         "monitoring": {"metrics_log_interval_s": 3600},

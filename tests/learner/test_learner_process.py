@@ -58,8 +58,9 @@ def write_config(tmp: Path, model_dir: Path) -> Path:
         "run": {"name": "learner-test", "output_dir": str(tmp / "runs"), "seed": 1},
         "model": {"path": str(model_dir), "max_seq_len": 128},
         "learner": {"batch_rollouts": 4, "updates_per_batch": 2, "micro_batch_tokens": 256, "total_updates": 16,
-                    "lr": 1e-3, "warmup_steps": 2, "max_policy_lag": 1000, "metrics_port": 0,
+                    "lr": 1e-3, "warmup_steps": 2, "metrics_port": 0,
                     "checkpoint": {"every_batches": 2, "keep": 3}},
+        "staleness": {"max_async_level": 1000},
         "endpoints": {"rollout_port": rollout, "weights_port": weights, "control_port": control},
         "weights": {"type": "zmq", "chunk_bytes": 65536, "poll_interval_s": 0.2},
     }
