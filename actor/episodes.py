@@ -148,6 +148,18 @@ class _Timer:
     start: float = field(default_factory=time.perf_counter)
 
 
+async def _fresh_or_stopped(gate: Gate, stop: asyncio.Event) -> bool:
+    """Wait at the gate unless ``stop`` comes first (True: fresh). An actor the hub refused or stopped never
+    becomes fresh, and must not hang there."""
+    fresh = asyncio.ensure_future(gate.wait_fresh())
+    stopped = asyncio.ensure_future(stop.wait())
+    done, pending = await asyncio.wait({fresh, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return fresh in done
+
+
 def _passed_count(result: ExecutionResult) -> int:
     return sum(1 for t in result.tests if t.status == "pass")
 
@@ -234,8 +246,9 @@ class EpisodeRunner:
             if limit is not None and self.started >= limit:
                 return
             self.started += 1
-            if self.gate is not None:
-                await self.gate.wait_fresh()
+            if self.gate is not None and not await _fresh_or_stopped(self.gate, stop):
+                self.started -= 1
+                return
             problem = next(self.problems)
             rollout_id = self.next_rollout_id()
             M.EPISODES_IN_FLIGHT.inc()

@@ -34,6 +34,10 @@ CONTROL_PEERS = Gauge("rlef_learner_weights_control_peers", "Peers registered on
 CONTROL_BAD_MESSAGES = Counter(
     "rlef_learner_weights_control_bad_messages_total", "Malformed or unexpected control messages dropped by the hub."
 )
+CONTROL_PEERS_REFUSED = Counter(
+    "rlef_learner_weights_control_peers_refused_total",
+    "Registrations the hub refused because the peer's shared config (rlef.common.config_digest) differs.",
+)
 
 # ---------------------------------------------------------------- actor (receiver) side
 VERSIONS_APPLIED = Counter(

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from helpers.rollouts import make_rollout
-
 from rlef.actor.weights_sync import WeightSync
 from rlef.common.config import RlefConfig, load_config
 from rlef.common.errors import ConfigError
@@ -39,13 +38,13 @@ def test_both_sides_derive_from_the_one_value(k: int) -> None:
     config = load_config(None, [f"staleness.max_async_level={k}"])
     assert config.staleness.learner_max_lag == k
     assert config.staleness.actor_max_lag == max(k - 1, 0)
-    for hub in range(0, 8):
-        for actor in range(0, hub + 1):
+    for hub in range(8):
+        for actor in range(hub + 1):
             # The gate the actor applies is exactly the inequality StalenessConfig documents.
             assert actor_gate(config, hub, actor) == (hub - actor <= max(k - 1, 0))
             assert actor_gate(config, hub, actor) == config.staleness.actor_may_start(hub, actor)
-    for version in range(0, 8):
-        for episode in range(0, version + 1):
+    for version in range(8):
+        for episode in range(version + 1):
             kept = learner_keeps(config, version, episode, f"r-{k}-{version}-{episode}")
             assert kept == (version - episode <= k) == config.staleness.learner_keeps(version, episode)
 

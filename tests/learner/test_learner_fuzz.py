@@ -48,6 +48,7 @@ from helpers.processes import stop_process_groups
 from helpers.rollouts import make_rollout
 
 from rlef.common.config import load_config
+from rlef.common.config_digest import shared_config_digests
 from rlef.common.control import ControlClient
 from rlef.common.errors import MessageError
 from rlef.common.messages import MAX_FRAME_BYTES as MAX_FRAME
@@ -264,9 +265,9 @@ def test_control_router_survives_fuzzing(learner: Learner, transport: Transport)
     sock.close(0)
 
     with ControlClient(transport, learner.endpoint(learner.config.endpoints.control_port), "after-the-fuzz",
-                       heartbeat_interval_s=0.2) as peer:
+                       heartbeat_interval_s=0.2, config_digests=shared_config_digests(learner.config)) as peer:
         assert peer.register(["rollouts"], timeout_s=STARVED_S) == 0
-    assert_healthy(learner, start, "control ROUTER")
+    assert_healthy(learner, start, "control ROUTER", limiters=2)  # bad messages, refused registrations
 
 
 def weights_bad(case: Case, version: int, num_chunks: int) -> bool:
