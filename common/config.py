@@ -27,7 +27,9 @@ class RunConfig(Section):
     name: str = Field("rlef", description="Run name; the run directory is output_dir/name.")
     output_dir: Path = Field(Path("runs"), description="Parent of run directories (logs, checkpoints, reports).")
     seed: int = Field(0, description="Base seed; each role derives its own from it and its id.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of every role that loads this config (a role's --log-level overrides it)."
+    )
 
     @property
     def run_dir(self) -> Path:
