@@ -39,13 +39,13 @@ class _StopFlag:
     """Set by SIGTERM/SIGINT; checked by rank 0 between rollouts (never interrupts an update)."""
 
     def __init__(self) -> None:
-        self.set = False
+        self.requested = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
         log.warning("signal %d: stopping after the current step", signum)
-        self.set = True
+        self.requested = True
 
 
 def _broadcast(obj, rank: int):
@@ -143,7 +143,7 @@ class Learner:
         # decoded; only the other ranks decode.
         frames, rollouts = None, None
         if self.hub is not None:
-            got = self.hub.collect_frames(self.config.learner.batch_rollouts, lambda: self.stop.set)
+            got = self.hub.collect_frames(self.config.learner.batch_rollouts, lambda: self.stop.requested)
             if got is not None:
                 rollouts, frames = got
         frames = _broadcast(frames, self.rank)
