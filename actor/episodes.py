@@ -119,14 +119,14 @@ class EpisodeRecord:
             "problem_id": r.problem_id,
             "random_feedback": r.random_feedback,
             "rewards": r.rewards,
-            "final": r.final.model_dump(),
+            "final": r.final.to_builtins(),
             "timings": r.timings,
             "turns": [
                 {
                     "policy_version": t.generation.policy_version,
                     "finish_reason": t.generation.finish_reason,
                     "has_code": t.code is not None,
-                    "outcome": t.outcome.model_dump(),
+                    "outcome": t.outcome.to_builtins(),
                     "prompt_text": t.prompt_text,
                     "response_text": t.response_text,
                     "code": t.code,

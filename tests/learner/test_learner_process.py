@@ -94,10 +94,8 @@ class Pusher:
     def bad_frames(self, i: int) -> list[bytes]:
         good = make_rollout(VOCAB, seed=10_000 + i, rollout_id=f"bad-{i}", turns=1)
         turn = good.turns[0]
-        oov = good.model_copy(update={"turns": [turn.model_copy(update={"response_ids": pack_ids([VOCAB + 5]),
-                                                                       "logprobs": pack_floats([-1.0])})]})
-        nan = good.model_copy(update={"turns": [turn.model_copy(update={"logprobs": pack_floats(
-            [float("nan")] * turn.num_response_tokens)})]})
+        oov = good.replace(turns=[turn.replace(response_ids=pack_ids([VOCAB + 5]), logprobs=pack_floats([-1.0]))])
+        nan = good.replace(turns=[turn.replace(logprobs=pack_floats([float("nan")] * turn.num_response_tokens))])
         return [b"\x00garbage", encode(oov), encode(nan), encode(make_rollout(VOCAB, seed=0, rollout_id="p-0"))]
 
     def push(self, n: int, give_up=lambda: False) -> None:
