@@ -53,7 +53,7 @@ from rlef.common.log_limit import LogLimiter, printable
 from rlef.common.messages import Control, decode, encode
 from rlef.common.router_loop import serve_router
 from rlef.common.transport import Transport
-from rlef.monitoring import metrics_weights as M
+from rlef.monitoring import metrics_control as M
 
 log = logging.getLogger(__name__)
 

@@ -177,7 +177,7 @@ def warm_up(learner: Learner) -> None:
             if not any(_decodes(p, Rollout, MAX_FRAME) for p in c.parts)]
     ep = learner.config.endpoints
     counters = {"rlef_learner_rollouts_received_total": sum(len(c.parts) for c in warm),
-                "rlef_learner_weights_control_bad_messages_total": sum(control_bad(c) for c in warm),
+                "rlef_learner_control_bad_messages_total": sum(control_bad(c) for c in warm),
                 'rlef_learner_weights_bad_messages_total{transport="zmq"}': sum(weights_bad(c, 0, 1 << 30) for c in warm)}
     start = scrape(learner.metrics_port)
     with Transport(learner.config.transport) as transport:
@@ -252,7 +252,7 @@ def test_control_router_survives_fuzzing(learner: Learner, transport: Transport)
     all_cases = cases()
     expected = sum(control_bad(c) for c in all_cases)
     start = before(learner)
-    counter = "rlef_learner_weights_control_bad_messages_total"
+    counter = "rlef_learner_control_bad_messages_total"
     sock = transport.client(zmq.DEALER, learner.endpoint(learner.config.endpoints.control_port))
     replies = Counter()
     seconds = send_cases(sock, all_cases, SEED, alive=learner.alive, on_reply=lambda r: replies.update([len(r)]))
