@@ -119,14 +119,14 @@ class EpisodeRecord:
             "problem_id": r.problem_id,
             "random_feedback": r.random_feedback,
             "rewards": r.rewards,
-            "final": r.final.model_dump(),
+            "final": r.final.to_builtins(),
             "timings": r.timings,
             "turns": [
                 {
                     "policy_version": t.generation.policy_version,
                     "finish_reason": t.generation.finish_reason,
                     "has_code": t.code is not None,
-                    "outcome": t.outcome.model_dump(),
+                    "outcome": t.outcome.to_builtins(),
                     "prompt_text": t.prompt_text,
                     "response_text": t.response_text,
                     "code": t.code,
@@ -146,6 +146,18 @@ class _Timer:
     execute_s: float = 0.0
     feedback_s: float = 0.0
     start: float = field(default_factory=time.perf_counter)
+
+
+async def _fresh_or_stopped(gate: Gate, stop: asyncio.Event) -> bool:
+    """Wait at the gate unless ``stop`` comes first (True: fresh). An actor the hub refused or stopped never
+    becomes fresh, and must not hang there."""
+    fresh = asyncio.ensure_future(gate.wait_fresh())
+    stopped = asyncio.ensure_future(stop.wait())
+    done, pending = await asyncio.wait({fresh, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return fresh in done
 
 
 def _passed_count(result: ExecutionResult) -> int:
@@ -234,8 +246,9 @@ class EpisodeRunner:
             if limit is not None and self.started >= limit:
                 return
             self.started += 1
-            if self.gate is not None:
-                await self.gate.wait_fresh()
+            if self.gate is not None and not await _fresh_or_stopped(self.gate, stop):
+                self.started -= 1
+                return
             problem = next(self.problems)
             rollout_id = self.next_rollout_id()
             M.EPISODES_IN_FLIGHT.inc()

@@ -306,7 +306,7 @@ def episode_line(record: Any) -> dict[str, Any]:
     return {"rollout_id": record.rollout.rollout_id, "problem_id": record.problem.problem_id,
             "turns": [t.outcome.status for t in record.turns], "codes": [t.code for t in record.turns],
             "policy_version": record.turns[0].generation.policy_version,
-            "final": record.rollout.final.model_dump(), "final_code": record.turns[-1].code}
+            "final": record.rollout.final.to_builtins(), "final_code": record.turns[-1].code}
 
 
 def summary_from_line(line: dict[str, Any]) -> EpisodeSummary:

@@ -285,7 +285,8 @@ def _str(path: Path | None) -> str | None:
 
 
 async def _register(control: Any, instance: str, backend_name: str, stop: asyncio.Event) -> None:
-    from rlef.common.errors import TransportError
+    """Register until the hub answers; a refusal (config mismatch) stops the evaluator (raised after the run)."""
+    from rlef.common.errors import PeerRefused, TransportError
 
     while not stop.is_set():
         try:
@@ -294,6 +295,9 @@ async def _register(control: Any, instance: str, backend_name: str, stop: asynci
             return
         except TransportError as exc:
             log.warning("%s; still trying", exc)
+        except PeerRefused:
+            stop.set()
+            raise
 
 
 async def _watch_stop(control: Any, stop: asyncio.Event) -> None:
@@ -369,4 +373,7 @@ async def run_evaluator(config: RlefConfig, *, index: int = 0) -> Selection:
         atransport.close()
         transport.close()
         stop_metrics_log()
+    from rlef.actor.main import raise_if_refused
+
+    raise_if_refused(control)
     return evaluator.selection

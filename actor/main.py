@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlef.common.config import RlefConfig
-from rlef.common.errors import TransportError
+from rlef.common.errors import PeerRefused, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def new_instance_nonce() -> str:
 
 
 async def _register(control, backend_name: str, instance: str, stop: asyncio.Event) -> None:
+    """Register until the hub answers; a refusal (config mismatch) stops the actor and is raised to the caller."""
     while not stop.is_set():
         try:
             version = await asyncio.to_thread(control.register, ["rollouts", backend_name], timeout_s=30.0,
@@ -56,6 +57,9 @@ async def _register(control, backend_name: str, instance: str, stop: asyncio.Eve
             return
         except TransportError as exc:
             log.warning("%s; still trying", exc)
+        except PeerRefused:
+            stop.set()
+            raise
 
 
 async def _watch_stop(control, stop: asyncio.Event) -> None:
@@ -65,6 +69,12 @@ async def _watch_stop(control, stop: asyncio.Event) -> None:
             stop.set()
             return
         await asyncio.sleep(0.2)
+
+
+def raise_if_refused(control) -> None:
+    """After the run: a hub that refused this peer (at registration or after its restart) makes it an error."""
+    if control is not None and control.refused is not None:
+        raise PeerRefused(f"the hub at {control.endpoint} refused {control.client_id}: {control.refused}")
 
 
 async def run_actor(
@@ -126,7 +136,7 @@ async def run_actor(
         control = make_control_client(config, transport, actor_id)
         receiver = make_receiver(config, transport, actor_id)
         control.set_local_version(backend.version)
-        gate = WeightSync(backend, receiver, max_policy_lag=config.actor.max_policy_lag,
+        gate = WeightSync(backend, receiver, max_policy_lag=config.staleness.actor_max_lag,
                           hub_version=lambda: control.hub_version, hub_known=lambda: control.registered,
                           on_applied=control.heartbeat,
                           receiver_factory=lambda: make_receiver(config, transport, actor_id))
@@ -166,4 +176,5 @@ async def run_actor(
         atransport.close()
         transport.close()
         stop_metrics_log()
+    raise_if_refused(control)
     return summary

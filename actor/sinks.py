@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -46,7 +45,6 @@ class JsonlSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("w")
         self.sent = 0
-        self.records: list[dict[str, Any]] = []
 
     async def send(self, record: EpisodeRecord) -> None:
         self._file.write(json.dumps(record.to_json()) + "\n")

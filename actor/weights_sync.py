@@ -4,8 +4,9 @@ A background task polls the weight receiver (``rlef.common.weights``: it hands o
 versions) and applies each to the backend (``load_weights``: between generation steps, in-flight episodes
 continue). A version that does not fit the model is rejected (counted, logged, not applied) and the actor
 keeps generating with what it holds. The hub's current version comes from the control channel; when it is
-ahead of the engine by more than ``actor.max_policy_lag``, :meth:`WeightSync.wait_fresh` blocks new episodes
-until the next version has been applied (``max_policy_lag: 0`` makes the actor synchronous). Until the hub has answered once, its version is unknown
+ahead of the engine by more than ``max_policy_lag`` (``staleness.actor_max_lag``: max(k - 1, 0) of the one
+setting ``staleness.max_async_level``, see rlef.common.config.StalenessConfig), :meth:`WeightSync.wait_fresh`
+blocks new episodes until the next version has been applied (0 makes the actor synchronous). Until the hub has answered once, its version is unknown
 and no episode starts either (a late joiner first catches up).
 
 Re-basing after a hub restart (issue 11): a learner resumed from a checkpoint older than the actor's weights

@@ -1,7 +1,7 @@
 """Asynchrony against synchronous training on the main job, in one invocation (issue: learning proof).
 
 Runs ``rlef launch`` on configs/tiny-cpu.yaml twice for the same wall-clock budget: once with
-``actor.max_policy_lag=0 learner.max_policy_lag=0`` (synchronous: an actor starts no episode while the hub is
+``staleness.max_async_level=0`` (synchronous: an actor starts no episode while the hub is
 ahead of its weights, the learner drops anything stale) and once with the config's default lag. Each run is
 stopped after ``--minutes`` (SIGINT to the launcher: the learner writes a final checkpoint), its final
 checkpoint is exported and evaluated on the held-out test split (1@3, ``--limit`` problems, local sandboxes).
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/rlef-bench-async"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    modes = {"sync": ["actor.max_policy_lag=0", "learner.max_policy_lag=0"], "async": []}
+    modes = {"sync": ["staleness.max_async_level=0"], "async": []}
     results = {name: run_mode(name, o, args.minutes, args.out, args.limit) for name, o in modes.items()}
     keys = list(results["sync"])
     print(f"{'figure':<22}{'sync':>12}{'async':>12}{'async/sync':>12}")

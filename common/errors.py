@@ -52,6 +52,12 @@ class TransportError(RlefError):
     """A ZeroMQ peer did not answer in time or a socket could not be set up."""
 
 
+class PeerRefused(RlefError):
+    """The hub refused this peer's registration (its shared config differs); the message names the keys.
+
+    Not a TransportError: retrying cannot help, the peer must be started with the hub's config."""
+
+
 class WeightsError(RlefError):
     """A weight version arrived incomplete, with a bad checksum, or does not fit the model."""
 

@@ -34,14 +34,13 @@ Token ids travel as little-endian int32 bytes and log-probabilities as little-en
 bytes a token instead of msgpack's up-to-nine, and decoding is a length check instead of a per-element walk.
 Use :func:`pack_ids` / :func:`unpack_ids` and :func:`pack_floats` / :func:`unpack_floats`.
 
-Compatibility with code written against the earlier pydantic models: every message has ``model_dump()``
-(a plain dict, bytes kept as bytes, without the ``schema`` tag) and ``model_copy(update={...})`` (a new
-message with the cross-field rules checked again). Messages are frozen, keyword-only and compare by value.
+Every message has ``to_builtins()`` (a plain dict, bytes kept as bytes, without the ``schema`` tag) and
+``replace(**changes)`` (a new message with the cross-field rules checked again), named after msgspec's own
+functions. Messages are frozen, keyword-only and compare by value.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import sys
@@ -108,17 +107,17 @@ class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     need not track them: a decoded rollout adds 3 tracked objects (its lists and dict) instead of 11.
     """
 
-    def model_dump(self) -> dict[str, Any]:
+    def to_builtins(self) -> dict[str, Any]:
         """The message as plain dicts, lists and scalars (bytes stay bytes), without the ``schema`` tag."""
         out = msgspec.to_builtins(self, builtin_types=(bytes, bytearray, memoryview))
         if isinstance(self, Message):
             out.pop("schema", None)
         return out
 
-    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
-        """A copy with ``update`` applied (``__post_init__`` checks run again; fields are not type-checked)."""
-        base = copy.deepcopy(self) if deep else self
-        return msgspec.structs.replace(base, **(update or {}))
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (msgspec.structs.replace: ``__post_init__`` checks run again; field
+        types are not checked)."""
+        return msgspec.structs.replace(self, **changes)
 
 
 class Message(_Strict, tag_field="schema"):

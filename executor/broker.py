@@ -227,7 +227,7 @@ class Broker:
         else:
             if job.worker is not None and job.worker != identity and job.worker in self.workers:
                 self.workers[job.worker].job_id = None  # the other copy's result will be a duplicate
-            self._reply(job, result.model_copy(update={"attempts": max(1, job.attempts)}), "completed")
+            self._reply(job, result.replace(attempts=max(1, job.attempts)), "completed")
         if worker is not None:
             worker.job_id = None
         self._add_idle(identity)

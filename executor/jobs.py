@@ -70,7 +70,7 @@ def fit_outputs(tests: list[TestResult], budget: int = RESULT_OUTPUT_BUDGET) -> 
     if total <= budget:
         return tests
     share = max(1024, budget // max(1, len(tests)))
-    return [t.model_copy(update={"stdout": t.stdout[:share]}) if len(t.stdout) > share else t for t in tests]
+    return [t.replace(stdout=t.stdout[:share]) if len(t.stdout) > share else t for t in tests]
 
 
 def _failed(job: ExecutionJob, worker_id: str, error: str, tests_total: int, start: float) -> ExecutionResult:

@@ -150,7 +150,7 @@ class ExecutorPool:
                 return None, None
             m.SANDBOX_ERRORS.labels("rejected").inc()
             result = refusal(job_id, "executor", str(exc))
-            return None, result.model_copy(update={"worker_id": identity})
+            return None, result.replace(worker_id=identity)
         return (message if isinstance(message, ExecutionJob) else None), None
 
     def _start(self, job: ExecutionJob, index: int, identity: str) -> asyncio.Future:

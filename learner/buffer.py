@@ -10,7 +10,7 @@ Invariants
 - A rejected rollout is counted by reason and logged once per reason; the learner keeps running.
 
 Reject reasons: ``decode`` (not a valid Rollout message), ``duplicate``, ``stale`` (oldest turn lags the
-current version by more than ``max_policy_lag``, checked on arrival and again when a batch is formed),
+current version by more than ``max_policy_lag`` = ``staleness.learner_max_lag``, checked on arrival and again when a batch is formed),
 ``future_version`` (a turn claims a version the learner has not published, e.g. from a run that crashed
 after its last checkpoint), ``token_out_of_vocab``, ``too_long`` (more than ``model.max_seq_len`` tokens),
 ``empty_prompt`` (turn 1 has no prompt token to read V at), ``nonfinite_logprobs``, ``positive_logprobs``,

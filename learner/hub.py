@@ -34,7 +34,7 @@ class Hub:
         self.transport = Transport(config.transport)
         ep = config.endpoints
         self.rollouts = self.transport.server(zmq.PULL, ep.bind(ep.rollout_port))
-        self.buffer = RolloutBuffer(vocab_size, config.model.max_seq_len, config.learner.max_policy_lag, spool_path,
+        self.buffer = RolloutBuffer(vocab_size, config.model.max_seq_len, config.staleness.learner_max_lag, spool_path,
                                     on_reject=lambda reason: M.ROLLOUTS_REJECTED.labels(reason=reason).inc())
         self.buffer.version = version
         self.control = make_control_server(config, self.transport, version=version)

@@ -39,13 +39,13 @@ class _StopFlag:
     """Set by SIGTERM/SIGINT; checked by rank 0 between rollouts (never interrupts an update)."""
 
     def __init__(self) -> None:
-        self.set = False
+        self.requested = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
         log.warning("signal %d: stopping after the current step", signum)
-        self.set = True
+        self.requested = True
 
 
 def _broadcast(obj, rank: int):
@@ -143,7 +143,7 @@ class Learner:
         # decoded; only the other ranks decode.
         frames, rollouts = None, None
         if self.hub is not None:
-            got = self.hub.collect_frames(self.config.learner.batch_rollouts, lambda: self.stop.set)
+            got = self.hub.collect_frames(self.config.learner.batch_rollouts, lambda: self.stop.requested)
             if got is not None:
                 rollouts, frames = got
         frames = _broadcast(frames, self.rank)
@@ -178,6 +178,8 @@ class Learner:
         M.APPROX_KL.set(last["approx_kl"])
         M.CLIP_FRACTION.set(last["clip_fraction"])
         M.EXPLAINED_VARIANCE.set(stats["explained_variance"])
+        M.MISMATCH_KL.set(stats["mismatch_kl"])
+        M.TRUNCATION_FRACTION.set(last["truncation_fraction"])
         M.GRAD_NORM.labels(model="policy").set(last["grad_norm"])
         M.GRAD_NORM.labels(model="value").set(last["grad_norm/value"])
         M.ENTROPY.set(last["entropy"])
@@ -196,7 +198,7 @@ class Learner:
                   **{f"rejected/{k}": v for k, v in self.hub.buffer.rejected.items()}}
         values["staleness/dropped"] = self.hub.buffer.rejected.get("stale", 0)
         for i, upd in enumerate(updates[:-1]):
-            self.mlog.write(self.ppo.step - len(updates) + 1 + i, {k: upd[k] for k in ("loss/policy", "loss/value", "clip_fraction", "grad_norm")})
+            self.mlog.write(self.ppo.step - len(updates) + 1 + i, {k: upd[k] for k in ("loss/policy", "loss/value", "clip_fraction", "truncation_fraction", "grad_norm")})
         self.mlog.write(self.ppo.step, values)
         self.batch_log.write(json.dumps({"batch": self.batches, "step": self.ppo.step, "version": self.version,
                                          "rollout_ids": [r.rollout_id for r in rollouts]}) + "\n")

@@ -20,8 +20,9 @@ Method facts (docs/method.md, reference rlef-method.md):
 
 Where the KL is computed: the learner re-scores. Before a batch's U updates it runs its own forward passes of
 the current policy (giving log pi_old, which is also the pi of KL_t) and of the frozen reference rho over the
-whole batch; the behaviour log-probs sent by the actors serve only the truncated importance weight. So KL_t
-is measured with the policy the updates start from, and is fixed (no gradient) during the U updates.
+whole batch; the behaviour log-probs sent by the actors serve only the truncated importance weight (and the
+mismatch-KL diagnostic, which compares them with log pi_old). So KL_t is measured with the policy the updates
+start from, and is fixed (no gradient) during the U updates.
 """
 
 from __future__ import annotations
@@ -117,18 +118,75 @@ def entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def clip_fraction_terms(ratio: Tensor, clip_eps: float) -> Tensor:
+    """Per token 1 where the ratio lies outside [1 - eps, 1 + eps] (the clip is active), else 0.
+
+    The ``_terms`` forms exist so the sharded learner can sum them per rank and divide by the global token
+    count (the mean of the whole update, whatever the split); the plain forms are their means."""
+    return ((ratio - 1.0).abs() > clip_eps).to(ratio.dtype)
+
+
 def clip_fraction(ratio: Tensor, clip_eps: float) -> Tensor:
     """Fraction of tokens whose ratio lies outside [1 - eps, 1 + eps] (where the clip is active)."""
-    return ((ratio - 1.0).abs() > clip_eps).to(ratio.dtype).mean()
+    return clip_fraction_terms(ratio, clip_eps).mean()
+
+
+def approx_kl_terms(logpi: Tensor, logpi_old: Tensor) -> Tensor:
+    """Per-token k3 term (r - 1) - log r with r = pi/pi_old; its mean over tokens drawn from pi_old is KL(pi_old || pi)."""
+    log_r = logpi - logpi_old
+    return torch.exp(log_r) - 1.0 - log_r
 
 
 def approx_kl(logpi: Tensor, logpi_old: Tensor) -> Tensor:
     """k3 estimator of KL(pi_old || pi): E[(r - 1) - log r] with r = pi/pi_old; non-negative, unbiased."""
-    log_r = logpi - logpi_old
-    return (torch.exp(log_r) - 1.0 - log_r).mean()
+    return approx_kl_terms(logpi, logpi_old).mean()
+
+
+def mismatch_kl_terms(logpi_old: Tensor, logpi_b: Tensor) -> Tensor:
+    """Per-token k3 term of KL(pi_b || pi_old): the actor's behaviour policy against the learner's re-scoring.
+
+    The tokens were sampled from pi_b, so the k3 estimator takes r = pi_old/pi_b. At policy lag 0 both sides
+    hold the same weights, so the mean is near 0 (rounding of the two inference stacks only); a rise means the
+    tokens or the behaviour log-probs do not match what the learner scores (a tokenization, template or
+    inference-backend fault), or that the rollouts are stale."""
+    return approx_kl_terms(logpi_old, logpi_b)
+
+
+def mismatch_kl(logpi_old: Tensor, logpi_b: Tensor) -> Tensor:
+    """k3 estimate of KL(pi_b || pi_old) over response tokens sampled from pi_b; see mismatch_kl_terms."""
+    return mismatch_kl_terms(logpi_old, logpi_b).mean()
+
+
+def truncation_terms(logpi: Tensor, logpi_b: Tensor) -> Tensor:
+    """Per token 1 where :func:`importance_ratio` truncates its off-policy weight min(pi/pi_b, 1), else 0.
+
+    Same expression as the weight (exp then compare to 1), so a token counts exactly when the clamp changes the
+    value. At lag 0, pi and pi_b differ by rounding only and about half of the tokens count, each truncated by a
+    negligible amount: read this fraction together with the mismatch KL."""
+    return (torch.exp(logpi - logpi_b) > 1.0).to(logpi.dtype)
+
+
+def truncation_fraction(logpi: Tensor, logpi_b: Tensor) -> Tensor:
+    """Fraction of tokens whose off-policy weight min(pi/pi_b, 1) is truncated (pi > pi_b)."""
+    return truncation_terms(logpi, logpi_b).mean()
+
+
+def explained_variance_from_moments(g_sum: float, g_sq: float, d_sum: float, d_sq: float, count: float) -> float:
+    """1 - Var(G - V) / Var(G) from the (all-reducible) sums of G, G^2, G - V, (G - V)^2 over ``count`` turns.
+
+    Population variances; NaN when the returns have no variance (a constant reward batch), where the ratio has
+    no meaning."""
+    n = max(float(count), 1.0)
+    var_g = float(g_sq) / n - (float(g_sum) / n) ** 2
+    var_d = float(d_sq) / n - (float(d_sum) / n) ** 2
+    return 1.0 - var_d / var_g if var_g > 0 else float("nan")
 
 
 def explained_variance(V: Tensor, G: Tensor) -> Tensor:
-    """1 - Var(G - V) / Var(G) (population variances); NaN when the returns have no variance."""
-    var_g = G.var(unbiased=False)
-    return 1.0 - (G - V).var(unbiased=False) / var_g
+    """1 - Var(G - V) / Var(G) (population variances); NaN when the returns have no variance.
+
+    Goes through the moment form, which the sharded learner all-reduces, so both give the same number."""
+    everywhere = torch.ones_like(G, dtype=torch.bool)
+    g_sum, g_sq, count = masked_moments(G, everywhere)
+    d_sum, d_sq, _ = masked_moments(G - V, everywhere)
+    return torch.tensor(explained_variance_from_moments(g_sum, g_sq, d_sum, d_sq, count), dtype=G.dtype)

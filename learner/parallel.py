@@ -76,14 +76,3 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=options)
     return state if dist.get_rank() == 0 else {}
-
-
-def all_reduce_(tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
-    if dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=op)
-    return tensor
-
-
-def max_across_ranks(value: int) -> int:
-    t = torch.tensor([value], dtype=torch.long)
-    return int(all_reduce_(t, dist.ReduceOp.MAX).item())

@@ -160,7 +160,7 @@ class PPOLearner:
         R = O.penalized_rewards(lay.rewards, kl, self.config.reward.kl_beta, lay.turn_mask)
         G = O.monte_carlo_returns(R, lay.turn_mask)
         A = self._normalize(O.turn_advantages(G, V_old, lay.turn_mask), lay.turn_mask, update_of)
-        stats = self._batch_stats(lay, kl, G, V_old, logpi_old, logrho)
+        stats = self._batch_stats(lay, kl, G, V_old, logpi_old, logrho, lay.logprobs_b)
         return Scored(seqs, lay, update_of, logpi_old, logrho, V_old, kl, G, A, stats)
 
     def _normalize(self, A: torch.Tensor, mask: torch.Tensor, update_of: torch.Tensor) -> torch.Tensor:
@@ -176,21 +176,23 @@ class PPOLearner:
             out = torch.where(rows, O.normalize_advantages(A, rows, *moments), out)
         return out
 
-    def _batch_stats(self, lay: Layout, kl, G, V, logpi_old, logrho) -> dict[str, float]:
+    def _batch_stats(self, lay: Layout, kl, G, V, logpi_old, logrho, logpi_b) -> dict[str, float]:
+        """Batch statistics of the re-scoring, as sums all-reduced over ranks and divided by global counts."""
         m = lay.turn_mask
         d = G - V
         s = self._all_reduce([
             kl[m].sum(), m.sum(), G[m].sum(), (G[m] ** 2).sum(), d[m].sum(), (d[m] ** 2).sum(),
             (logpi_old - logrho).sum(), len(logpi_old),
+            O.mismatch_kl_terms(logpi_old.double(), logpi_b.double()).sum(),
         ]).tolist()
         n = max(s[1], 1.0)
-        var_g = s[3] / n - (s[2] / n) ** 2
-        var_d = s[5] / n - (s[4] / n) ** 2
+        n_tok = max(s[7], 1.0)
         return {
             "kl": s[0] / n,
-            "kl/token": s[6] / max(s[7], 1.0),
+            "kl/token": s[6] / n_tok,
             "return/mean": s[2] / n,
-            "explained_variance": 1.0 - var_d / var_g if var_g > 0 else float("nan"),
+            "explained_variance": O.explained_variance_from_moments(s[2], s[3], s[4], s[5], s[1]),
+            "mismatch_kl": s[8] / n_tok,
             "turns": s[1],
             "tokens/response": s[7],
         }
@@ -208,7 +210,7 @@ class PPOLearner:
         logpi_old, logpi_b = sc.logpi_old[tok_map], sub.logprobs_b
         n_tok, n_turn = self._all_reduce([len(sub.token_turn), int(sub.turn_mask.sum())]).tolist()
         scale_tok, scale_turn = self.world / max(n_tok, 1.0), self.world / max(n_turn, 1.0)
-        acc = torch.zeros(7, dtype=torch.float64)
+        acc = torch.zeros(8, dtype=torch.float64)
         t0 = time.perf_counter()
         for mb in self._micro_batches(seqs, sub):
             if len(mb.resp_index) == 0:  # dummy: run the collectives, contribute nothing
@@ -227,13 +229,13 @@ class PPOLearner:
             v_terms = O.value_loss_terms(V, dev(V_old_flat[vi].float()), dev(G_flat[vi].float()), self.cfg.value_clip)
             (pi_terms.sum() * scale_tok + v_terms.sum() * scale_turn).backward()
             with torch.no_grad():
-                log_r = logpi.detach() - dev(logpi_old[ri])
                 acc += torch.tensor([
                     pi_terms.sum().item(), v_terms.sum().item(),
-                    ((ratio.detach() - 1).abs() > self.cfg.clip_eps).sum().item(),
-                    (torch.exp(log_r) - 1 - log_r).sum().item(),
+                    O.clip_fraction_terms(ratio.detach(), self.cfg.clip_eps).sum().item(),
+                    O.approx_kl_terms(logpi.detach(), dev(logpi_old[ri])).sum().item(),
                     token_entropy.sum().item(),
                     float(mb.num_tokens), 0.0,
+                    O.truncation_terms(logpi.detach(), dev(logpi_b[ri])).sum().item(),
                 ], dtype=torch.float64)
         grad_norms = {name: self._clip(model) for name, model in (("policy", self.policy), ("value", self.value))}
         for name in self.optimizers:
@@ -248,6 +250,7 @@ class PPOLearner:
             "loss/total": s[0] / max(n_tok, 1.0) + s[1] / max(n_turn, 1.0),
             "clip_fraction": s[2] / max(n_tok, 1.0),
             "approx_kl": s[3] / max(n_tok, 1.0),
+            "truncation_fraction": s[7] / max(n_tok, 1.0),
             "entropy": s[4] / max(n_tok, 1.0),
             "grad_norm": grad_norms["policy"],
             "grad_norm/value": grad_norms["value"],

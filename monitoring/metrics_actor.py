@@ -71,7 +71,7 @@ WEIGHTS_APPLIED = Counter("rlef_actor_weights_applied_total", "Weight versions a
 WEIGHTS_REJECTED = Counter("rlef_actor_weights_rejected_total", "Weight versions that did not fit the model (not applied).")
 WEIGHTS_APPLY_SECONDS = Histogram("rlef_actor_weights_apply_seconds", "Time to apply one weights version.", buckets=(0.01, 0.1, 1, 10, 100))
 LAG_BLOCKED_SECONDS = Counter(
-    "rlef_actor_lag_blocked_seconds_total", "Seconds new episodes were held back because the version lag exceeded actor.max_policy_lag."
+    "rlef_actor_lag_blocked_seconds_total", "Seconds new episodes were held back because the version lag exceeded the actor's gate (staleness.max_async_level - 1)."
 )
 EPISODE_SAMPLES = Counter("rlef_actor_episode_samples_total", "Episodes written to the run's readable sample (run_dir/samples/).")
 EPISODE_SAMPLE_ERRORS = Counter(

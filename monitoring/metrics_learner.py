@@ -18,6 +18,13 @@ VALUE_LOSS = Gauge("rlef_learner_value_loss", "Clipped value loss of the latest 
 KL = Gauge("rlef_learner_kl", "Mean per-turn KL_t (geometric-mean log ratio) to the reference, latest batch.")
 APPROX_KL = Gauge("rlef_learner_approx_kl", "k3 estimate of KL(pi_old || pi) over the latest update's tokens.")
 CLIP_FRACTION = Gauge("rlef_learner_clip_fraction", "Fraction of tokens whose ratio left [1-eps, 1+eps], latest update.")
+MISMATCH_KL = Gauge(
+    "rlef_learner_mismatch_kl",
+    "k3 estimate of KL(pi_b || pi_old) between the actors' behaviour log-probs and the learner's re-scoring, latest batch.",
+)
+TRUNCATION_FRACTION = Gauge(
+    "rlef_learner_truncation_fraction", "Fraction of tokens whose off-policy weight min(pi/pi_b, 1) was truncated, latest update."
+)
 EXPLAINED_VARIANCE = Gauge("rlef_learner_explained_variance", "1 - Var(G - V_old)/Var(G) over the latest batch's turns.")
 GRAD_NORM = Gauge("rlef_learner_grad_norm", "Policy gradient norm before clipping, latest update.", ["model"])
 ENTROPY = Gauge("rlef_learner_entropy", "Mean policy entropy (nats) over the latest update's response tokens.")

@@ -1,8 +1,9 @@
-"""Metrics of the weight channel (learner hub publisher, actor receivers) and of the control channel.
+"""Metrics of the weight channel (learner hub publisher, actor receivers); the control channel's are in
+metrics_control.py.
 
 Learner side (``rlef_learner_weights_*``) and actor side (``rlef_actor_weights_*``) live in one module because
-both ends of the protocol are in ``rlef.common.weights`` / ``rlef.common.control``. The ``transport`` label is
-zmq, collective or filesystem.
+both ends of the protocol are in ``rlef.common.weights``. The ``transport`` label is zmq, collective or
+filesystem.
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ RECEIVERS = Gauge(
 HUB_BAD_MESSAGES = Counter(
     "rlef_learner_weights_bad_messages_total", "Malformed or unexpected messages the weights hub dropped.", ["transport"]
 )
-CONTROL_PEERS = Gauge("rlef_learner_weights_control_peers", "Peers registered on the control channel and alive.")
-CONTROL_BAD_MESSAGES = Counter(
-    "rlef_learner_weights_control_bad_messages_total", "Malformed or unexpected control messages dropped by the hub."
-)
 
 # ---------------------------------------------------------------- actor (receiver) side
 VERSIONS_APPLIED = Counter(
@@ -55,10 +52,3 @@ RECEIVER_RESTARTS = Counter(
     "rlef_actor_weights_transfer_restarts_total", "Transfers restarted (stall, superseded, corrupt).", ["transport", "reason"]
 )
 RECEIVED_VERSION = Gauge("rlef_actor_weights_version", "Newest complete version received (-1: none).", ["transport"])
-CONTROL_HUB_VERSION = Gauge("rlef_actor_weights_hub_version", "The hub's version as last heard on the control channel.")
-CONTROL_HUB_RESTARTS = Counter(
-    "rlef_actor_weights_hub_restarts_total", "Hub restarts a peer noticed (the hub's incarnation nonce changed)."
-)
-CONTROL_CLIENT_BAD_MESSAGES = Counter(
-    "rlef_actor_weights_control_bad_messages_total", "Malformed or unexpected control messages an actor dropped."
-)

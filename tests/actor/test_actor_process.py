@@ -1,6 +1,6 @@
 """`rlef actor` as a real process against a hub made of the real common/ pieces (control server, zmq weights
 publisher, rollout PULL socket) and the real executor service: it registers, waits while it lags the hub by
-more than actor.max_policy_lag, takes the current version as a late joiner, streams rollouts stamped with
+more than its gate (staleness.max_async_level - 1), takes the current version as a late joiner, streams rollouts stamped with
 that version, and stops when the hub says so."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_actor_process_registers_catches_up_streams_and_stops(tiny_model_dir, ex
         overrides = [o for o in executor_service.overrides if o.startswith("endpoints.")] + [
             f"endpoints.rollout_port={ports['rollout']}", f"endpoints.weights_port={ports['weights']}",
             f"endpoints.control_port={ports['control']}", f"model.path={tiny_model_dir}", "actor.metrics_port=0",
-            "actor.sampling.max_new_tokens=16", "actor.max_policy_lag=2", "actor.episodes_in_flight=2",
+            "actor.sampling.max_new_tokens=16", "staleness.max_async_level=3", "actor.episodes_in_flight=2",
             "weights.poll_interval_s=0.2", f"run.output_dir={tmp_path}", "run.name=run",
             "data.dataset=sample", "data.path=null",
             "monitoring.episode_samples.rate=1.0", "monitoring.metrics_log_interval_s=0.5",
@@ -83,3 +83,31 @@ def test_actor_process_registers_catches_up_streams_and_stops(tiny_model_dir, ex
     sent_ids = {r.rollout_id for r in rollouts}
     assert sent_ids <= {s["rollout_id"] for s in sampled}  # rate 1: every rollout sent was sampled too
     assert all(s.turns and s.turns[0]["prompt_text"] and s.turns[0]["policy_version"] == 3 for s in sampled)
+
+
+def test_actor_process_refused_by_a_hub_with_another_config_exits_naming_the_keys(tiny_model_dir, tmp_path):
+    """The real `rlef actor` against the learner's control server (make_control_server) whose rewards and turn
+    limit differ: it starts no episode, exits with an error naming the keys, and the hub lists it as refused."""
+    from rlef.common.cli import DEFAULT_CONFIG
+    from rlef.common.config import load_config
+    from rlef.common.control import make_control_server
+
+    ports = {name: free_port() for name in ("rollout", "weights", "control", "broker_front", "broker_back")}
+    overrides = [
+        f"endpoints.rollout_port={ports['rollout']}", f"endpoints.weights_port={ports['weights']}",
+        f"endpoints.control_port={ports['control']}", f"endpoints.broker_frontend_port={ports['broker_front']}",
+        f"endpoints.broker_backend_port={ports['broker_back']}", f"model.path={tiny_model_dir}", "actor.metrics_port=0",
+        f"run.output_dir={tmp_path}", "run.name=run", "data.dataset=sample", "data.path=null",
+    ]
+    repo = Path(__file__).resolve().parents[2]
+    # The actor reads the CLI's default config file; the hub reads the same one with three changes.
+    hub_config = load_config(repo / DEFAULT_CONFIG, [*overrides, "reward.solved=2.0", "actor.max_turns=2", "learner.lr=0.5"])
+    with Transport(TransportConfig()) as transport, make_control_server(hub_config, transport, version=0) as control, \
+            transport.server(zmq.PULL, f"tcp://127.0.0.1:{ports['rollout']}") as pull:
+        rlef = str(Path(sys.executable).with_name("rlef"))
+        proc = subprocess.run([rlef, "actor", *overrides], capture_output=True, text=True, timeout=240,
+                              cwd=repo)
+        assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "config differs from the learner's in: actor.max_turns, reward.solved (" in proc.stderr
+        assert [sender for sender, _ in control.refused] and {s for s, _ in control.refused} == {"actor-0"}
+        assert control.peers() == [] and not pull.poll(0)  # never registered, sent nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,24 @@ def test_rlef_config_show_reports_errors_with_exit_code_2(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "learner.lrr: unknown key" in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["launch", "run.log_level=WARNING"], logging.WARNING),            # the config's key sets the level
+    (["--log-level", "DEBUG", "launch", "run.log_level=WARNING"], logging.DEBUG),  # the command line wins
+    (["launch"], logging.INFO),                                        # the default
+])
+def test_run_log_level_is_the_level_of_every_role_command(argv: list[str], expected: int) -> None:
+    """Every role command loads its config through config_from_args (the real parser, as `rlef` runs it)."""
+    from rlef.common.cli import build_parser, config_from_args
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        args = build_parser().parse_args(argv)
+        # What main()'s setup_logging sets (its basicConfig is a no-op under pytest, which holds the handlers).
+        root.setLevel(getattr(logging, args.log_level or "INFO"))
+        config_from_args(args)
+        assert root.level == expected
+    finally:
+        root.setLevel(before)

@@ -292,7 +292,7 @@ VALID: dict[str, Message] = {
 
 def payload(kind: str) -> dict[str, Any]:
     message = VALID[kind]
-    out = message.model_dump()
+    out = message.to_builtins()
     out["schema"] = schema_name(type(message))
     return copy.deepcopy(out)
 
@@ -555,29 +555,29 @@ def test_frames_of_the_earlier_encoder_decode_and_re_encode_to_the_same_map(kind
 
 
 @pytest.mark.parametrize("kind", sorted(VALID))
-def test_encode_writes_model_dump_plus_schema(kind: str) -> None:
+def test_encode_writes_to_builtins_plus_schema(kind: str) -> None:
     # Independent reference: msgpack's own packing of the plain dict (the earlier encoder) is the same map.
     message = VALID[kind]
-    reference = msgpack.packb({**message.model_dump(), "schema": schema_name(type(message))}, use_bin_type=True)
+    reference = msgpack.packb({**message.to_builtins(), "schema": schema_name(type(message))}, use_bin_type=True)
     assert msgpack.unpackb(encode(message)) == msgpack.unpackb(reference)
     assert decode(reference) == message
 
 
-def test_model_dump_is_plain_data_without_the_tag() -> None:
-    dump = VALID["rollout"].model_dump()
+def test_to_builtins_is_plain_data_without_the_tag() -> None:
+    dump = VALID["rollout"].to_builtins()
     assert "schema" not in dump and isinstance(dump["turns"][0]["prompt_ids"], bytes)
     assert dump["final"] == {"passed": False, "status": "wrong_answer", "tests_passed": 3, "tests_total": 9}
-    assert VALID["rollout"].turns[0].outcome.model_dump() == {"status": "wrong_answer", "public_passed": 1, "public_total": 2}
-    assert VALID["execution_job"].model_dump()["tests_ref"] is None
+    assert VALID["rollout"].turns[0].outcome.to_builtins() == {"status": "wrong_answer", "public_passed": 1, "public_total": 2}
+    assert VALID["execution_job"].to_builtins()["tests_ref"] is None
 
 
-def test_model_copy_replaces_fields_and_rechecks_cross_field_rules() -> None:
+def test_replace_replaces_fields_and_rechecks_cross_field_rules() -> None:
     rollout = VALID["rollout"]
-    copy_ = rollout.model_copy(update={"rollout_id": "b"})
+    copy_ = rollout.replace(rollout_id="b")
     assert copy_.rollout_id == "b" and copy_.turns == rollout.turns and rollout.rollout_id == "a0/1"
-    assert rollout.model_copy() == rollout
+    assert rollout.replace() == rollout
     with pytest.raises(ValueError, match="rewards"):
-        rollout.model_copy(update={"rewards": [1.0]})
+        rollout.replace(rewards=[1.0])
     with pytest.raises(AttributeError):
         rollout.rollout_id = "c"  # type: ignore[misc]  # frozen
 
@@ -588,9 +588,9 @@ def test_construction_checks_cross_field_rules_and_decode_checks_the_rest() -> N
                     has_code=False, outcome=TurnOutcome(status="no_code"))
     good = VALID["rollout"]
     with pytest.raises(ValueError, match="at turns.1: 1 logprobs for 2 response tokens"):
-        good.model_copy(update={"turns": [good.turns[0], bad_turn, good.turns[2]]})
+        good.replace(turns=[good.turns[0], bad_turn, good.turns[2]])
     with pytest.raises(ValueError, match="at final: tests_passed 2 > tests_total 1"):
-        good.model_copy(update={"final": FinalOutcome(passed=True, status="pass", tests_passed=2, tests_total=1)})
+        good.replace(final=FinalOutcome(passed=True, status="pass", tests_passed=2, tests_total=1))
     with pytest.raises(ValueError, match="exactly one"):
         ExecutionJob(job_id="j", code="", limits=Limits(time_s=1.0, memory_bytes=1))
     # Field constraints are not checked on keyword construction (documented), but every receiver decodes:

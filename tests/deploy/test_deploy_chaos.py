@@ -106,7 +106,7 @@ def test_run_reaches_its_end_while_every_role_is_killed(tmp_path: Path, tiny_mod
         assert status["processes"][name]["restarts"] >= 1, (name, status["processes"][name])
     # ... and the surviving actor's metrics counted the hub's restart.
     last = json.loads((run_dir / "metrics" / "actor-0.jsonl").read_text().splitlines()[-1])
-    assert last["values"]["rlef_actor_weights_hub_restarts_total"] >= 1
+    assert last["values"]["rlef_actor_control_hub_restarts_total"] >= 1
     # A restarted role could bind its ports again (what its dead instance left was killed by the launcher).
     for log in (run_dir / "logs").glob("*.log"):
         assert "Address already in use" not in log.read_text(errors="replace"), log.name

@@ -63,7 +63,7 @@ def buffer(**kw) -> RolloutBuffer:
 
 
 def corrupt(r, **turn_update):
-    return r.model_copy(update={"turns": [r.turns[0].model_copy(update=turn_update)] + list(r.turns[1:])})
+    return r.replace(turns=[r.turns[0].replace(**turn_update)] + list(r.turns[1:]))
 
 
 def test_every_reject_reason_is_counted_and_valid_ones_pass():

@@ -90,9 +90,10 @@ def reference_update(model_dir, perturbed, batch, config):
     A = [(a - flat.mean()) / (flat.std(unbiased=False) + 1e-8) for a in A]
     opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
     opt_v = torch.optim.AdamW(value.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
-    pi_terms, v_terms = [], []
+    pi_terms, v_terms, firsts = [], [], []
     for s, a, g, lo, vo in zip(seqs, A, G, old, v_old):
         _, logpi = score(policy, s)
+        firsts.append(logpi.detach())
         a_tok = torch.repeat_interleave(a, torch.from_numpy(s.response_lens))
         ratio = O.importance_ratio(logpi, lo, torch.from_numpy(s.logprobs_b))
         pi_terms.append(O.policy_loss_terms(ratio, a_tok, cfg.clip_eps, cfg.dual_clip))
@@ -105,7 +106,28 @@ def reference_update(model_dir, perturbed, batch, config):
     grads.update({f"value {n}": p.grad.clone() for n, p in value.named_parameters()})
     opt_p.step()
     opt_v.step()
-    return policy.state_dict(), value.state_dict(), grads
+    stats = reference_stats(seqs, old, firsts, G, v_old, cfg.clip_eps)
+    return policy.state_dict(), value.state_dict(), grads, stats
+
+
+def reference_stats(seqs, old, new, G, v_old, clip_eps) -> dict[str, float]:
+    """The logged diagnostics over the whole batch, written out from their definitions (float64)."""
+    lo = torch.cat(old).double()
+    lp = torch.cat(new).double()
+    lb = torch.cat([torch.from_numpy(s.logprobs_b) for s in seqs]).double()
+    w = torch.minimum(torch.exp(lp - lb), torch.ones_like(lp))
+    ratio = torch.exp(lp - lo) * w
+    g, v = torch.cat(G).double(), torch.cat(v_old).double()
+    r_old_b = torch.exp(lo - lb)
+    r_new_old = torch.exp(lp - lo)
+    return {
+        "mismatch_kl": (r_old_b - 1 - torch.log(r_old_b)).mean().item(),
+        "explained_variance": (1 - (g - v).var(unbiased=False) / g.var(unbiased=False)).item(),
+        "truncation_fraction": (w < torch.exp(lp - lb)).double().mean().item(),
+        "clip_fraction": ((ratio < 1 - clip_eps) | (ratio > 1 + clip_eps)).double().mean().item(),
+        "approx_kl": (r_new_old - 1 - torch.log(r_new_old)).mean().item(),
+        "tokens": len(lp),
+    }
 
 
 def assert_same_update(got: torch.Tensor, expected: torch.Tensor, grad: torch.Tensor | None, label: str, lr: float) -> None:
@@ -138,8 +160,16 @@ def test_two_rank_fsdp_update_matches_unsharded(learner_model_dir, tmp_path, ext
     batch = make_rollouts(6, VOCAB, seed=5, max_prompt=20, max_response=12)
     result = run_learner(learner_model_dir, tmp_path, batch, 2, extra)
     config = load_config(None, OVERRIDES + [f"model.path={learner_model_dir}"])
-    ref_policy, ref_value, grads = reference_update(str(learner_model_dir), result["perturbed"], batch, config)
+    ref_policy, ref_value, grads, ref_stats = reference_update(str(learner_model_dir), result["perturbed"], batch, config)
     assert result["stats"]["kl"] != 0.0
+    # The logged diagnostics (objective.py's functions, summed per rank and all-reduced) == whole-batch values.
+    logged = {**result["stats"], **result["updates"][0]}
+    assert ref_stats["mismatch_kl"] > 0.1  # random behaviour log-probs: far from the learner's
+    for key in ("mismatch_kl", "explained_variance", "approx_kl"):
+        assert logged[key] == pytest.approx(ref_stats[key], rel=1e-4, abs=1e-6), key
+    # Token counts: float32 rounding of the two computations may move a token sitting on a boundary.
+    for key in ("truncation_fraction", "clip_fraction"):
+        assert abs(logged[key] - ref_stats[key]) <= 1.0 / ref_stats["tokens"] + 1e-12, key
     moved = 0
     for name, expected in ref_policy.items():
         got = result["policy"][name]

@@ -48,6 +48,7 @@ from helpers.processes import stop_process_groups
 from helpers.rollouts import make_rollout
 
 from rlef.common.config import load_config
+from rlef.common.config_digest import shared_config_digests
 from rlef.common.control import ControlClient
 from rlef.common.errors import MessageError
 from rlef.common.messages import MAX_FRAME_BYTES as MAX_FRAME
@@ -132,7 +133,8 @@ def learner(tmp_path_factory: pytest.TempPathFactory, learner_model_dir: Path):
         "model": {"path": str(learner_model_dir), "max_seq_len": MAX_SEQ_LEN},
         # A batch it never gathers: the hub only serves (valid fuzz rollouts wait in its buffer).
         "learner": {"batch_rollouts": 100_000, "updates_per_batch": 1, "micro_batch_tokens": 256, "total_updates": 10,
-                    "max_policy_lag": 4, "metrics_port": metrics, "checkpoint": {"every_batches": 1000}},
+                    "metrics_port": metrics, "checkpoint": {"every_batches": 1000}},
+        "staleness": {"max_async_level": 4},
         "endpoints": {"rollout_port": rollout, "weights_port": weights, "control_port": control},
         "weights": {"type": "zmq", "chunk_bytes": CHUNK_BYTES, "poll_interval_s": 0.2},
         "monitoring": {"metrics_log_interval_s": 3600},
@@ -175,7 +177,7 @@ def warm_up(learner: Learner) -> None:
             if not any(_decodes(p, Rollout, MAX_FRAME) for p in c.parts)]
     ep = learner.config.endpoints
     counters = {"rlef_learner_rollouts_received_total": sum(len(c.parts) for c in warm),
-                "rlef_learner_weights_control_bad_messages_total": sum(control_bad(c) for c in warm),
+                "rlef_learner_control_bad_messages_total": sum(control_bad(c) for c in warm),
                 'rlef_learner_weights_bad_messages_total{transport="zmq"}': sum(weights_bad(c, 0, 1 << 30) for c in warm)}
     start = scrape(learner.metrics_port)
     with Transport(learner.config.transport) as transport:
@@ -250,7 +252,7 @@ def test_control_router_survives_fuzzing(learner: Learner, transport: Transport)
     all_cases = cases()
     expected = sum(control_bad(c) for c in all_cases)
     start = before(learner)
-    counter = "rlef_learner_weights_control_bad_messages_total"
+    counter = "rlef_learner_control_bad_messages_total"
     sock = transport.client(zmq.DEALER, learner.endpoint(learner.config.endpoints.control_port))
     replies = Counter()
     seconds = send_cases(sock, all_cases, SEED, alive=learner.alive, on_reply=lambda r: replies.update([len(r)]))
@@ -263,9 +265,9 @@ def test_control_router_survives_fuzzing(learner: Learner, transport: Transport)
     sock.close(0)
 
     with ControlClient(transport, learner.endpoint(learner.config.endpoints.control_port), "after-the-fuzz",
-                       heartbeat_interval_s=0.2) as peer:
+                       heartbeat_interval_s=0.2, config_digests=shared_config_digests(learner.config)) as peer:
         assert peer.register(["rollouts"], timeout_s=STARVED_S) == 0
-    assert_healthy(learner, start, "control ROUTER")
+    assert_healthy(learner, start, "control ROUTER", limiters=2)  # bad messages, refused registrations
 
 
 def weights_bad(case: Case, version: int, num_chunks: int) -> bool:

@@ -6,6 +6,7 @@ sharing no code with rlef.learner.objective; the vectorised versions run on rand
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -263,3 +264,77 @@ def test_diagnostics(seed):
     md = sum(d) / len(d)
     ev = 1 - (sum((x - md) ** 2 for x in d) / len(d)) / (sum((x - mg) ** 2 for x in G) / len(G))
     assert close(O.explained_variance(new, old).item(), ev)
+
+
+def _shards(n: int, parts: int, seed: int) -> list[slice]:
+    """Split range(n) into ``parts`` contiguous uneven slices (as ranks and micro-batches split tokens)."""
+    cuts = sorted(random.Random(seed).sample(range(1, n), parts - 1))
+    bounds = [0, *cuts, n]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sharded_sums_of_the_terms_equal_the_whole_batch_means(seed):
+    """What ppo.py logs: per-shard sums of the _terms, added, over the global count == the plain mean."""
+    g = torch.Generator().manual_seed(seed)
+    new = torch.randn(60, dtype=torch.float64, generator=g) * 0.3 - 1
+    old = torch.randn(60, dtype=torch.float64, generator=g) * 0.3 - 1
+    ratio = torch.exp(new - old)
+    parts = _shards(60, 4, seed)
+    for whole, terms in ((O.clip_fraction(ratio, 0.2), O.clip_fraction_terms(ratio, 0.2)),
+                         (O.approx_kl(new, old), O.approx_kl_terms(new, old)),
+                         (O.mismatch_kl(new, old), O.mismatch_kl_terms(new, old)),
+                         (O.truncation_fraction(new, old), O.truncation_terms(new, old))):
+        assert close(sum(terms[p].sum().item() for p in parts) / 60, whole.item())
+    G, V = new, old
+    moments = [sum(x) for x in zip(*[(G[p].sum(), (G[p] ** 2).sum(), (G[p] - V[p]).sum(), ((G[p] - V[p]) ** 2).sum(), len(G[p]))
+                                     for p in parts])]
+    assert close(O.explained_variance_from_moments(*moments), O.explained_variance(V, G).item())
+
+
+def test_explained_variance_is_nan_for_constant_returns():
+    G = torch.full((5,), 0.7, dtype=torch.float64)
+    assert math.isnan(O.explained_variance(torch.zeros(5, dtype=torch.float64), G).item())
+    assert math.isnan(O.explained_variance_from_moments(0.0, 0.0, 0.0, 0.0, 0))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mismatch_kl_is_the_exact_kl_in_expectation_under_the_behaviour_policy(seed):
+    """Over a small vocabulary, weighting every token's term by pi_b(token) (the expectation the sampled mean
+    estimates) gives sum_x pi_b(x) log(pi_b(x)/pi_old(x)), computed here from the two distributions directly."""
+    rng = random.Random(seed)
+    vocab = 7
+    raw_b = [rng.uniform(0.05, 1.0) for _ in range(vocab)]
+    raw_old = [p * math.exp(rng.uniform(-0.4, 0.4)) for p in raw_b]
+    p_b = [p / sum(raw_b) for p in raw_b]
+    p_old = [p / sum(raw_old) for p in raw_old]
+    exact = sum(b * math.log(b / o) for b, o in zip(p_b, p_old))
+    terms = O.mismatch_kl_terms(torch.tensor([math.log(p) for p in p_old], dtype=torch.float64),
+                                torch.tensor([math.log(p) for p in p_b], dtype=torch.float64))
+    assert close(sum(b * t for b, t in zip(p_b, terms.tolist())), exact)
+    # On sampled tokens: the plain mean of the scalar k3 formula, and 0 when both sides agree token for token.
+    lo, lb = [rng.uniform(-6, -0.01) for _ in range(30)], [rng.uniform(-6, -0.01) for _ in range(30)]
+    ref = sum(math.exp(o - b) - 1 - (o - b) for o, b in zip(lo, lb)) / 30
+    assert close(O.mismatch_kl(torch.tensor(lo, dtype=torch.float64), torch.tensor(lb, dtype=torch.float64)).item(), ref)
+    same = torch.tensor(lb, dtype=torch.float64)
+    assert O.mismatch_kl(same, same).item() == 0.0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_truncation_fraction_counts_the_tokens_where_the_weight_is_truncated(seed):
+    eps = make_episodes(seed)
+    T = to_tensors(eps)
+    ref_count, n = 0, 0
+    for turns in eps:
+        for turn in turns:
+            for a, b in zip(turn["logpi"], turn["logpi_b"]):
+                ref_count += 1 if min(math.exp(a - b), 1.0) < math.exp(a - b) else 0
+                n += 1
+    assert 0 < ref_count < n  # both kinds of token occur
+    assert close(O.truncation_fraction(T["logpi"], T["logpi_b"]).item(), ref_count / n)
+    # The flagged tokens are exactly those where importance_ratio's weight is 1 instead of pi/pi_b
+    # (with pi_old = pi, so the ratio is the weight alone).
+    weight = O.importance_ratio(T["logpi"], T["logpi"], T["logpi_b"])
+    flagged = O.truncation_terms(T["logpi"], T["logpi_b"]).bool()
+    assert (weight[flagged] == 1.0).all()
+    assert torch.equal(weight[~flagged], torch.exp(T["logpi"] - T["logpi_b"])[~flagged])

@@ -58,8 +58,9 @@ def write_config(tmp: Path, model_dir: Path) -> Path:
         "run": {"name": "learner-test", "output_dir": str(tmp / "runs"), "seed": 1},
         "model": {"path": str(model_dir), "max_seq_len": 128},
         "learner": {"batch_rollouts": 4, "updates_per_batch": 2, "micro_batch_tokens": 256, "total_updates": 16,
-                    "lr": 1e-3, "warmup_steps": 2, "max_policy_lag": 1000, "metrics_port": 0,
+                    "lr": 1e-3, "warmup_steps": 2, "metrics_port": 0,
                     "checkpoint": {"every_batches": 2, "keep": 3}},
+        "staleness": {"max_async_level": 1000},
         "endpoints": {"rollout_port": rollout, "weights_port": weights, "control_port": control},
         "weights": {"type": "zmq", "chunk_bytes": 65536, "poll_interval_s": 0.2},
     }
@@ -93,10 +94,8 @@ class Pusher:
     def bad_frames(self, i: int) -> list[bytes]:
         good = make_rollout(VOCAB, seed=10_000 + i, rollout_id=f"bad-{i}", turns=1)
         turn = good.turns[0]
-        oov = good.model_copy(update={"turns": [turn.model_copy(update={"response_ids": pack_ids([VOCAB + 5]),
-                                                                       "logprobs": pack_floats([-1.0])})]})
-        nan = good.model_copy(update={"turns": [turn.model_copy(update={"logprobs": pack_floats(
-            [float("nan")] * turn.num_response_tokens)})]})
+        oov = good.replace(turns=[turn.replace(response_ids=pack_ids([VOCAB + 5]), logprobs=pack_floats([-1.0]))])
+        nan = good.replace(turns=[turn.replace(logprobs=pack_floats([float("nan")] * turn.num_response_tokens))])
         return [b"\x00garbage", encode(oov), encode(nan), encode(make_rollout(VOCAB, seed=0, rollout_id="p-0"))]
 
     def push(self, n: int, give_up=lambda: False) -> None:

@@ -10,6 +10,7 @@ import pytest
 import zmq
 from weights_util import make_config
 
+from rlef.common.config_digest import shared_config_digests, to_info
 from rlef.common.control import ControlClient, ControlServer, config_digest, make_control_client, make_control_server
 from rlef.common.errors import TransportError
 from rlef.common.messages import Control, decode, encode
@@ -122,7 +123,7 @@ def test_bad_messages_are_counted_on_both_sides(transport: Transport) -> None:
         rogue = transport.client(zmq.DEALER, config.endpoints.learner(config.endpoints.control_port))
         rogue.send(b"garbage")
         rogue.send(encode(Control(op="stop", sender_id="rogue", role="actor")))  # peers may not stop the hub
-        rogue.send(encode(Control(op="register", sender_id="rogue", role="actor")))
+        rogue.send(encode(Control(op="register", sender_id="rogue", role="actor", info=to_info(shared_config_digests(config)))))
         assert rogue.poll(5000)
         assert decode(rogue.recv(), Control).op == "ack"
         assert hub.bad_messages == 2 and not hub.stop_requested

@@ -90,7 +90,7 @@ def _ask(sock: zmq.Socket, **fields: object) -> object:
             continue
         if isinstance(message, WeightsChunk):
             assert len(frames) == 2 and message.data == b""  # the bytes travel as their own frame
-            return message.model_copy(update={"data": frames[1]})
+            return message.replace(data=frames[1])
         return message
 
 
