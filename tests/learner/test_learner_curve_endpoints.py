@@ -15,6 +15,7 @@ from helpers.executor_service import free_port
 from helpers.rollouts import make_rollout
 
 from rlef.common.config import TransportConfig, load_config
+from rlef.common.config_digest import shared_config_digests
 from rlef.common.control import ControlClient
 from rlef.common.errors import TransportError
 from rlef.common.messages import encode
@@ -67,11 +68,13 @@ def test_rollouts_only_from_keyed_peers(secure_hub) -> None:
 def test_control_only_from_keyed_peers(secure_hub) -> None:
     config, hub, transports = secure_hub
     endpoint = _endpoint(config, config.endpoints.control_port)
+    digests = shared_config_digests(config)  # the intruders send the right ones too: only CURVE stops them
     for name in ("plain", "stranger"):
-        with ControlClient(transports[name], endpoint, f"intruder-{name}", heartbeat_interval_s=0.1) as intruder:
+        with ControlClient(transports[name], endpoint, f"intruder-{name}", heartbeat_interval_s=0.1,
+                           config_digests=digests) as intruder:
             with pytest.raises(TransportError, match="did not answer"):
                 intruder.register(["rollouts"], timeout_s=2.0)
-    with ControlClient(transports["keyed"], endpoint, "actor-0", heartbeat_interval_s=0.1) as actor:
+    with ControlClient(transports["keyed"], endpoint, "actor-0", heartbeat_interval_s=0.1, config_digests=digests) as actor:
         assert actor.register(["rollouts"], timeout_s=30.0) == 1
     assert [p.sender_id for p in hub.control.peers()] == ["actor-0"]
 
