@@ -150,36 +150,29 @@ class Broker:
 
     def _refuse(self, client: bytes, job_id: str, reason: str, tests_total: int = 0) -> None:
         """Answer a job that will not be queued (never touches a queued job of the same id)."""
-        try:
-            self.frontend.send_multipart([client, encode(refusal(job_id, "broker", reason, tests_total))], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            m.BROKER_JOBS.labels("requester_gone").inc()
-            self._undelivered.info("refusal of job %s not delivered to %s: %s", job_id, client.hex(), exc)
-            return
-        m.BROKER_JOBS.labels("refused").inc()
+        self._answer(client, refusal(job_id, "broker", reason, tests_total), "refused")
 
     def _answer_busy(self, client: bytes, job: ExecutionJob) -> None:
         limit = self.config.broker_max_queued_jobs
         error = f"{BUSY}: {len(self.queue)} jobs queued (executor.broker_max_queued_jobs={limit}); resend later"
         result = ExecutionResult(job_id=job.job_id, compile_ok=True, tests_total=len(job.tests or []), error=error)
-        try:
-            self.frontend.send_multipart([client, encode(result)], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            m.BROKER_JOBS.labels("requester_gone").inc()
-            self._undelivered.info("busy answer to job %s not delivered to %s: %s", job.job_id, client.hex(), exc)
-            return
-        m.BROKER_JOBS.labels("busy").inc()
+        self._answer(client, result, "busy")
 
     def _reply(self, job: _Job, result: ExecutionResult, outcome: str) -> None:
         self.jobs.pop(job.job_id, None)
+        if self._answer(job.client, result, outcome):
+            m.BROKER_LATENCY.observe(time.monotonic() - job.arrived)
+
+    def _answer(self, client: bytes, result: ExecutionResult, outcome: str) -> bool:
+        """Send ``result`` to its requester and count it under ``outcome``; False when it could not be delivered."""
         try:
-            self.frontend.send_multipart([job.client, encode(result)], zmq.NOBLOCK)
+            self.frontend.send_multipart([client, encode(result)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # requester gone (EHOSTUNREACH) or its queue is full
             m.BROKER_JOBS.labels("requester_gone").inc()
-            self._undelivered.info("result of job %s not delivered to %s: %s", job.job_id, job.client.hex(), exc)
-            return
+            self._undelivered.info("%s answer to job %s not delivered to %s: %s", outcome, result.job_id, client.hex(), exc)
+            return False
         m.BROKER_JOBS.labels(outcome).inc()
-        m.BROKER_LATENCY.observe(time.monotonic() - job.arrived)
+        return True
 
     # ------------------------------------------------------------ workers
 

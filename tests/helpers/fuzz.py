@@ -252,22 +252,6 @@ def send_cases(sock: zmq.Socket, cases: list[Case], seed: int, *, timeout_s: flo
     return time.monotonic() - start
 
 
-def stable_free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free now, below the kernel's ephemeral range, so that connections a process opens
-    before it binds them (gloo, ZeroMQ) cannot take them first (as tests/learner/test_learner_process.py)."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < n:
-        port = rng.randrange(20000, min(low, 32768))
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 # ---------------------------------------------------------------- HTTP

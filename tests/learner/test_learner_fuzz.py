@@ -39,12 +39,11 @@ from helpers.fuzz import (
     send_cases,
     send_http_cases,
     settled_rss,
-    stable_free_ports,
     wait_until,
     wire_seeds,
     zmq_cases,
 )
-from helpers.processes import stop_process_groups
+from helpers.processes import stable_free_ports, stop_process_groups
 from helpers.rollouts import make_rollout
 
 from rlef.common.config import load_config

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +23,7 @@ import torch
 import yaml
 import zmq
 
+from helpers.processes import stable_free_ports
 from helpers.rollouts import make_rollout
 from rlef.common.config import load_config
 from rlef.common.messages import encode, pack_floats, pack_ids
@@ -34,26 +33,8 @@ VOCAB = 97
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that are free now, drawn below the kernel's ephemeral range so that the
-    connections gloo and ZeroMQ open meanwhile cannot take them before the learner binds them."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < n:
-        port = rng.randrange(20000, min(low, 32768))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
 def write_config(tmp: Path, model_dir: Path) -> Path:
-    rollout, weights, control, _ = free_ports(4)
+    rollout, weights, control, _ = stable_free_ports(4)
     config = {
         "run": {"name": "learner-test", "output_dir": str(tmp / "runs"), "seed": 1},
         "model": {"path": str(model_dir), "max_seq_len": 128},
@@ -113,7 +94,7 @@ class Pusher:
 
 
 def start_learner(config_path: Path, log_path: Path) -> subprocess.Popen:
-    (master,) = free_ports(1)
+    (master,) = stable_free_ports(1)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={master}",
            "-m", "rlef.common.cli", "learner", "--config", str(config_path), "--resume", "auto"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
