@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlef.actor.episodes import EpisodeRecord, RolloutSink
+from rlef.actor.episode_records import EpisodeRecord
+from rlef.actor.episodes import RolloutSink
 from rlef.common.config import EpisodeSamplesConfig
 from rlef.monitoring import metrics_actor as M
 from rlef.monitoring.episode_samples import SCHEMA, SampleWriter, clip_text
