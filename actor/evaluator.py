@@ -182,7 +182,9 @@ class Evaluator:
     async def evaluate(self, version: int, stop: asyncio.Event) -> dict[str, Any] | None:
         """One evaluation of the split with ``version`` loaded in the engine (exported to candidate-model/
         when export_best); the curve point (None: cut short by stop)."""
-        from rlef.actor.evaluate import EpisodesSink, aggregate, evaluation_settings, run_episodes
+        from rlef.actor.evaluate import evaluation_settings, run_episodes
+        from rlef.actor.evaluation_episodes import EpisodesSink
+        from rlef.actor.evaluation_scores import aggregate
         from rlef.actor.main import new_instance_nonce
         from rlef.monitoring import metrics as base_metrics
         from rlef.monitoring import metrics_evaluator as M
