@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlef.actor.evaluate import BOOTSTRAP_RESAMPLES, CONFIDENCE, ProblemCounts, per_problem_estimates
+from rlef.actor.evaluation_scores import BOOTSTRAP_RESAMPLES, CONFIDENCE, ProblemCounts, per_problem_estimates
 from rlef.common.evaluation import bootstrap_ci, pass_at_k
 
 # ---------------------------------------------------------------------------------------------- chrF

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlef.actor.evaluate import CONFIDENCE, BOOTSTRAP_RESAMPLES, EvaluationReport, ProblemCounts, per_problem_estimates
+from rlef.actor.evaluation_scores import CONFIDENCE, BOOTSTRAP_RESAMPLES, EvaluationReport, ProblemCounts, per_problem_estimates
 from rlef.common.evaluation import bootstrap_ci, paired_difference_ci
 
 log = logging.getLogger(__name__)

@@ -182,7 +182,9 @@ class Evaluator:
     async def evaluate(self, version: int, stop: asyncio.Event) -> dict[str, Any] | None:
         """One evaluation of the split with ``version`` loaded in the engine (exported to candidate-model/
         when export_best); the curve point (None: cut short by stop)."""
-        from rlef.actor.evaluate import EpisodesSink, aggregate, evaluation_settings, run_episodes
+        from rlef.actor.evaluate import evaluation_settings, run_episodes
+        from rlef.actor.evaluation_episodes import EpisodesSink
+        from rlef.actor.evaluation_scores import aggregate
         from rlef.actor.main import new_instance_nonce
         from rlef.monitoring import metrics as base_metrics
         from rlef.monitoring import metrics_evaluator as M
@@ -284,37 +286,12 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-async def _register(control: Any, instance: str, backend_name: str, stop: asyncio.Event) -> None:
-    """Register until the hub answers; a refusal (config mismatch) stops the evaluator (raised after the run)."""
-    from rlef.common.errors import PeerRefused, TransportError
-
-    while not stop.is_set():
-        try:
-            await asyncio.to_thread(control.register, ["evaluation", backend_name], timeout_s=30.0,
-                                    info={"instance": instance, "backend": backend_name, "mode": "evaluation"})
-            return
-        except TransportError as exc:
-            log.warning("%s; still trying", exc)
-        except PeerRefused:
-            stop.set()
-            raise
-
-
-async def _watch_stop(control: Any, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        if control.stop_requested:
-            log.info("the hub requested stop")
-            stop.set()
-            return
-        await asyncio.sleep(0.2)
-
-
 async def run_evaluator(config: RlefConfig, *, index: int = 0) -> Selection:
     """``rlef evaluator``: run until the hub says stop or SIGTERM/SIGINT; returns the selection."""
     from transformers import AutoTokenizer
 
     from rlef.actor.backends import make_backend
-    from rlef.actor.main import new_instance_nonce
+    from rlef.actor.main import new_instance_nonce, register_with_hub, watch_stop
     from rlef.common.control import make_control_client
     from rlef.common.data import load_problems
     from rlef.common.execution_client import ExecutionClient
@@ -354,8 +331,9 @@ async def run_evaluator(config: RlefConfig, *, index: int = 0) -> Selection:
     out.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator(config, backend=backend, executor=executor, tokenizer=tokenizer, problems=problems,
                           receiver=receiver, out_dir=out, index=index, on_applied=control.heartbeat)
-    background = [asyncio.create_task(_register(control, instance, config.actor.backend, stop)),
-                  asyncio.create_task(_watch_stop(control, stop))]
+    background = [asyncio.create_task(register_with_hub(control, ["evaluation", config.actor.backend], {
+                      "instance": instance, "backend": config.actor.backend, "mode": "evaluation"}, stop)),
+                  asyncio.create_task(watch_stop(control, stop, "ending the evaluation"))]
     log.info("%s: %d problems of %s, every %d versions, selecting on %s", evaluator_id, len(problems), split,
              ev.every_versions, evaluator.selection.key)
     try:

@@ -47,13 +47,13 @@ def new_instance_nonce() -> str:
     return f"{int(time.time()):x}{secrets.token_hex(3)}"
 
 
-async def _register(control, backend_name: str, instance: str, stop: asyncio.Event) -> None:
-    """Register until the hub answers; a refusal (config mismatch) stops the actor and is raised to the caller."""
+async def register_with_hub(control, services: list[str], info: dict[str, str], stop: asyncio.Event) -> None:
+    """Register until the hub answers; a refusal (config mismatch) sets ``stop`` and is raised to the caller
+    (the actor and the evaluator both start with this)."""
     while not stop.is_set():
         try:
-            version = await asyncio.to_thread(control.register, ["rollouts", backend_name], timeout_s=30.0,
-                                              info={"instance": instance, "backend": backend_name})
-            log.info("registered with the hub (hub version %d)", version)
+            version = await asyncio.to_thread(control.register, services, timeout_s=30.0, info=info)
+            log.info("registered with the hub for %s (hub version %d)", services[0], version)
             return
         except TransportError as exc:
             log.warning("%s; still trying", exc)
@@ -62,10 +62,11 @@ async def _register(control, backend_name: str, instance: str, stop: asyncio.Eve
             raise
 
 
-async def _watch_stop(control, stop: asyncio.Event) -> None:
+async def watch_stop(control, stop: asyncio.Event, then: str) -> None:
+    """Set ``stop`` once the hub requests it (``then``: what the process does next, for the log line)."""
     while not stop.is_set():
         if control.stop_requested:
-            log.info("the hub requested stop: finishing in-flight episodes")
+            log.info("the hub requested stop: %s", then)
             stop.set()
             return
         await asyncio.sleep(0.2)
@@ -144,9 +145,10 @@ async def run_actor(
         control.add_restart_listener(gate.hub_restarted)  # re-base onto a restarted hub's weights
         sink = LineageSink(sink, gate)
         background += [
-            asyncio.create_task(_register(control, config.actor.backend, instance, stop)),
+            asyncio.create_task(register_with_hub(control, ["rollouts", config.actor.backend], {
+                "instance": instance, "backend": config.actor.backend}, stop)),
             asyncio.create_task(gate.run(stop)),
-            asyncio.create_task(_watch_stop(control, stop)),
+            asyncio.create_task(watch_stop(control, stop, "finishing in-flight episodes")),
         ]
     if not dry_run:  # a dry run writes whole episodes to --output already
         sink = SamplingSink(sink, run_dir, actor_id, config.monitoring.episode_samples, seed=seed)

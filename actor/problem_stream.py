@@ -3,21 +3,19 @@
 Actor ``i`` of ``n`` (``deploy.actors``) takes problems ``i, i+n, i+2n, ...`` of the loaded split, so actors
 never duplicate each other's problems within an epoch; each epoch is a fresh shuffle of the shard drawn from
 ``Random(seed, i, epoch)``, so a restarted actor replays the same order (rollout ids stay unique through
-the per-start nonce, not the order). Problems without public tests cannot give feedback: they are dropped
-here and counted (``rlef_actor_problems_skipped_total{reason="no_public_tests"}``).
+the per-start nonce, not the order). Problems no episode can be run for
+(:func:`rlef.actor.episode.skip_reason`: no public tests, so no feedback) are dropped here and counted
+(``rlef_actor_problems_skipped_total{reason="no_public_tests"}``).
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from typing import Iterator, Sequence
 
+from rlef.actor.episode import count_skip, skip_reason
 from rlef.common.errors import DataError
 from rlef.common.problems import Problem
-from rlef.monitoring import metrics_actor as M
-
-log = logging.getLogger(__name__)
 
 
 def shard(problems: Sequence[Problem], index: int, count: int) -> list[Problem]:
@@ -30,11 +28,13 @@ def shard(problems: Sequence[Problem], index: int, count: int) -> list[Problem]:
 def problem_stream(problems: Sequence[Problem], index: int, count: int, seed: int) -> Iterator[Problem]:
     """Endless seeded epochs over this actor's shard (see the module docstring)."""
     mine = shard(problems, index, count)
-    usable = [p for p in mine if p.public_tests]
+    usable = []
     for p in mine:
-        if not p.public_tests:
-            M.PROBLEMS_SKIPPED.labels("no_public_tests").inc()
-            log.warning("problem %s has no public tests: not used", p.problem_id)
+        reason = skip_reason(p)
+        if reason is None:
+            usable.append(p)
+        else:
+            count_skip(p, reason)
     if not usable:
         raise DataError(f"actor {index} of {count}: no problem with public tests in its shard of {len(problems)} problems")
     epoch = 0

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlef.actor.episodes import EpisodeRecord, RolloutSink
+from rlef.actor.episode_records import EpisodeRecord
+from rlef.actor.episodes import RolloutSink
 from rlef.common.config import EpisodeSamplesConfig
 from rlef.monitoring import metrics_actor as M
 from rlef.monitoring.episode_samples import SCHEMA, SampleWriter, clip_text
+from rlef.monitoring.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class SamplingSink:
         self.inner = inner
         self.config = config
         self._rng = random.Random(seed)
-        self._warned = False
+        self._log = LogOnce(log, "episode samples")
         self.writer: SampleWriter | None = None
         if config.enabled and config.rate > 0:
             try:
@@ -97,10 +99,8 @@ class SamplingSink:
 
     def _failed(self, exc: BaseException) -> None:
         M.EPISODE_SAMPLE_ERRORS.inc()
-        if not self._warned:
-            self._warned = True
-            log.warning("episode sample not written (%s: %s); the actor goes on, further failures are only counted "
-                        "in rlef_actor_episode_sample_errors_total", type(exc).__name__, exc)
+        self._log.warning("failed", "episode sample not written (%s: %s); the actor goes on, further failures are "
+                          "only counted in rlef_actor_episode_sample_errors_total", type(exc).__name__, exc)
 
     def close(self) -> None:
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from rlef.actor.episodes import EpisodeRecord
+from rlef.actor.episode_records import EpisodeRecord
 from rlef.common.messages import encode
 from rlef.common.transport import Transport
 

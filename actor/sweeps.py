@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from rlef.actor import analyses as A
-from rlef.actor.evaluate import EvaluationReport, read_episode_lines
+from rlef.actor.evaluation_episodes import read_episode_lines
+from rlef.actor.evaluation_scores import EvaluationReport
 
 log = logging.getLogger(__name__)
 

@@ -79,7 +79,7 @@ def _overrides(model: Path, args) -> list[str]:
 
 def _make_backend(name: str, model: Path, args):
     if name == "hf":  # the prefix-cached, iteration-level batched engine
-        from rlef.actor.backends.hf_engine import CachedHfBackend
+        from rlef.actor.backends.hf import CachedHfBackend
 
         return CachedHfBackend(str(model), seed=0)
     if name == "hf-chunked":  # the earlier backend: whole-context generate calls of chunk_tokens tokens
@@ -140,7 +140,7 @@ def engine_replay_tokens_per_s(model_path: Path, turns: list[tuple[list[int], in
     ``generate`` replay (no executors running meanwhile, no cache hits: every context is new to it).
     Returns (tokens/s, tokens, seconds, mean decode batch)."""
     from rlef.actor.backends.base import Sampling
-    from rlef.actor.backends.hf_engine import CachedHfBackend
+    from rlef.actor.backends.hf import CachedHfBackend
 
     backend = CachedHfBackend(str(model_path), seed=0)
 

@@ -33,7 +33,8 @@ from rlef.common.config import ExecutorConfig, TransportConfig  # noqa: E402
 from rlef.common.execution_client import ExecutionClient  # noqa: E402
 from rlef.common.messages import ExecutionJob, Limits, TestCase  # noqa: E402
 from rlef.common.transport import Transport  # noqa: E402
-from rlef.executor.sandbox import Sandbox, nsjail_command, runner_path  # noqa: E402
+from rlef.executor.nsjail import JAIL_DIR, nsjail_command, runner_dir  # noqa: E402
+from rlef.executor.sandbox import Sandbox  # noqa: E402
 
 PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
 LIMITS = Limits(time_s=5.0, memory_bytes=256 << 20)
@@ -70,10 +71,10 @@ def nsjail_per_test(tests: list[TestCase], config: ExecutorConfig) -> None:
         path = Path(tmp) / "main.py"
         path.write_text(PROGRAM)
         path.chmod(0o644)
-        cmd = nsjail_command(sandbox.nsjail, config.python, runner_path(), LIMITS.memory_bytes, 10)
+        cmd = nsjail_command(sandbox.nsjail, config.python, runner_dir(), LIMITS.memory_bytes, 10)
         # Same jail, but run the program itself instead of the warm runner.
-        cmd = [c if c != f"{runner_path()}:/rlef/runner.py" else f"{path}:/rlef/main.py" for c in cmd]
-        cmd = cmd[: cmd.index("--") + 1] + [config.python, "-I", "/rlef/main.py"]
+        cmd = [c if c != f"{runner_dir()}:{JAIL_DIR}" else f"{tmp}:{JAIL_DIR}" for c in cmd]
+        cmd = cmd[: cmd.index("--") + 1] + [config.python, "-I", f"{JAIL_DIR}/main.py"]
         for test in tests:
             out = subprocess.run(cmd, input=test.input, capture_output=True, text=True, timeout=20)
             assert out.stdout.strip() == test.output, (out.returncode, out.stderr[-500:])

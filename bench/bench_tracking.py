@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from rlef.actor.backends.base import Generation
-from rlef.actor.episodes import EpisodeRecord, TurnRecord
+from rlef.actor.episode_records import EpisodeRecord, TurnRecord
 from rlef.actor.samples import episode_sample
 from rlef.common.config import load_config
 from rlef.common.data import load_problems

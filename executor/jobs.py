@@ -17,7 +17,8 @@ from rlef.common.errors import DataError, SandboxError
 from rlef.common.execution_client import REFUSED, job_problem
 from rlef.common.messages import ExecutionJob, ExecutionResult, TestCase, TestResult
 from rlef.common.problems import FUNCTION_HARNESS, Problem
-from rlef.executor.sandbox import JailDied, Sandbox
+from rlef.executor.jail import JailDied
+from rlef.executor.sandbox import Sandbox
 from rlef.monitoring import metrics_executor as m
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,8 @@
 """Warm runner: runs INSIDE the jail (system python3, stdlib only, uid 65534, pid 1 of the jail's pid namespace).
 
+Its one companion is executor/runner_tracebacks.py (the bounded rendering of a program's uncaught exception),
+bound next to it into the jail's /rlef.
+
 Scope: one program against many tests. The interpreter starts once; the program is compiled once (a syntax
 error reports ``compile_ok: false`` and runs nothing); every test is a ``fork()`` of this warm process, so a
 test pays a fork instead of a Python start-up.
@@ -36,6 +39,13 @@ import time
 
 # Pre-import what competitive programs and test harnesses use, so children find them warm.
 import atexit, bisect, collections, functools, heapq, io, itertools, linecache, math, re, string, threading, traceback  # noqa: E401,F401
+
+# The traceback renderer sits next to this file (the jail's /rlef); -I keeps that directory off sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    from runner_tracebacks import format_exception_bounded
+finally:
+    del sys.path[0]
 
 CTRL_IN = os.dup(0)
 CTRL_OUT = os.dup(1)
@@ -159,113 +169,15 @@ def exit_status(exc):
     return 1
 
 
-# Bounded traceback rendering: a deep recursion (sys.setrecursionlimit(10**6)) leaves a traceback of a
-# million frames, and traceback.format_exception would build a million FrameSummary objects first, running
-# out of memory and printing only the exception's name. This walks the chain once keeping a fixed number of
-# frames, so the type, the message and the innermost frames always come out.
-TB_OUTER = 3  # outermost frames kept (where the program started)
-TB_INNER = 30  # innermost frames kept (where it failed)
-TB_REPEAT = 3  # like python3: a line repeated more often is shown this many times, then counted
-MAX_CHAIN = 5  # causes / contexts shown
-MAX_MESSAGE_CHARS = 4000
 MEMORY_RESERVE = 1 << 20  # freed before rendering so a MemoryError can still be reported
 _reserve = None
-
-
-def _frame_lines(tb):
-    """(outer entries, omitted count, inner entries), each entry (filename, lineno, name)."""
-    outer, inner = [], collections.deque(maxlen=TB_INNER)
-    total = 0
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        entry = (code.co_filename, tb.tb_lineno, code.co_name)
-        if total < TB_OUTER:
-            outer.append(entry)
-        else:
-            inner.append(entry)
-        total += 1
-        tb = tb.tb_next
-    return outer, max(0, total - TB_OUTER - TB_INNER), list(inner)
-
-
-def _render_entries(entries, out):
-    last, repeats = None, 0
-    for filename, lineno, name in entries:
-        if (filename, lineno, name) == last:
-            repeats += 1
-            if repeats >= TB_REPEAT:
-                continue
-        else:
-            _flush_repeats(repeats, out)
-            last, repeats = (filename, lineno, name), 0
-        out.append('  File "%s", line %s, in %s\n' % (filename, lineno, name))
-        line = linecache.getline(filename, lineno or 0).strip() if filename == "main.py" else ""
-        if line:
-            out.append("    %s\n" % line[:200])
-    _flush_repeats(repeats, out)
-
-
-def _flush_repeats(repeats, out):
-    if repeats >= TB_REPEAT:
-        more = repeats - TB_REPEAT + 1
-        out.append("  [Previous line repeated %d more time%s]\n" % (more, "s" if more > 1 else ""))
-
-
-def _exception_only(exc):
-    try:
-        text = "".join(traceback.format_exception_only(type(exc), exc))
-    except BaseException:
-        text = "%s\n" % type(exc).__name__
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[:MAX_MESSAGE_CHARS] + "...\n"
-    return text
-
-
-def _skip_runner(tb):
-    # Drop the runner's own frame so the model sees only its program ("main.py").
-    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        return tb.tb_next
-    return tb
-
-
-def format_exception_bounded(exc):
-    """The text python3 prints for an uncaught ``exc``, with at most TB_OUTER + TB_INNER frames per exception."""
-    chain, seen = [], set()
-    while exc is not None and id(exc) not in seen and len(chain) < MAX_CHAIN:
-        seen.add(id(exc))
-        chain.append(exc)
-        if exc.__cause__ is not None:
-            exc = exc.__cause__
-        elif exc.__context__ is not None and not exc.__suppress_context__:
-            exc = exc.__context__
-        else:
-            exc = None
-    out = []
-    for index in range(len(chain) - 1, -1, -1):
-        exc = chain[index]
-        tb = _skip_runner(exc.__traceback__)
-        if tb is not None:
-            out.append("Traceback (most recent call last):\n")
-            outer, omitted, inner = _frame_lines(tb)
-            _render_entries(outer, out)
-            if omitted:
-                out.append("  [... %d frames omitted ...]\n" % omitted)
-            _render_entries(inner, out)
-        out.append(_exception_only(exc))
-        if index:
-            newer = chain[index - 1]
-            if newer.__cause__ is exc:
-                out.append("\nThe above exception was the direct cause of the following exception:\n\n")
-            else:
-                out.append("\nDuring handling of the above exception, another exception occurred:\n\n")
-    return "".join(out)
 
 
 def print_exception(exc):
     global _reserve
     _reserve = None
     try:
-        text = format_exception_bounded(exc)
+        text = format_exception_bounded(exc, __file__)
     except BaseException:
         text = "%s\n" % type(exc).__name__
     try:

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from rlef.common.errors import MessageError
-from rlef.common.log_limit import LogLimiter
 from rlef.common.messages import Rollout, decode, encode, unpack_floats, unpack_ids
+from rlef.monitoring.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class RolloutBuffer:
         self.consumed: set[str] = set()
         self.rejected: Counter[str] = Counter()
         self._waiting: OrderedDict[str, tuple[Rollout, bytes]] = OrderedDict()
-        self._logged: set[str] = set()
-        self._log = LogLimiter(log, "hub: rejected rollouts")
+        self._log = LogOnce(log, "hub: rejected rollouts")  # once per reason: a flood must not flood the log
         self._on_reject = on_reject
         self.spool = Spool(spool_path) if spool_path is not None else None
 
@@ -133,10 +132,8 @@ class RolloutBuffer:
         self.rejected[reason] += 1
         if self._on_reject is not None:
             self._on_reject(reason)
-        if reason not in self._logged:  # once per reason: a flood of bad rollouts must not flood the log
-            self._logged.add(reason)
-            self._log.warning("rejected rollout (%s) from %s: %s (further '%s' rejections are only counted)",
-                              reason, sender or "?", detail, reason)
+        self._log.warning(reason, "rejected rollout (%s) from %s: %s (further '%s' rejections are only counted)",
+                          reason, sender or "?", detail, reason)
 
     def _check_version(self, rollout: Rollout) -> None:
         newest = max(t.policy_version for t in rollout.turns)

@@ -34,6 +34,7 @@ from typing import IO
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from rlef.common.errors import DataError
+from rlef.monitoring.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class Snapshotter(threading.Thread):
         self._previous: tuple[float, dict[str, float]] | None = None
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._warned = False
+        self._log = LogOnce(log, "metrics log")
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
@@ -196,9 +197,7 @@ class Snapshotter(threading.Thread):
                 step, values = self._values()
                 self.mlog.write(step, values)
             except (OSError, DataError) as exc:  # a full disk must not kill the role: log once and keep trying
-                if not self._warned:
-                    self._warned = True
-                    log.warning("%s: metrics snapshot failed: %s (further failures not logged)", self.mlog.path, exc)
+                self._log.warning("snapshot", "%s: metrics snapshot failed: %s (further failures not logged)", self.mlog.path, exc)
 
     def stop(self) -> None:
         self._stop_event.set()

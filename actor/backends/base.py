@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
@@ -93,27 +94,35 @@ class GenerationBackend(abc.ABC):
         """Release the engine (threads, worker processes)."""
 
 
-def fitting_tensors(model: Any, received: ReceivedWeightsLike) -> dict[str, Any]:
-    """``received``'s arrays as torch tensors, checked to fit ``model`` (every parameter present, no unknown
-    name, every shape equal); raises WeightsError naming the version and the first mismatches."""
-    import numpy as np
-    import torch
-
+def check_fits(
+    received: ReceivedWeightsLike, shapes: dict[str, tuple[int, ...]], required: Iterable[str] | None = None
+) -> None:
+    """Raise WeightsError, naming the version and the first mismatches, unless ``received`` has no tensor that
+    ``shapes`` lacks, every ``required`` one (default: every name of ``shapes``), and each of the shape
+    ``shapes`` gives it. Checked before anything reaches the engine, so a bad version never touches the model."""
     from rlef.common.errors import WeightsError
 
-    state = model.state_dict()
-    params = dict(model.named_parameters())
-    tensors = {name: value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-               for name, value in received.tensors.items()}
-    unknown = sorted(set(tensors) - set(state))
-    missing = sorted(set(params) - set(tensors))
+    names = set(received.tensors)
+    unknown = sorted(names - set(shapes))
+    missing = sorted(set(shapes if required is None else required) - names)
     if unknown or missing:
         raise WeightsError(
             f"weights version {received.version} does not fit the model: unknown {unknown[:3]}, missing {missing[:3]}"
         )
-    for name, tensor in tensors.items():
-        if tuple(tensor.shape) != tuple(state[name].shape):
+    for name, tensor in received.tensors.items():
+        if tuple(tensor.shape) != tuple(shapes[name]):
             raise WeightsError(
-                f"weights version {received.version}: {name} has shape {tuple(tensor.shape)}, model {tuple(state[name].shape)}"
+                f"weights version {received.version}: {name} has shape {tuple(tensor.shape)}, model {tuple(shapes[name])}"
             )
-    return tensors
+
+
+def fitting_tensors(model: Any, received: ReceivedWeightsLike) -> dict[str, Any]:
+    """``received``'s arrays as torch tensors, checked to fit ``model`` (:func:`check_fits`: every parameter
+    present, no unknown name, every shape equal to the model's)."""
+    import numpy as np
+    import torch
+
+    state = model.state_dict()
+    check_fits(received, {name: tuple(t.shape) for name, t in state.items()}, required=dict(model.named_parameters()))
+    return {name: value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+            for name, value in received.tensors.items()}

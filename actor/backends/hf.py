@@ -1,9 +1,11 @@
-"""transformers backend (the CPU default).
+"""transformers backends (the CPU default).
 
-``HfBackend`` is the prefix-cached, iteration-level batched engine of :mod:`rlef.actor.backends.hf_engine`
-(each episode's KV cache is kept across its turns; decode steps are shared by every running request). The
-earlier backend stays here as ``ChunkedHfBackend`` (the benchmark's comparison): batched ``model.generate``
-across concurrently waiting requests, described below.
+``HfBackend`` is :class:`CachedHfBackend`: the prefix-cached, iteration-level batched engine of
+:mod:`rlef.actor.backends.hf_engine` (each episode's KV cache is kept across its turns; decode steps are
+shared by every running request). The earlier backend stays here as ``ChunkedHfBackend`` (the benchmark's
+comparison): batched ``model.generate`` across concurrently waiting requests, described below. Both load
+the checkpoint the same way (:func:`_load_model`) and check and copy new weights the same way
+(:func:`_weights_copy`).
 
 Iteration-level batching in chunks: every step generates at most ``chunk_tokens`` tokens for a batch made of
 the unfinished requests plus every request that arrived meanwhile (same sampling settings, left-padded; the
@@ -28,9 +30,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from rlef.actor.backends.base import Generation, GenerationBackend, ReceivedWeightsLike, Sampling, fitting_tensors
+from rlef.actor.backends.hf_engine import DecodeEngine
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,37 @@ class _Request:
     logprobs: list[float] = field(default_factory=list)
     version: int | None = None
 
+
+def _load_model(model_path: str, *, dtype: str, device: str, seed: int, threads: int | None) -> Any:
+    """The checkpoint as an eval-mode causal LM on ``device``, with neutral generation defaults."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    if threads is not None and device == "cpu":
+        torch.set_num_threads(threads)  # process-wide: the actor process runs one engine
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+    model.eval()
+    # Neutral defaults: a checkpoint's generation_config.json (repetition_penalty, top_k, ...) must not
+    # change the sampling distribution behind our back; every request passes its settings explicitly.
+    model.generation_config = GenerationConfig()
+    return model
+
+
+def _weights_copy(model: Any, received: ReceivedWeightsLike) -> tuple[Callable[[], None], int]:
+    """Check that ``received`` fits ``model`` (WeightsError, nothing copied, when not); returns the copy that
+    writes it into the model (the caller runs it between two generation steps) and its tensor count."""
+    import torch
+
+    state = model.state_dict()
+    tensors = fitting_tensors(model, received)
+
+    def copy() -> None:
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                state[name].copy_(tensor.to(state[name].dtype))
+
+    return copy, len(tensors)
 
 
 def teacher_forced_logprobs(model: Any, prompt_ids: list[int], response_ids: list[int], temperature: float = 1.0) -> list[float]:
@@ -64,20 +98,7 @@ class ChunkedHfBackend(GenerationBackend):
         self, model_path: str, *, dtype: str = "float32", device: str = "cpu", seed: int = 0, max_batch: int = 64,
         threads: int | None = 1, chunk_tokens: int = 16,
     ):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        if threads is not None and device == "cpu":
-            torch.set_num_threads(threads)  # process-wide: the actor process runs one engine
-
-        torch.manual_seed(seed)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
-        self.model.eval()
-        # Neutral defaults: a checkpoint's generation_config.json (repetition_penalty, top_k, ...) must not
-        # change the sampling distribution behind our back; every request passes its settings explicitly.
-        from transformers import GenerationConfig
-
-        self.model.generation_config = GenerationConfig()
+        self.model = _load_model(model_path, dtype=dtype, device=device, seed=seed, threads=threads)
         self.device = device
         self.max_batch = max_batch
         self.version = 0
@@ -225,17 +246,56 @@ class ChunkedHfBackend(GenerationBackend):
     # ------------------------------------------------------------------ weights
 
     def _load(self, received: ReceivedWeightsLike) -> None:
-        import torch
-
-        state = self.model.state_dict()
-        tensors = fitting_tensors(self.model, received)
-        with self._lock, torch.no_grad():
-            for name, tensor in tensors.items():
-                state[name].copy_(tensor.to(state[name].dtype))
+        copy, count = _weights_copy(self.model, received)
+        with self._lock:
+            copy()
             self.version = received.version
-        log.info("hf backend: applied weights version %d (%d tensors)", received.version, len(tensors))
+        log.info("hf backend: applied weights version %d (%d tensors)", received.version, count)
 
 
-from rlef.actor.backends.hf_engine import CachedHfBackend as HfBackend  # noqa: E402 - the default, after the helpers
+class CachedHfBackend(GenerationBackend):
+    """The hf backend on :class:`DecodeEngine`: prefix-cached, iteration-level batched generation on transformers.
 
-__all__ = ["ChunkedHfBackend", "HfBackend", "teacher_forced_logprobs"]
+    ``chunk_tokens`` is accepted for config compatibility (``actor.hf_chunk_tokens`` sized the re-prefill
+    chunks of the earlier whole-``generate`` batching) and has no effect: rows join and leave at every step."""
+
+    def __init__(
+        self, model_path: str, *, dtype: str = "float32", device: str = "cpu", seed: int = 0, max_batch: int = 64,
+        threads: int | None = 1, chunk_tokens: int = 0, prefix_cache_tokens: int = 1 << 16,
+    ):
+        self.model = _load_model(model_path, dtype=dtype, device=device, seed=seed, threads=threads)
+        self.device = device
+        self.chunk_tokens = chunk_tokens
+        self.engine = DecodeEngine(self.model, device=device, max_batch=max_batch, prefix_cache_tokens=prefix_cache_tokens)
+        self._weights_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-weights")
+
+    @property
+    def version(self) -> int:  # type: ignore[override]
+        return self.engine.version
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return self.engine.batch_sizes
+
+    async def generate(self, prompt_ids: list[int], sampling: Sampling) -> Generation:
+        return await self.engine.generate(prompt_ids, sampling)
+
+    async def load_weights(self, received: ReceivedWeightsLike) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._weights_thread, self._load, received)
+
+    def busy_seconds(self) -> float:
+        return self.engine.busy_s
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        self._weights_thread.shutdown(wait=True)
+
+    def _load(self, received: ReceivedWeightsLike) -> None:
+        copy, count = _weights_copy(self.model, received)
+        self.engine.apply_weights(copy, received.version)
+        log.info("hf backend: applied weights version %d (%d tensors)", received.version, count)
+
+
+HfBackend = CachedHfBackend  # the default
+
+__all__ = ["CachedHfBackend", "ChunkedHfBackend", "HfBackend", "teacher_forced_logprobs"]

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlef.actor.backends.base import Generation, GenerationBackend, ReceivedWeightsLike, Sampling
+from rlef.actor.backends.base import Generation, GenerationBackend, ReceivedWeightsLike, Sampling, check_fits
 from rlef.common.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -53,18 +53,6 @@ def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
             for name in handle.keys():
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
     return shapes
-
-
-def check_fits(received: ReceivedWeightsLike, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Raise WeightsError unless ``received`` has exactly the checkpoint's tensors with their shapes (checked
-    before anything reaches the engine, so a bad version never touches the running model)."""
-    names = set(received.tensors)
-    unknown, missing = sorted(names - set(shapes)), sorted(set(shapes) - names)
-    if unknown or missing:
-        raise WeightsError(f"weights version {received.version} does not fit the model: unknown {unknown[:3]}, missing {missing[:3]}")
-    for name, tensor in received.tensors.items():
-        if tuple(tensor.shape) != shapes[name]:
-            raise WeightsError(f"weights version {received.version}: {name} has shape {tuple(tensor.shape)}, model {shapes[name]}")
 
 
 class VllmBackend(GenerationBackend):

@@ -9,15 +9,14 @@ from math import comb
 import pytest
 
 from rlef.actor import analyses as A
-from rlef.actor.evaluate import (
-    EpisodeSummary,
+from rlef.actor.evaluation_episodes import (
     Progress,
     ResumeMismatchError,
     _check_resumable,
-    count_problems,
     read_episode_lines,
     remaining,
 )
+from rlef.actor.evaluation_scores import EpisodeSummary, count_problems
 from rlef.common.problems import Problem
 
 

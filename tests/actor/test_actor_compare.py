@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlef.actor.compare import compare_reports, comparison_markdown, fix_rate
-from rlef.actor.evaluate import EpisodeSummary, aggregate
+from rlef.actor.evaluation_scores import EpisodeSummary, aggregate
 
 SETTINGS = {"model": "m", "dataset": "codecontests", "split": "test", "rollouts_per_problem": 2, "max_turns": 3,
             "temperature": 0.2, "top_p": 0.95, "test_set": "all"}

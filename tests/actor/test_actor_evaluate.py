@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from rlef.actor.evaluate import (
+from rlef.actor.evaluate import default_rollouts, repeated
+from rlef.actor.evaluation_scores import (
     EpisodeSummary,
     aggregate,
     count_problems,
-    default_rollouts,
     estimate,
-    repeated,
     turn_errors,
 )
 from rlef.common.evaluation import bootstrap_ci

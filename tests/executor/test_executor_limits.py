@@ -19,7 +19,8 @@ from rlef.common.config import ExecutorConfig
 from rlef.common.errors import SandboxError
 from rlef.common.messages import Limits
 from rlef.common.messages import TestCase as Case
-from rlef.executor.cgroups import CgroupUnavailable, open_cgroups, own_cgroups
+from rlef.executor.cgroups import CgroupUnavailable
+from rlef.executor.cgroups_setup import open_cgroups, own_cgroups
 from rlef.executor.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]

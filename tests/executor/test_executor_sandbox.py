@@ -18,7 +18,9 @@ from rlef.common.errors import SandboxError
 from rlef.common.messages import Limits
 from rlef.common.messages import TestCase as Case
 from rlef.common.messages import TestResult as Result
-from rlef.executor.sandbox import Sandbox, _children, classify, clean_paths
+from rlef.executor.jail import _children
+from rlef.executor.sandbox import Sandbox
+from rlef.executor.verdicts import classify, clean_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(time_s=1.0, memory_bytes=128 << 20)

@@ -4,7 +4,7 @@ tracking benchmark that need finished episodes of a known shape: fixed by feedba
 from __future__ import annotations
 
 from rlef.actor.backends.base import Generation
-from rlef.actor.episodes import EpisodeRecord, TurnRecord
+from rlef.actor.episode_records import EpisodeRecord, TurnRecord
 from rlef.common.data import load_problems
 from rlef.common.messages import FinalOutcome, Rollout, Turn, TurnOutcome, pack_floats, pack_ids
 from rlef.common.prompts import extract_code, render_first_prompt

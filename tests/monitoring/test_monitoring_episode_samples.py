@@ -13,7 +13,7 @@ from rich.console import Console
 from rlef.actor.samples import episode_sample
 from rlef.common.errors import ConfigError
 from rlef.monitoring.episode_samples import SampleFilter, SampleWriter, parse_version_range, read_samples, samples_dir, select
-from rlef.monitoring.report import sampled_episodes_section
+from rlef.monitoring.report_episodes import sampled_episodes_section
 from rlef.monitoring.rollouts_view import print_rollouts
 
 

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from rlef.monitoring.metrics_log import MetricsLog, metrics_log_path
-from rlef.monitoring.report import LogData, make_report, parse_sample_key
+from rlef.monitoring.report import make_report
+from rlef.monitoring.report_log import LogData, parse_sample_key
 from rlef.monitoring.metrics_log import read_run_metrics
 
 RLEF = str(Path(sys.executable).with_name("rlef"))

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from rlef.monitoring.metrics_log import MetricsLog, read_metrics_log, read_run_metrics
 from rlef.monitoring.promconfig import free_port
-from rlef.monitoring.report import LogData
+from rlef.monitoring.report_log import LogData
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from rlef.actor.compare import compare_reports
-from rlef.actor.evaluate import EpisodeSummary, aggregate
+from rlef.actor.evaluation_scores import EpisodeSummary, aggregate
 from rlef.monitoring.seeds_summary import summary
 
 SETTINGS = {"model": "m", "dataset": "codecontests", "split": "test", "rollouts_per_problem": 1, "max_turns": 3,
