@@ -10,7 +10,7 @@ Concurrency: ``run`` keeps ``actor.episodes_in_flight`` episodes going. While on
 others generate; the backend batches the generation requests that wait at the same time, so the engine
 keeps working while programs run.
 
-Token-exactness: a turn stores the ids of its NEW prompt segment (``rlef.common.chat``) and the SAMPLED
+Token-exactness: a turn stores the ids of its NEW prompt segment (``rlef.common.text.chat``) and the SAMPLED
 response ids, so prompt_1 + response_1 + prompt_2 + ... is exactly the token sequence the engine saw. A
 response cut by the token budget (``finish_reason == "length"``) has no end-of-turn token: the next prompt
 segment then starts with it, so the conversation stays well-formed (that token carries no log-prob and is
@@ -50,11 +50,11 @@ from typing import Any, Iterator, Protocol, Sequence
 
 from rlef.actor.backends.base import Generation, GenerationBackend, Sampling
 from rlef.actor.rewards import episode_rewards
-from rlef.common import chat, prompts
+from rlef.common.text import chat, prompts
 from rlef.common.config import RlefConfig
 from rlef.common.errors import ConfigError, InfrastructureError, RlefError
-from rlef.common.execution_client import REFUSED
-from rlef.common.messages import (
+from rlef.common.protocol.execution_client import REFUSED
+from rlef.common.protocol.messages import (
     ExecutionJob,
     ExecutionResult,
     FinalOutcome,
@@ -66,7 +66,7 @@ from rlef.common.messages import (
     pack_floats,
     pack_ids,
 )
-from rlef.common.problems import Problem
+from rlef.common.data.problems import Problem
 from rlef.monitoring import metrics_actor as M
 
 log = logging.getLogger(__name__)

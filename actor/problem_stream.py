@@ -14,7 +14,7 @@ import random
 from typing import Iterator, Sequence
 
 from rlef.common.errors import DataError
-from rlef.common.problems import Problem
+from rlef.common.data.problems import Problem
 from rlef.monitoring import metrics_actor as M
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import SandboxError
-from rlef.common.messages import Limits, TestCase, TestResult
+from rlef.common.protocol.messages import Limits, TestCase, TestResult
 from rlef.executor.cgroups import CgroupError, CgroupUnavailable, Cgroups, TestGroup, TestUsage, open_cgroups
 from rlef.executor.checker import outputs_match
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from rlef.common.errors import MessageError
 from rlef.common.log_limit import LogLimiter
-from rlef.common.messages import Rollout, decode, encode, unpack_floats, unpack_ids
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Rollout, encode, unpack_floats, unpack_ids
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""The control channel between the learner hub (rank 0) and its peers (actors, launchers).
+"""The control channel between the learner hub (rank 0) and its peers (actors, launchers), and its hub side,
+:class:`ControlServer`. The peer side is :class:`~rlef.common.protocol.control_client.ControlClient`.
 
-Wire (every frame one :class:`~rlef.common.messages.Control`; ROUTER bound on the hub at
+Wire (every frame one :class:`~rlef.common.protocol.messages.Control`; ROUTER bound on the hub at
 ``endpoints.control_port``, one DEALER per peer):
 
     peer -> hub   register(sender_id, role, capabilities, info)    hub -> peer   ack(version, info.config_digest)
@@ -17,21 +18,21 @@ Hub restarts: every hub message carries ``info.incarnation``, a nonce drawn when
 sees it change knows the hub restarted, possibly from a checkpoint OLDER than the weights the peer holds (a
 learner killed before its checkpoint resumes at version 0 while actors hold 7): its version numbers then
 start a new lineage, and the peer must re-base onto the hub's weights even when its own number is higher
-(:meth:`ControlClient.add_restart_listener`; the actor's WeightSync does it). Once stop was requested, every later register or heartbeat is answered
-with ``stop`` too, so a peer that joins late still stops.
+(:meth:`~rlef.common.protocol.control_client.ControlClient.add_restart_listener`; the actor's WeightSync
+does it). Once stop was requested, every later register or heartbeat is answered with ``stop`` too, so a
+peer that joins late still stops.
 
-Config agreement: a peer made by :func:`make_control_client` sends one digest per shared config key
-(rlef.common.config_digest: model, tokenizer, prompt and feedback, rewards, turn limit, staleness) in its
-register ``info``; a hub made by :func:`make_control_server` compares them with its own and refuses a peer
-whose digests differ (or that sent none) with ``stop`` and ``info.refused`` naming the keys; the peer's
-:meth:`ControlClient.register` then raises PeerRefused. A peer re-registers when it sees the hub restart,
-so a restarted hub with another config refuses it too. Hubs and clients built without digests (tests'
-scripted hubs) compare nothing.
+Config agreement: a peer made by :func:`~rlef.common.protocol.control_client.make_control_client` sends one
+digest per shared config key (rlef.common.protocol.config_digest: model, tokenizer, prompt and feedback, rewards,
+turn limit, staleness) in its register ``info``; a hub made by :func:`make_control_server` compares them
+with its own and refuses a peer whose digests differ (or that sent none) with ``stop`` and ``info.refused``
+naming the keys (:func:`~rlef.common.protocol.config_digest.refusal`); the peer's ``register`` then raises
+PeerRefused. A peer re-registers when it sees the hub restart, so a restarted hub with another config
+refuses it too. Hubs and clients built without digests (tests' scripted hubs) compare nothing.
 
-Threads: :class:`ControlServer` and :class:`ControlClient` each own their socket in one background thread;
-their public methods are thread-safe (commands go through a queue, state is read atomically). The client
-heartbeats by itself every ``heartbeat_interval_s`` with the version last given to :meth:`ControlClient.heartbeat`
-(or :meth:`ControlClient.set_local_version`); actors need no tick.
+Threads: :class:`ControlServer` and the client each own their socket in one background thread; their public
+methods are thread-safe (commands go through a queue, state is read atomically). The client heartbeats by
+itself every ``heartbeat_interval_s``; actors need no tick.
 """
 
 from __future__ import annotations
@@ -41,40 +42,24 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import zmq
 
 from rlef.common.config import RlefConfig
-from rlef.common.config_digest import combined_digest, differing_keys, from_info, shared_config_digests, to_info
-from rlef.common.errors import MessageError, PeerRefused, TransportError
+from rlef.common.errors import MessageError
 from rlef.common.log_limit import LogLimiter, printable
-from rlef.common.messages import Control, decode, encode
-from rlef.common.router_loop import serve_router
-from rlef.common.transport import Transport
+from rlef.common.protocol.base import MAX_CONTROL_FRAME_BYTES
+from rlef.common.protocol.config_digest import combined_digest, refusal, shared_config_digests
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, encode
+from rlef.common.protocol.router_loop import serve_router
+from rlef.common.protocol.transport import Transport
 from rlef.monitoring import metrics_control as M
 
 log = logging.getLogger(__name__)
 
 _POLL_MS = 50
-_MAX_FRAME = 64 << 10
-
-
-def config_digest(config: RlefConfig) -> str:
-    """One digest of the config parts every role must agree on (rlef.common.config_digest)."""
-    return combined_digest(shared_config_digests(config))
-
-
-def refusal(hub_digests: dict[str, str], info: dict) -> str | None:
-    """Why the hub refuses a peer whose register ``info`` is this (None: accepted)."""
-    theirs = from_info(info)
-    if not theirs:
-        return "the peer sent no config digests (an older rlef, or a client made without make_control_client)"
-    differ = differing_keys(hub_digests, theirs)
-    if not differ:
-        return None
-    return f"config differs from the learner's in: {', '.join(differ)} (start every role with the same config for these keys)"
 
 
 @dataclass
@@ -207,7 +192,7 @@ class ControlServer:
 
     def _handle(self, identity: bytes, frame: bytes) -> None:
         try:
-            message = decode(frame, Control, sender=identity[:64].decode(errors="replace"), max_frame=_MAX_FRAME)
+            message = decode(frame, Control, sender=identity[:64].decode(errors="replace"), max_frame=MAX_CONTROL_FRAME_BYTES)
         except MessageError as exc:
             self._bad(identity, str(exc))
             return
@@ -251,202 +236,8 @@ class ControlServer:
         self._send(identity, self._reply("stop", refused=reason[:1000]))
 
 
-class ControlClient:
-    """Peer side: registers with the hub, heartbeats in a background thread, tracks the hub's version."""
-
-    def __init__(
-        self,
-        transport: Transport,
-        endpoint: str,
-        client_id: str,
-        *,
-        role: str = "actor",
-        heartbeat_interval_s: float = 1.0,
-        config_digests: dict[str, str] | None = None,
-    ):
-        self.endpoint = endpoint
-        self.client_id = client_id
-        self.role = role
-        self.config_digests = config_digests
-        self.refused: str | None = None  # the hub's reason, when it refused our registration
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.hub_version = -1
-        self.hub_config_digest = ""
-        self.stop_requested = False
-        self.last_heard = 0.0  # time.monotonic() of the hub's last message (0: never)
-        self.bad_messages = 0
-        self._bad_log = LogLimiter(log, f"control {client_id}: bad messages")
-        self.hub_incarnation = ""  # the hub's nonce ("" until it answered; a change means it restarted)
-        self.hub_restarts = 0
-        self._local_version = -1
-        self._capabilities: list[str] = []
-        self._info: dict[str, str | int | float | bool] = {}
-        self._registering = False
-        self._reregister = False  # the hub restarted: register again so it compares our config
-        self._registered = threading.Event()
-        self._beat_now = threading.Event()
-        self._stop = threading.Event()
-        self._listeners: list[Callable[[int], None]] = []
-        self._restart_listeners: list[Callable[[int], None]] = []
-        # immediate: while the hub is away messages fail at once (the loop re-sends) instead of queueing up.
-        self._sock = transport.client(zmq.DEALER, endpoint, immediate=1)
-        self._thread = threading.Thread(target=self._run, name=f"control-{client_id}", daemon=True)
-        self._thread.start()
-
-    @property
-    def registered(self) -> bool:
-        return self._registered.is_set() and self.refused is None
-
-    def add_version_listener(self, listener: Callable[[int], None]) -> None:
-        """Call ``listener(hub_version)`` (from the client thread: keep it quick) whenever the hub's version
-        changes, e.g. ``receiver.notify``."""
-        self._listeners.append(listener)
-
-    def add_restart_listener(self, listener: Callable[[int], None]) -> None:
-        """Call ``listener(hub_version)`` (from the client thread: keep it quick) when the hub turns out to
-        have restarted (its incarnation changed): versions from then on are the new hub's lineage."""
-        self._restart_listeners.append(listener)
-
-    def register(
-        self, capabilities: Iterable[str] = (), *, timeout_s: float = 60.0, info: dict[str, str | int | float | bool] | None = None
-    ) -> int:
-        """Register (re-sent with back-off until the hub answers) and return the hub's version; heartbeats
-        start afterwards. Raises TransportError when the hub does not answer within ``timeout_s``, PeerRefused
-        when it refuses this peer (its shared config differs from the hub's)."""
-        self._capabilities = list(capabilities)
-        self._info = {**(info or {}), **to_info(self.config_digests or {})}
-        self._registering = True
-        if not self._registered.wait(timeout_s):
-            raise TransportError(f"control: hub at {self.endpoint} did not answer {self.client_id}'s registration within {timeout_s}s")
-        if self.refused is not None:
-            raise PeerRefused(f"control: the hub at {self.endpoint} refused {self.client_id}: {self.refused}")
-        return self.hub_version
-
-    def set_local_version(self, version: int) -> None:
-        """The version this peer holds, reported in the next heartbeats."""
-        self._local_version = version
-
-    def heartbeat(self, version: int) -> None:
-        """Report ``version`` now (heartbeats also go out every ``heartbeat_interval_s`` by themselves)."""
-        self._local_version = version
-        self._beat_now.set()
-
-    def close(self) -> None:
-        if not self._stop.is_set():
-            self._stop.set()
-            self._thread.join()
-
-    def __enter__(self) -> "ControlClient":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ client thread
-
-    def _message(self, op: str) -> bytes:
-        return encode(Control(op=op, sender_id=self.client_id, role=self.role, version=self._local_version,
-                              capabilities=self._capabilities, info=self._info if op == "register" else {}))
-
-    def _send(self, frame: bytes) -> None:
-        try:
-            self._sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:  # HWM while the hub is away: the next heartbeat/retry goes out later
-            pass
-
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        backoff = 0.1
-        next_send = 0.0
-        try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if self._registering and not self._registered.is_set():
-                    if now >= next_send:
-                        self._send(self._message("register"))
-                        next_send = now + backoff
-                        backoff = min(backoff * 2, 2.0)
-                elif self._registered.is_set() and self._reregister:
-                    self._reregister = False
-                    self._send(self._message("register"))
-                    next_send = now + self.heartbeat_interval_s
-                elif self._registered.is_set() and (now >= next_send or self._beat_now.is_set()):
-                    self._beat_now.clear()
-                    self._send(self._message("heartbeat"))
-                    next_send = now + self.heartbeat_interval_s
-                if poller.poll(_POLL_MS):
-                    for _ in range(100):
-                        try:
-                            frame = self._sock.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        if self._handle(frame) and self._registering and not self._registered.is_set():
-                            self._registered.set()
-                            next_send = time.monotonic() + self.heartbeat_interval_s
-        finally:
-            self._sock.close(0)
-
-    def _handle(self, frame: bytes) -> bool:
-        """Apply one hub message; True when it answers a registration (ack or stop)."""
-        try:
-            message = decode(frame, Control, sender=self.endpoint, max_frame=_MAX_FRAME)
-        except MessageError as exc:
-            self._bad(str(exc))
-            return False
-        if message.op not in ("ack", "version", "stop"):
-            self._bad(f"op {message.op} is not for a peer")
-            return False
-        self.last_heard = time.monotonic()
-        digest = message.info.get("config_digest")
-        if isinstance(digest, str):
-            self.hub_config_digest = digest
-        incarnation = message.info.get("incarnation")
-        restarted = False
-        if isinstance(incarnation, str) and incarnation != self.hub_incarnation:
-            restarted = bool(self.hub_incarnation)
-            self.hub_incarnation = incarnation
-        if restarted:
-            self.hub_restarts += 1
-            self._reregister = self._registering  # the new hub has not compared our config yet
-            M.CONTROL_HUB_RESTARTS.inc()
-            log.warning("control %s: the hub restarted (now at version %d; we hold %d): re-basing onto its weights",
-                        self.client_id, message.version, self._local_version)
-        refused = message.info.get("refused")
-        if message.op == "stop" and isinstance(refused, str) and self.refused is None:
-            log.error("control %s: the hub refused our registration: %s", self.client_id, refused)
-            self.refused = refused
-        if message.op == "stop" and not self.stop_requested:
-            if self.refused is None:
-                log.info("control %s: the hub requested stop", self.client_id)
-            self.stop_requested = True
-        changed = message.version != self.hub_version
-        self.hub_version = message.version
-        M.CONTROL_HUB_VERSION.set(message.version)
-        if restarted:
-            for listener in self._restart_listeners:
-                listener(message.version)
-        if changed:
-            for listener in self._listeners:
-                listener(message.version)
-        return message.op in ("ack", "stop")
-
-    def _bad(self, reason: str) -> None:
-        self.bad_messages += 1
-        M.CONTROL_CLIENT_BAD_MESSAGES.inc()
-        if self.bad_messages == 1 or self.bad_messages % 1000 == 0:
-            self._bad_log.warning("control %s: dropped a bad message from %s (%d so far): %s", self.client_id,
-                                  self.endpoint, self.bad_messages, reason)
-
-
 def make_control_server(config: RlefConfig, transport: Transport, *, version: int = -1, hub_id: str = "learner-0") -> ControlServer:
     """The hub's control server bound on ``endpoints.control_port`` (learner rank 0)."""
     return ControlServer(transport, config.endpoints.bind(config.endpoints.control_port), hub_id=hub_id,
                          config_digests=shared_config_digests(config), version=version)
 
-
-def make_control_client(config: RlefConfig, transport: Transport, client_id: str, *, role: str = "actor",
-                        heartbeat_interval_s: float = 1.0) -> ControlClient:
-    """A peer's control client connected to the hub's ``endpoints.control_port``."""
-    return ControlClient(transport, config.endpoints.learner(config.endpoints.control_port), client_id, role=role,
-                         heartbeat_interval_s=heartbeat_interval_s, config_digests=shared_config_digests(config))
