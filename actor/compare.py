@@ -32,7 +32,7 @@ MODES = ("real", "random")
 
 
 def _kind(problem_id: str) -> str | None:
-    from rlef.common.feedback_tasks import parse_problem_name
+    from rlef.common.data.feedback_tasks import parse_problem_name
 
     meta = parse_problem_name(problem_id)
     return None if meta is None else meta["kind"]

@@ -34,18 +34,18 @@ from typing import Any, Protocol, Sequence
 from rlef.actor.backends.base import GenerationBackend, Sampling
 from rlef.actor.episode_records import EpisodeRecord, EpisodeTimer, TurnRecord, episode_record
 from rlef.actor.random_feedback import RandomFeedback
-from rlef.common import chat, prompts
+from rlef.common.text import chat, prompts
 from rlef.common.config import RlefConfig
 from rlef.common.errors import InfrastructureError, RlefError
-from rlef.common.execution_client import REFUSED, limits_for
-from rlef.common.messages import (
+from rlef.common.protocol.execution_client import REFUSED, limits_for
+from rlef.common.protocol.messages import (
     ExecutionJob,
     ExecutionResult,
     FinalOutcome,
     TestCase,
     TurnOutcome,
 )
-from rlef.common.problems import Problem
+from rlef.common.data.problems import Problem
 from rlef.monitoring import metrics_actor as M
 
 log = logging.getLogger(__name__)

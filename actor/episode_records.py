@@ -1,9 +1,9 @@
 """What a finished episode leaves behind: its turns as they happened, the wire rollout, and its timings.
 
-Token-exactness: a :class:`TurnRecord` stores the ids of its NEW prompt segment (``rlef.common.chat``) and
+Token-exactness: a :class:`TurnRecord` stores the ids of its NEW prompt segment (``rlef.common.text.chat``) and
 the SAMPLED response ids, so prompt_1 + response_1 + prompt_2 + ... is exactly the token sequence the engine
 saw (:mod:`rlef.actor.episode` says how the segments are made). :func:`episode_record` packs them into the
-wire :class:`~rlef.common.messages.Rollout` with the task rewards (:mod:`rlef.actor.rewards`) and counts the
+wire :class:`~rlef.common.protocol.messages.Rollout` with the task rewards (:mod:`rlef.actor.rewards`) and counts the
 finished episode (``rlef_actor_episodes_total`` and the reward and outcome metrics).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from rlef.actor.backends.base import Generation
 from rlef.actor.rewards import episode_rewards
 from rlef.common.config import RlefConfig
-from rlef.common.messages import (
+from rlef.common.protocol.messages import (
     ExecutionResult,
     FinalOutcome,
     Rollout,
@@ -25,7 +25,7 @@ from rlef.common.messages import (
     pack_floats,
     pack_ids,
 )
-from rlef.common.problems import Problem
+from rlef.common.data.problems import Problem
 from rlef.monitoring import metrics_actor as M
 
 

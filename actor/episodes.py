@@ -26,7 +26,7 @@ from rlef.actor.episode import EpisodePlayer, Executor
 from rlef.actor.episode_records import EpisodeRecord
 from rlef.common.config import RlefConfig
 from rlef.common.errors import InfrastructureError
-from rlef.common.problems import Problem
+from rlef.common.data.problems import Problem
 from rlef.monitoring import metrics_actor as M
 
 log = logging.getLogger(__name__)

@@ -114,9 +114,9 @@ async def run_evaluation(
 
     from rlef.actor.backends import make_backend
     from rlef.actor.main import new_instance_nonce
-    from rlef.common.data import load_problems
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.transport import Transport
+    from rlef.common.data.loaders import load_problems
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.transport import Transport
 
     data = config.data
     problems = load_problems(data.dataset, data.path, split, limit, generated=True)

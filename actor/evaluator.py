@@ -292,10 +292,10 @@ async def run_evaluator(config: RlefConfig, *, index: int = 0) -> Selection:
 
     from rlef.actor.backends import make_backend
     from rlef.actor.main import new_instance_nonce, register_with_hub, watch_stop
-    from rlef.common.control import make_control_client
-    from rlef.common.data import load_problems
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.transport import Transport
+    from rlef.common.protocol.control_client import make_control_client
+    from rlef.common.data.loaders import load_problems
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.transport import Transport
     from rlef.common.weights import make_receiver
     from rlef.monitoring.metrics import serve_metrics, stop_metrics_log
     from rlef.monitoring.metrics_evaluator import evaluator_registry

@@ -111,9 +111,9 @@ def probe(
     ``children``: the local broker and executors this evaluation started (:func:`local_sandboxes`): the probe
     is resent every ``timeout_s`` until ``max(timeout_s, startup_s)`` seconds have passed, as long as every
     child is alive; one that exited fails the probe at once (module docstring)."""
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.messages import ExecutionJob, Limits, TestCase
-    from rlef.common.transport import Transport
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.messages import ExecutionJob, Limits, TestCase
+    from rlef.common.protocol.transport import Transport
 
     endpoint = config.endpoints.broker(config.endpoints.broker_frontend_port)
     started = time.monotonic()

@@ -95,9 +95,9 @@ async def run_actor(
     from rlef.actor.samples import SamplingSink
     from rlef.actor.sinks import JsonlSink, PushSink
     from rlef.actor.weights_sync import LineageSink, WeightSync
-    from rlef.common.data import load_problems
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.transport import Transport
+    from rlef.common.data.loaders import load_problems
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.transport import Transport
     from rlef.monitoring.metrics import serve_metrics, stop_metrics_log
 
     actor_id = f"actor-{index}"
@@ -130,7 +130,7 @@ async def run_actor(
         sink = JsonlSink(output)
         gate = None
     else:
-        from rlef.common.control import make_control_client
+        from rlef.common.protocol.control_client import make_control_client
         from rlef.common.weights import make_receiver
 
         sink = PushSink(atransport, endpoints.learner(endpoints.rollout_port))

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 from rlef.actor.episode import count_skip, skip_reason
 from rlef.common.errors import DataError
-from rlef.common.problems import Problem
+from rlef.common.data.problems import Problem
 
 
 def shard(problems: Sequence[Problem], index: int, count: int) -> list[Problem]:

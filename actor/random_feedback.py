@@ -16,11 +16,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
-from rlef.common import prompts
+from rlef.common.text import prompts
 from rlef.common.config import PromptConfig
 from rlef.common.errors import ConfigError
-from rlef.common.messages import ExecutionResult, TestCase
-from rlef.common.problems import Problem
+from rlef.common.protocol.messages import ExecutionResult, TestCase
+from rlef.common.data.problems import Problem
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import zmq
 import zmq.asyncio
 
 from rlef.actor.episode_records import EpisodeRecord
-from rlef.common.messages import encode
-from rlef.common.transport import Transport
+from rlef.common.protocol.messages import encode
+from rlef.common.protocol.transport import Transport
 
 
 class PushSink:
-    """PUSH each rollout (msgpack :class:`~rlef.common.messages.Rollout`) to ``endpoint``."""
+    """PUSH each rollout (msgpack :class:`~rlef.common.protocol.messages.Rollout`) to ``endpoint``."""
 
     def __init__(self, transport: Transport, endpoint: str):
         if not isinstance(transport.context, zmq.asyncio.Context):

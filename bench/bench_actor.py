@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def tiny_model() -> Path:
-    from rlef.common.tiny_model import make_tiny_model, tiny_model_info
+    from rlef.common.models.tiny_model import make_tiny_model, tiny_model_info
 
     path = ROOT / "artifacts" / "tiny-model"
     if tiny_model_info(path) is None:
@@ -40,8 +40,8 @@ def tiny_model() -> Path:
 async def run_episodes(config, backend, tokenizer, frontend: str, problems, episodes: int):
     from rlef.actor.episodes import EpisodeRunner
     from rlef.actor.sinks import ListSink
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.transport import Transport
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.transport import Transport
 
     transport = Transport(config.transport, asyncio=True)
     client = ExecutionClient(transport, frontend, client_id=f"bench-k{config.actor.episodes_in_flight}", timeout_s=60)
@@ -60,7 +60,7 @@ async def run_episodes(config, backend, tokenizer, frontend: str, problems, epis
 
 
 def _problems(args):
-    from rlef.common.data import load_problems
+    from rlef.common.data.loaders import load_problems
 
     if args.tasks:
         problems = load_problems("codecontests", args.tasks, split="train")
@@ -243,7 +243,7 @@ def bench_engines(model: Path, args) -> None:
     from rlef.actor.backends.base import Sampling
     from rlef.actor.backends.hf import HfBackend
     from rlef.actor.backends.vllm import VllmBackend
-    from rlef.common import chat
+    from rlef.common.text import chat
 
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     prompts = [chat.first_prompt_ids(tokenizer, f"Problem {i}: print the sum of two numbers. " * 3) for i in range(args.requests)]

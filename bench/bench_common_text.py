@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 
-from rlef.common import chat, prompts
-from rlef.common.data import load_problems
-from rlef.common.messages import ExecutionResult, TestResult
-from rlef.common.tiny_model import build_tokenizer, training_corpus
+from rlef.common.text import chat, prompts
+from rlef.common.data.loaders import load_problems
+from rlef.common.protocol.messages import ExecutionResult, TestResult
+from rlef.common.models.tiny_model import build_tokenizer, training_corpus
 
 
 def best_per_call(fn, n: int, rounds: int = 5) -> float:

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers.executor_service import start_executor_service  # noqa: E402
 
 from rlef.common.config import ExecutorConfig, TransportConfig  # noqa: E402
-from rlef.common.execution_client import ExecutionClient  # noqa: E402
-from rlef.common.messages import ExecutionJob, Limits, TestCase  # noqa: E402
-from rlef.common.transport import Transport  # noqa: E402
+from rlef.common.protocol.execution_client import ExecutionClient  # noqa: E402
+from rlef.common.protocol.messages import ExecutionJob, Limits, TestCase  # noqa: E402
+from rlef.common.protocol.transport import Transport  # noqa: E402
 from rlef.executor.nsjail import JAIL_DIR, nsjail_command, runner_dir  # noqa: E402
 from rlef.executor.sandbox import Sandbox  # noqa: E402
 

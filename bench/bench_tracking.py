@@ -28,8 +28,8 @@ from rlef.actor.backends.base import Generation
 from rlef.actor.episode_records import EpisodeRecord, TurnRecord
 from rlef.actor.samples import episode_sample
 from rlef.common.config import load_config
-from rlef.common.data import load_problems
-from rlef.common.messages import FinalOutcome, Rollout, Turn, TurnOutcome, pack_floats, pack_ids
+from rlef.common.data.loaders import load_problems
+from rlef.common.protocol.messages import FinalOutcome, Rollout, Turn, TurnOutcome, pack_floats, pack_ids
 from rlef.monitoring.episode_samples import SampleWriter, read_samples
 from rlef.monitoring.metrics_log import MetricsLog, read_metrics_log
 from rlef.monitoring.trackers import EPISODE_COLUMNS, TensorBoardTracker, WandbTracker, episode_row

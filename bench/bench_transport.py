@@ -33,8 +33,9 @@ import numpy as np
 import zmq
 
 from rlef.common.config import TransportConfig
-from rlef.common.messages import FinalOutcome, Rollout, Turn, TurnOutcome, decode, encode, pack_floats, pack_ids
-from rlef.common.transport import Transport, bound_port, generate_keys
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import FinalOutcome, Rollout, Turn, TurnOutcome, encode, pack_floats, pack_ids
+from rlef.common.protocol.transport import Transport, bound_port, generate_keys
 
 MODES = ("raw", "decode", "e2e")
 PROMPTS, RESPONSE = (320, 130, 130), 220

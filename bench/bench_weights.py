@@ -33,7 +33,7 @@ import torch
 import zmq
 
 from rlef.common.config import TransportConfig
-from rlef.common.transport import Transport
+from rlef.common.protocol.transport import Transport
 
 CHUNK = 4 << 20
 
@@ -94,7 +94,7 @@ def _report(receiver, last: int) -> None:
 
 
 def role_zmq(port: int, rid: str, last: int, relay: bool = False) -> None:
-    from rlef.common.weights.zmq_transport import ZmqReceiver
+    from rlef.common.weights.zmq.receiver import ZmqReceiver
 
     t = transport()
     rec = ZmqReceiver(t, f"tcp://127.0.0.1:{port}", rid, credit=8, poll_interval_s=0.05,
@@ -181,7 +181,7 @@ def _versions(sd: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
 def bench_zmq(sd: dict[str, torch.Tensor], n: int, relay: bool = False) -> dict[str, float]:
     """Best over versions 2..VERSIONS: publish seconds, mean and max seconds from publish-done to each
     receiver holding the verified version, and the hub's egress per version (bytes)."""
-    from rlef.common.weights.zmq_transport import ZmqPublisher
+    from rlef.common.weights.zmq.hub import ZmqPublisher
 
     t = transport()
     port = free_port()

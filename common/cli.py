@@ -48,7 +48,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
-    from rlef.common.tiny_model import is_current, make_tiny_model
+    from rlef.common.models.tiny_model import is_current, make_tiny_model
 
     if args.if_stale and args.sft_steps is None and is_current(Path(args.dir), seed=args.seed):
         print(f"tiny model in {args.dir} is current; not rebuilt")
@@ -59,7 +59,7 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _make_warm_start(args: argparse.Namespace) -> int:
-    from rlef.common.warm_start import DEFAULT_STEPS, is_current, make_warm_start
+    from rlef.common.models.warm_start import DEFAULT_STEPS, is_current, make_warm_start
 
     if args.if_stale and is_current(Path(args.dir), Path(args.tasks), seed=args.seed, steps=args.steps or DEFAULT_STEPS):
         print(f"warm start in {args.dir} is current; not rebuilt")
@@ -72,7 +72,7 @@ def _make_warm_start(args: argparse.Namespace) -> int:
 
 
 def _make_feedback_tasks(args: argparse.Namespace) -> int:
-    from rlef.common.feedback_tasks import GENERATOR_VERSION, held_out_spec, make_feedback_tasks, read_manifest
+    from rlef.common.data.feedback_tasks import GENERATOR_VERSION, held_out_spec, make_feedback_tasks, read_manifest
 
     out = Path(args.dir)
     if args.if_stale:
@@ -94,14 +94,14 @@ def _make_feedback_tasks(args: argparse.Namespace) -> int:
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
-    from rlef.common.data import inspect_dataset
+    from rlef.common.data.loaders import inspect_dataset
 
     print(inspect_dataset(args.path, dataset=args.dataset, split=args.split))
     return 0
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
-    from rlef.common.transport import generate_keys
+    from rlef.common.protocol.transport import generate_keys
 
     out = generate_keys(Path(args.dir))
     print(f"CURVE keys written to {out}; set transport.curve_keys_dir={out} on every role")
@@ -124,7 +124,7 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     tiny.set_defaults(func=_make_tiny_model)
 
     warm = sub.add_parser("make-warm-start", help="the learning proof's warm start: the tiny model trained on "
-                          "multi-turn traces that do NOT use the feedback (see rlef.common.warm_start)")
+                          "multi-turn traces that do NOT use the feedback (see rlef.common.models.warm_start)")
     warm.add_argument("dir")
     warm.add_argument("--tasks", required=True, help="a directory made by `rlef data make-feedback-tasks` (its train split is used)")
     warm.add_argument("--seed", type=int, default=0)

@@ -34,10 +34,11 @@ import zmq
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
-from rlef.common.execution_client import BUSY, job_problem, refusal
+from rlef.common.protocol.execution_client import BUSY, job_problem, refusal
 from rlef.common.log_limit import LogLimiter, printable
-from rlef.common.messages import Control, ExecutionJob, ExecutionResult, decode, encode
-from rlef.common.transport import Transport
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, ExecutionJob, ExecutionResult, encode
+from rlef.common.protocol.transport import Transport
 from rlef.executor.dropped import DropLog
 from rlef.executor.refusals import salvage_job_id
 from rlef.monitoring import metrics_executor as m

@@ -30,7 +30,7 @@ def _metrics_port(base: int, offset: int) -> int:
 def _run_executor(args: argparse.Namespace) -> int:
     import asyncio
 
-    from rlef.common.transport import Transport
+    from rlef.common.protocol.transport import Transport
     from rlef.executor.worker import ExecutorPool
     from rlef.monitoring.metrics import serve_metrics
 
@@ -56,7 +56,7 @@ def _run_executor(args: argparse.Namespace) -> int:
 
 
 def _run_broker(args: argparse.Namespace) -> int:
-    from rlef.common.transport import Transport
+    from rlef.common.protocol.transport import Transport
     from rlef.executor.broker import Broker
     from rlef.monitoring.metrics import serve_metrics
 

@@ -17,7 +17,7 @@ import subprocess
 import time
 
 from rlef.common.errors import SandboxError
-from rlef.common.messages import TestResult
+from rlef.common.protocol.messages import TestResult
 from rlef.executor.cgroups import TestGroup
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """One execution job, end to end inside an executor: resolve its tests, check its size, run it in a sandbox,
 turn every failure of ours into a job-level ``error`` (sandbox_error) instead of blaming the program.
 
-Tests given by reference (``tests_ref``) are looked up with ``rlef.common.data.find_problem`` (cached per
+Tests given by reference (``tests_ref``) are looked up with ``rlef.common.data.loaders.find_problem`` (cached per
 process). For a function-style problem (HumanEval) the executor runs ``problem.program(code)``, i.e. the code
 plus the stdin test harness, unless the code already ends with that harness.
 """
@@ -14,9 +14,9 @@ import time
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import DataError, SandboxError
-from rlef.common.execution_client import REFUSED, job_problem
-from rlef.common.messages import ExecutionJob, ExecutionResult, TestCase, TestResult
-from rlef.common.problems import FUNCTION_HARNESS, Problem
+from rlef.common.protocol.execution_client import REFUSED, job_problem
+from rlef.common.protocol.messages import ExecutionJob, ExecutionResult, TestCase, TestResult
+from rlef.common.data.problems import FUNCTION_HARNESS, Problem
 from rlef.executor.jail import JailDied
 from rlef.executor.sandbox import Sandbox
 from rlef.monitoring import metrics_executor as m
@@ -35,7 +35,7 @@ class JobRejected(Exception):
 
 @functools.lru_cache(maxsize=8192)
 def _problem(dataset: str, split: str, problem_id: str, path: str | None) -> Problem:
-    from rlef.common.data import find_problem
+    from rlef.common.data.loaders import find_problem
 
     return find_problem(dataset, split, problem_id, path=path)
 

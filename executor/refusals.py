@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgpack
 
-from rlef.common.messages import MAX_ID_LEN
+from rlef.common.protocol.base import MAX_ID_LEN
 
 JOB_SCHEMA_PREFIX = "rlef.execution_job/"
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import SandboxError
-from rlef.common.messages import Limits, TestCase, TestResult
+from rlef.common.protocol.messages import Limits, TestCase, TestResult
 from rlef.executor.cgroups import CgroupError, CgroupUnavailable, Cgroups, TestGroup
 from rlef.executor.cgroups_setup import open_cgroups
 from rlef.executor.jail import CpuWatch, Jail, JailDied

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rlef.common.errors import MessageError, RlefError
-from rlef.common.messages import ExecutionJob, ExecutionResult, Limits, TestCase, decode, encode
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import ExecutionJob, ExecutionResult, Limits, TestCase, encode
 
 
 class SandboxRunError(RlefError):
@@ -36,8 +37,8 @@ def _read(path: str, what: str) -> str:
 
 def _feedback(config: Any, test: TestCase, result: ExecutionResult) -> str:
     """What the model would read as its next user message ("" when it passed: the episode ends there)."""
-    from rlef.common import prompts
-    from rlef.common.problems import Problem
+    from rlef.common.text import prompts
+    from rlef.common.data.problems import Problem
 
     if result.passed:
         return ""
@@ -50,7 +51,7 @@ def _feedback(config: Any, test: TestCase, result: ExecutionResult) -> str:
 
 def run_program(config: Any, code: str, test: TestCase, limits: Limits) -> tuple[ExecutionResult, str, str]:
     """(result, feedback text, limits mode) of ``code`` on ``test`` through the real sandbox."""
-    from rlef.common.execution_client import job_problem, refusal
+    from rlef.common.protocol.execution_client import job_problem, refusal
     from rlef.executor.jobs import execute
     from rlef.executor.sandbox import Sandbox
 

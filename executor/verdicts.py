@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 
-from rlef.common.messages import Limits, TestResult
+from rlef.common.protocol.messages import Limits, TestResult
 from rlef.executor.cgroups import TestUsage
 from rlef.executor.checker import outputs_match
 from rlef.executor.nsjail import JAIL_RUNNER

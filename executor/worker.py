@@ -25,9 +25,10 @@ import zmq
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
-from rlef.common.execution_client import refusal
-from rlef.common.messages import Control, ExecutionJob, ExecutionResult, decode, encode
-from rlef.common.transport import Transport
+from rlef.common.protocol.execution_client import refusal
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, ExecutionJob, ExecutionResult, encode
+from rlef.common.protocol.transport import Transport
 from rlef.executor.dropped import DropLog
 from rlef.executor.jobs import execute
 from rlef.executor.refusals import salvage_job_id

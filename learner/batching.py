@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rlef.common.messages import Rollout, unpack_floats, unpack_ids
+from rlef.common.protocol.messages import Rollout, unpack_floats, unpack_ids
 
 
 @dataclass(frozen=True)

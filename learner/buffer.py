@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from rlef.common.errors import MessageError
-from rlef.common.messages import Rollout, decode, encode, unpack_floats, unpack_ids
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Rollout, encode, unpack_floats, unpack_ids
 from rlef.monitoring.log_once import LogOnce
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ import torch
 import zmq
 
 from rlef.common.config import RlefConfig
-from rlef.common.control import make_control_server
-from rlef.common.messages import Rollout
-from rlef.common.transport import Transport
+from rlef.common.protocol.control_hub import make_control_server
+from rlef.common.protocol.messages import Rollout
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights import make_publisher
 from rlef.learner.buffer import RolloutBuffer
 from rlef.monitoring import metrics_learner as M

@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from rlef.common.config import RlefConfig, dump_config
-from rlef.common.messages import Rollout, decode
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Rollout
 from rlef.learner import checkpoint as ckpt
 from rlef.learner.parallel import full_state_dict, init_distributed
 from rlef.learner.ppo import PPOLearner

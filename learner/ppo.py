@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rlef.common.config import RlefConfig
-from rlef.common.messages import Rollout
+from rlef.common.protocol.messages import Rollout
 from rlef.learner import models, objective as O
 from rlef.learner.batching import Layout, MicroBatch, Sequence, collate, dummy_micro_batch, layout, plan_micro_batches, to_sequence
 from rlef.learner.logprobs import response_logprobs

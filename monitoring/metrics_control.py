@@ -1,8 +1,8 @@
-"""Metrics of the control channel (rlef.common.control): registration, heartbeats, versions, stop.
+"""Metrics of the control channel (rlef.common.protocol.control_hub): registration, heartbeats, versions, stop.
 
 Hub side (``rlef_learner_control_*``, learner rank 0) and peer side (``rlef_actor_control_*``, every process
 with a ControlClient: actors and the evaluator) live in one module because both ends are in
-``rlef.common.control``.
+``rlef.common.protocol.control_hub``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ CONTROL_BAD_MESSAGES = Counter(
 )
 CONTROL_PEERS_REFUSED = Counter(
     "rlef_learner_control_peers_refused_total",
-    "Registrations the hub refused because the peer's shared config (rlef.common.config_digest) differs.",
+    "Registrations the hub refused because the peer's shared config (rlef.common.protocol.config_digest) differs.",
 )
 
 # ---------------------------------------------------------------- peer side

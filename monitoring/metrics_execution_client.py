@@ -1,4 +1,4 @@
-"""Metrics of the execution client (common/execution_client.py), kept apart from the executor's series because
+"""Metrics of the execution client (common/protocol/execution_client.py), kept apart from the executor's series because
 the client lives in actor processes."""
 
 from __future__ import annotations

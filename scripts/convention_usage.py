@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from rlef.common import feedback_tasks as tasks_module
+from rlef.common.data import feedback_tasks as tasks_module
 
 
 def convention_of(code: str) -> str:

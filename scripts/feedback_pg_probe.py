@@ -17,11 +17,12 @@ import time
 
 import torch
 from transformers import AutoTokenizer, AutoModelForCausalLM
-from rlef.common import feedback_tasks as T, chat
-from rlef.common.data import load_problems
-from rlef.common.prompts import render_first_prompt
-from rlef.common.warm_start import _wrong_answer_feedback, response_text
-from rlef.common.messages import TestCase
+from rlef.common.data import feedback_tasks as T
+from rlef.common.text import chat
+from rlef.common.data.loaders import load_problems
+from rlef.common.text.prompts import render_first_prompt
+from rlef.common.models.warm_start import _wrong_answer_feedback, response_text
+from rlef.common.protocol.messages import TestCase
 ACTUAL = '--actual-conventions' in sys.argv
 argv = [a for a in sys.argv if a != '--actual-conventions']
 model_dir, tasks, steps, mode, lr = argv[1], argv[2], int(argv[3]), argv[4], float(argv[5])

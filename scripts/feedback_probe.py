@@ -10,11 +10,12 @@ import sys
 
 import torch
 from transformers import AutoTokenizer, AutoModelForCausalLM
-from rlef.common import feedback_tasks as T, chat
-from rlef.common.data import load_problems
-from rlef.common.prompts import render_first_prompt
-from rlef.common.warm_start import _wrong_answer_feedback, response_text
-from rlef.common.messages import TestCase
+from rlef.common.data import feedback_tasks as T
+from rlef.common.text import chat
+from rlef.common.data.loaders import load_problems
+from rlef.common.text.prompts import render_first_prompt
+from rlef.common.models.warm_start import _wrong_answer_feedback, response_text
+from rlef.common.protocol.messages import TestCase
 model_dir, tasks, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(1); random.seed(0)
 tok = AutoTokenizer.from_pretrained(model_dir); model = AutoModelForCausalLM.from_pretrained(model_dir).eval()

@@ -17,13 +17,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama + ChatML tokenizer checkpoint (rlef.common.tiny_model), built once per session.
+    """The tiny Llama + ChatML tokenizer checkpoint (rlef.common.models.tiny_model), built once per session.
 
     Reuses ``artifacts/tiny-model`` when it holds what the builder would make now (the README's setup
     command makes it); otherwise builds one with the default warm start (about a minute) into a temp dir.
     Treat it as read-only: copy it before writing into it.
     """
-    from rlef.common.tiny_model import is_current, make_tiny_model
+    from rlef.common.models.tiny_model import is_current, make_tiny_model
 
     artifact = REPO / "artifacts" / "tiny-model"
     if is_current(artifact):

@@ -14,7 +14,7 @@ Actor::
     receiver.notify(hub_version)                         # optional hint from the control channel
     receiver.close()
 
-``config.weights.type`` picks the transport: ``zmq`` (default, elastic; :mod:`.zmq_transport`),
+``config.weights.type`` picks the transport: ``zmq`` (default, elastic; :mod:`.zmq`),
 ``collective`` (torch.distributed broadcast, fixed group; :mod:`.collective`), ``filesystem`` (shared
 directory of safetensors; :mod:`.filesystem`).
 """
@@ -25,7 +25,7 @@ import socket
 
 from rlef.common.config import CollectiveWeights, FilesystemWeights, RlefConfig, ZmqWeights
 from rlef.common.errors import ConfigError
-from rlef.common.transport import Transport
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights.base import ReceivedWeights, WeightPublisher, WeightReceiver
 from rlef.common.weights.packing import state_dict_digest
 
@@ -51,7 +51,7 @@ def make_publisher(config: RlefConfig, transport: Transport) -> WeightPublisher:
     """The publisher of ``config.weights.type``, for learner rank 0 only."""
     weights = config.weights
     if isinstance(weights, ZmqWeights):
-        from rlef.common.weights.zmq_transport import ZmqPublisher
+        from rlef.common.weights.zmq.hub import ZmqPublisher
 
         return ZmqPublisher(transport, config.endpoints.bind(config.endpoints.weights_port), chunk_bytes=weights.chunk_bytes)
     if isinstance(weights, CollectiveWeights):
@@ -72,7 +72,7 @@ def make_receiver(config: RlefConfig, transport: Transport, receiver_id: str) ->
     """The receiver of ``config.weights.type`` for one actor (``receiver_id``: the actor id)."""
     weights = config.weights
     if isinstance(weights, ZmqWeights):
-        from rlef.common.weights.zmq_transport import ZmqReceiver
+        from rlef.common.weights.zmq.receiver import ZmqReceiver
 
         relay_bind, relay_host = None, None
         if weights.relay:

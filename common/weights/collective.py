@@ -9,7 +9,7 @@ stalls every later broadcast until ``timeout_s`` and the group cannot grow. Elas
 
 Per version (sequence number ``k`` = 1, 2, ...): the hub sets store key ``seq/k`` (receivers idle in
 ``store.wait`` on it, not in a collective, so an idle period never trips the collective timeout), then
-broadcasts the encoded msgpack :class:`~rlef.common.messages.WeightsManifest` (its length as one int64,
+broadcasts the encoded msgpack :class:`~rlef.common.protocol.messages.WeightsManifest` (its length as one int64,
 then its bytes), then the flat payload (same layout and per-chunk xxh3 checksums as the zmq transport, one chunk
 per bucket, :mod:`rlef.common.weights.packing`) in buckets of ``bucket_bytes``. Receivers verify the checksums before a
 version becomes visible to ``poll``. If the hub gets several versions while a broadcast is running, only the
@@ -32,7 +32,8 @@ import torch
 import torch.distributed as dist
 
 from rlef.common.errors import MessageError, TransportError, WeightsError
-from rlef.common.messages import WeightsManifest, decode, encode
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import WeightsManifest, encode
 from rlef.common.weights.base import ReceivedWeights, ThreadedReceiver, WeightPublisher
 from rlef.common.weights.packing import PackedVersion, first_bad_chunk, pack, populated, unpack
 from rlef.monitoring import metrics_weights as M

@@ -1,6 +1,6 @@
 """The flat payload of one weights version: layout, packing (one copy), per-chunk checksums, zero-copy unpacking.
 
-Layout (the meaning of :class:`~rlef.common.messages.WeightsManifest`): tensors in the state dict's order,
+Layout (the meaning of :class:`~rlef.common.protocol.messages.WeightsManifest`): tensors in the state dict's order,
 each tensor's raw little-endian bytes at ``offset`` (aligned to :data:`ALIGN` bytes so every tensor view of
 the received buffer is aligned for its dtype), zero padding between them, cut into ``chunk_bytes`` chunks.
 
@@ -29,7 +29,7 @@ import torch
 import xxhash
 
 from rlef.common.errors import WeightsError
-from rlef.common.messages import TensorSpec, WeightsManifest
+from rlef.common.protocol.messages import TensorSpec, WeightsManifest
 
 ALIGN = 64
 HASH_BLOCK = 16 << 20  # bytes per hashlib call in state_dict_digest (hashlib releases the GIL on large updates)

@@ -17,7 +17,7 @@ from rlef.actor.evaluation_episodes import (
     remaining,
 )
 from rlef.actor.evaluation_scores import EpisodeSummary, count_problems
-from rlef.common.problems import Problem
+from rlef.common.data.problems import Problem
 
 
 # ---------------------------------------------------------------------------------------------- chrF
@@ -251,7 +251,8 @@ def test_probe_waits_for_local_sandboxes_that_start_late():
 
     from rlef.actor.local_sandboxes import probe
     from rlef.common.config import load_config
-    from rlef.common.messages import ExecutionJob, ExecutionResult, TestResult, decode, encode
+    from rlef.common.protocol.decoding import decode
+    from rlef.common.protocol.messages import ExecutionJob, ExecutionResult, TestResult, encode
 
     port = free_port()
     config = load_config(None, [f"endpoints.broker_frontend_port={port}"])

@@ -15,11 +15,12 @@ from rlef.actor.problem_stream import problem_stream
 from rlef.actor.sinks import ListSink
 from rlef.actor.weights_sync import WeightSync
 from rlef.common.config import TransportConfig
-from rlef.common.data import load_problems
-from rlef.common.execution_client import ExecutionClient
-from rlef.common.transport import Transport
+from rlef.common.data.loaders import load_problems
+from rlef.common.protocol.execution_client import ExecutionClient
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights.packing import pack
-from rlef.common.weights.zmq_transport import ZmqReceiver, encode_chunk
+from rlef.common.weights.zmq.receiver import ZmqReceiver
+from rlef.common.weights.zmq.wire import encode_chunk
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,13 @@ from helpers.actor_support import ScriptedBackend, actor_config
 
 from rlef.actor.episodes import EpisodeRunner
 from rlef.actor.sinks import ListSink
-from rlef.common import chat, prompts
+from rlef.common.text import chat, prompts
 from rlef.common.config import TransportConfig
-from rlef.common.data import load_problems
-from rlef.common.execution_client import ExecutionClient
-from rlef.common.messages import ExecutionJob, Limits, Rollout, decode, encode, unpack_floats, unpack_ids
-from rlef.common.transport import Transport
+from rlef.common.data.loaders import load_problems
+from rlef.common.protocol.execution_client import ExecutionClient
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import ExecutionJob, Limits, Rollout, encode, unpack_floats, unpack_ids
+from rlef.common.protocol.transport import Transport
 
 pytestmark = pytest.mark.slow
 
@@ -243,7 +244,7 @@ class _FlakyProxy:
         self._thread.start()
 
     def _loop(self) -> None:
-        from rlef.common.messages import ExecutionResult
+        from rlef.common.protocol.messages import ExecutionResult
 
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)

@@ -244,7 +244,7 @@ def test_evaluation_of_a_policy_that_repairs_on_turn_two(tiny_model_dir, tokeniz
     from helpers.actor_support import ScriptedBackend, actor_config
 
     from rlef.actor.evaluate import run_evaluation
-    from rlef.common.data import load_problems
+    from rlef.common.data.loaders import load_problems
 
     problems = load_problems("sample", split="valid", limit=2)
     solutions = {p.description: p.solutions[0] for p in problems}
@@ -280,10 +280,10 @@ def test_runner_scores_final_programs_on_generated_tests_when_asked(tiny_model_d
 
     from rlef.actor.episodes import EpisodeRunner
     from rlef.actor.sinks import ListSink
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.messages import TestCase
-    from rlef.common.transport import Transport
-    from rlef.common.data import load_problems
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.messages import TestCase
+    from rlef.common.protocol.transport import Transport
+    from rlef.common.data.loaders import load_problems
 
     base = load_problems("sample", split="valid", limit=1)[0]
     problem = dataclasses.replace(base, generated_tests=[TestCase(input="2\n1 1\n", output="7\n")])
@@ -318,7 +318,7 @@ def test_restart_runs_only_the_missing_episodes(tiny_model_dir, tokenizer, execu
     from helpers.actor_support import ScriptedBackend, actor_config
 
     from rlef.actor.evaluate import run_evaluation
-    from rlef.common.data import load_problems
+    from rlef.common.data.loaders import load_problems
 
     problems = load_problems("sample", split="valid", limit=2)
     config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")],
@@ -354,7 +354,7 @@ def test_evalplus_evaluation_of_the_canonical_solutions(dataset, template, file,
     from helpers.actor_support import ScriptedBackend, actor_config
 
     from rlef.actor.evaluate import run_evaluation
-    from rlef.common.data import load_problems
+    from rlef.common.data.loaders import load_problems
 
     path = ROOT / "tests" / "fixtures" / "evalplus" / file
     problems = load_problems(dataset, str(path), "test")

@@ -60,11 +60,11 @@ def test_evaluator_loop_selects_the_version_that_solves(tiny_model_dir, tokenize
     from transformers import AutoModelForCausalLM
 
     from rlef.actor.evaluator import Evaluator
-    from rlef.common.data import load_problems
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.transport import Transport
+    from rlef.common.data.loaders import load_problems
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.transport import Transport
     from rlef.common.weights import make_receiver
-    from rlef.common.weights.zmq_transport import ZmqPublisher
+    from rlef.common.weights.zmq.hub import ZmqPublisher
 
     port = free_port()
     config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")],
@@ -138,9 +138,9 @@ def test_evaluator_process_registers_evaluates_and_stops(tiny_model_dir, executo
     from transformers import AutoModelForCausalLM
 
     from rlef.common.config import TransportConfig
-    from rlef.common.control import ControlServer
-    from rlef.common.transport import Transport
-    from rlef.common.weights.zmq_transport import ZmqPublisher
+    from rlef.common.protocol.control_hub import ControlServer
+    from rlef.common.protocol.transport import Transport
+    from rlef.common.weights.zmq.hub import ZmqPublisher
     from rlef.monitoring.metrics_log import read_metrics_log
 
     ports = {name: free_port() for name in ("weights", "control", "metrics")}
@@ -216,11 +216,11 @@ def test_stop_abandons_an_evaluation_in_progress(tiny_model_dir, tokenizer, exec
     from transformers import AutoModelForCausalLM
 
     from rlef.actor.evaluator import Evaluator
-    from rlef.common.data import load_problems
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.transport import Transport
+    from rlef.common.data.loaders import load_problems
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.transport import Transport
     from rlef.common.weights import make_receiver
-    from rlef.common.weights.zmq_transport import ZmqPublisher
+    from rlef.common.weights.zmq.hub import ZmqPublisher
 
     class Stuck(ScriptedBackend):
         """The test's policy: it never finishes a response (an engine busy for far longer than the test)."""

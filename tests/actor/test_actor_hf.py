@@ -17,15 +17,17 @@ from rlef.actor.episodes import EpisodeRunner
 from rlef.actor.problem_stream import problem_stream
 from rlef.actor.sinks import ListSink
 from rlef.actor.weights_sync import WeightSync
-from rlef.common import chat
+from rlef.common.text import chat
 from rlef.common.config import TransportConfig
-from rlef.common.data import load_problems
+from rlef.common.data.loaders import load_problems
 from rlef.common.errors import WeightsError
-from rlef.common.execution_client import ExecutionClient
-from rlef.common.messages import Rollout, decode, encode, unpack_floats, unpack_ids
-from rlef.common.transport import Transport
+from rlef.common.protocol.execution_client import ExecutionClient
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Rollout, encode, unpack_floats, unpack_ids
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights.base import ReceivedWeights
-from rlef.common.weights.zmq_transport import ZmqPublisher, ZmqReceiver
+from rlef.common.weights.zmq.hub import ZmqPublisher
+from rlef.common.weights.zmq.receiver import ZmqReceiver
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from rlef.actor.backends.base import Sampling
 from rlef.actor.backends.hf import CachedHfBackend, teacher_forced_logprobs
 from rlef.actor.backends.hf_prefix_cache import PrefixCache
-from rlef.common import chat
+from rlef.common.text import chat
 from rlef.common.weights.base import ReceivedWeights
 
 

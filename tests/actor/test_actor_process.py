@@ -16,10 +16,11 @@ import zmq
 from helpers.executor_service import free_port
 
 from rlef.common.config import TransportConfig
-from rlef.common.control import ControlServer
-from rlef.common.messages import Rollout, decode
-from rlef.common.transport import Transport
-from rlef.common.weights.zmq_transport import ZmqPublisher
+from rlef.common.protocol.control_hub import ControlServer
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Rollout
+from rlef.common.protocol.transport import Transport
+from rlef.common.weights.zmq.hub import ZmqPublisher
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +91,7 @@ def test_actor_process_refused_by_a_hub_with_another_config_exits_naming_the_key
     limit differ: it starts no episode, exits with an error naming the keys, and the hub lists it as refused."""
     from rlef.common.cli import DEFAULT_CONFIG
     from rlef.common.config import load_config
-    from rlef.common.control import make_control_server
+    from rlef.common.protocol.control_hub import make_control_server
 
     ports = {name: free_port() for name in ("rollout", "weights", "control", "broker_front", "broker_back")}
     overrides = [

@@ -19,8 +19,9 @@ from helpers.executor_service import free_port
 
 from rlef.actor.weights_sync import LineageSink, WeightSync
 from rlef.common.config import load_config
-from rlef.common.control import make_control_client, make_control_server
-from rlef.common.transport import Transport
+from rlef.common.protocol.control_client import make_control_client
+from rlef.common.protocol.control_hub import make_control_server
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights import make_publisher, make_receiver
 from rlef.monitoring import metrics_actor as M
 

@@ -19,10 +19,11 @@ from rlef.actor.episodes import EpisodeRunner
 from rlef.actor.problem_stream import problem_stream, shard
 from rlef.actor.sinks import PushSink
 from rlef.common.config import TransportConfig
-from rlef.common.data import load_problems
-from rlef.common.execution_client import ExecutionClient
-from rlef.common.messages import Rollout, TurnStatus, decode
-from rlef.common.transport import Transport
+from rlef.common.data.loaders import load_problems
+from rlef.common.protocol.execution_client import ExecutionClient
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Rollout, TurnStatus
+from rlef.common.protocol.transport import Transport
 
 pytestmark = pytest.mark.slow
 PROBLEMS = load_problems("sample", split="train")

@@ -13,7 +13,7 @@ import torch
 
 from rlef.actor.backends.base import Sampling
 from rlef.actor.backends.hf import HfBackend, teacher_forced_logprobs
-from rlef.common import chat
+from rlef.common.text import chat
 from rlef.common.errors import WeightsError
 from rlef.common.weights.base import ReceivedWeights
 

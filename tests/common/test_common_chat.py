@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlef.common.chat import (
+from rlef.common.text.chat import (
     check_segment_invariant,
     conversation_segments,
     encode,
@@ -21,7 +21,7 @@ from rlef.common.chat import (
     next_prompt_text,
     response_ids,
 )
-from rlef.common.tiny_model import build_tokenizer, training_corpus
+from rlef.common.models.tiny_model import build_tokenizer, training_corpus
 
 
 @pytest.fixture(scope="module")

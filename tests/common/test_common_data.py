@@ -17,16 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlef.common.cli import main as rlef_main
-from rlef.common.data import (
-    clear_cache,
-    find_problem,
-    inspect_dataset,
-    load_dataset,
-    load_problems,
-    split_check,
-)
+from rlef.common.data.humaneval import split_check
+from rlef.common.data.loaders import clear_cache, find_problem, inspect_dataset, load_dataset, load_problems
 from rlef.common.errors import DataError
-from rlef.common.problems import Problem
+from rlef.common.data.problems import Problem
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rlef.common import prompts
-from rlef.common.data import clear_cache, load_problems
+from rlef.common.text import prompts
+from rlef.common.data.loaders import clear_cache, load_problems
 from rlef.common.errors import DataError
-from rlef.common.evalplus import differential_test, evalplus_file
+from rlef.common.data.evalplus import differential_test, evalplus_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "evalplus"
 HE = FIXTURES / "HumanEvalPlus-mini.jsonl"
@@ -83,9 +83,9 @@ def test_tests_through_the_real_sandbox(tmp_path):
     from helpers.executor_service import start_executor_service
 
     from rlef.common.config import TransportConfig
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.messages import ExecutionJob, Limits
-    from rlef.common.transport import Transport
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.messages import ExecutionJob, Limits
+    from rlef.common.protocol.transport import Transport
 
     problems = {p.problem_id: p for name, f in (("humanevalplus", HE), ("mbppplus", MBPP)) for p in load_problems(name, str(f), "test")}
     with start_executor_service(tmp_path / "svc", workers=2) as service, Transport(TransportConfig()) as transport:

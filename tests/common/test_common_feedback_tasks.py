@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rlef.common import feedback_tasks as T
-from rlef.common.data import clear_cache, load_problems
-from rlef.common.warm_start import WarmStartError, make_warm_start, shown_twin, trace
+from rlef.common.data import feedback_tasks as T
+from rlef.common.data.loaders import clear_cache, load_problems
+from rlef.common.models.warm_start import WarmStartError, make_warm_start, shown_twin, trace
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Wire schemas (rlef.common.messages): round-trips (hypothesis), every validation bound, a 10,000-frame
+"""Wire schemas (rlef.common.protocol.messages): round-trips (hypothesis), every validation bound, a 10,000-frame
 fuzz that must only ever raise MessageError, and the allocation bound of decoding hostile frames."""
 
 from __future__ import annotations
@@ -17,19 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlef.common.errors import MessageError
-from rlef.common.messages import (
+from rlef.common.protocol.base import MAX_CODE_BYTES, MAX_ID_LEN, MAX_TURNS, SCHEMA_VERSION, Message, schema_name
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import (
     DTYPE_BYTES,
-    MAX_CODE_BYTES,
-    MAX_ID_LEN,
-    MAX_TURNS,
     MESSAGE_TYPES,
-    SCHEMA_VERSION,
     Control,
     ExecutionJob,
     ExecutionResult,
     FinalOutcome,
     Limits,
-    Message,
     Rollout,
     TensorSpec,
     TestCase as CaseIO,  # aliased: pytest would try to collect Test* names
@@ -41,11 +38,9 @@ from rlef.common.messages import (
     WeightsManifest,
     WeightsRequest,
     WeightsSource,
-    decode,
     encode,
     pack_floats,
     pack_ids,
-    schema_name,
     unpack_floats,
     unpack_ids,
 )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from rlef.common.messages import ExecutionResult
-from rlef.common.messages import TestCase as Case  # aliased: pytest would try to collect Test* names
-from rlef.common.messages import TestResult as Outcome
-from rlef.common.problems import Problem
-from rlef.common.prompts import (
+from rlef.common.protocol.messages import ExecutionResult
+from rlef.common.protocol.messages import TestCase as Case  # aliased: pytest would try to collect Test* names
+from rlef.common.protocol.messages import TestResult as Outcome
+from rlef.common.data.problems import Problem
+from rlef.common.text.prompts import (
     extract_code,
     render_feedback,
     render_first_prompt,

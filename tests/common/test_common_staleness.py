@@ -13,7 +13,7 @@ from helpers.rollouts import make_rollout
 from rlef.actor.weights_sync import WeightSync
 from rlef.common.config import RlefConfig, load_config
 from rlef.common.errors import ConfigError
-from rlef.common.messages import encode
+from rlef.common.protocol.messages import encode
 from rlef.learner.buffer import RolloutBuffer
 
 VOCAB = 1000

@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from rlef.common.errors import RlefError
-from rlef.common.tiny_model import IM_END, MARKER, make_tiny_model, tiny_model_info
+from rlef.common.models.tiny_model import IM_END, MARKER, make_tiny_model, tiny_model_info
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,9 +111,9 @@ def test_warm_started_model_writes_code_blocks(tiny_model_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlef.common.chat import first_prompt_ids
-    from rlef.common.data import load_problems
-    from rlef.common.prompts import extract_code, render_first_prompt
+    from rlef.common.text.chat import first_prompt_ids
+    from rlef.common.data.loaders import load_problems
+    from rlef.common.text.prompts import extract_code, render_first_prompt
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -1,4 +1,4 @@
-"""ZeroMQ transport (rlef.common.transport) on real loopback sockets: socket options, CURVE with the right
+"""ZeroMQ transport (rlef.common.protocol.transport) on real loopback sockets: socket options, CURVE with the right
 keys, and peers without keys or with an unauthorised key pair getting nothing through in either direction.
 
 "Nothing got through" is observed over a window (NOTHING_MS) that is far longer than a loopback CURVE
@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from rlef.common.config import TransportConfig
 from rlef.common.errors import TransportError
-from rlef.common.transport import AUTHORIZED_DIR, Transport, bound_port, generate_keys
+from rlef.common.protocol.transport import AUTHORIZED_DIR, Transport, bound_port, generate_keys
 
 LOOPBACK = "tcp://127.0.0.1:0"
 NOTHING_MS = 1000

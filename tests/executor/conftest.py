@@ -13,8 +13,8 @@ import pytest
 from helpers.executor_service import ExecutorService, start_executor_service
 
 from rlef.common.config import ExecutorConfig, TransportConfig
-from rlef.common.execution_client import ExecutionClient
-from rlef.common.transport import Transport
+from rlef.common.protocol.execution_client import ExecutionClient
+from rlef.common.protocol.transport import Transport
 from rlef.executor.sandbox import Sandbox
 
 # Small caps so oversize jobs are cheap to build.

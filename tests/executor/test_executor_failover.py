@@ -12,10 +12,10 @@ import pytest
 from helpers.executor_service import metrics_ports, scrape_value, start_executor_service, two_free_ports, wait_scraped
 
 from rlef.common.config import TransportConfig
-from rlef.common.execution_client import ExecutionClient
-from rlef.common.messages import ExecutionJob, ExecutionResult, Limits
-from rlef.common.messages import TestCase as Case
-from rlef.common.transport import Transport
+from rlef.common.protocol.execution_client import ExecutionClient
+from rlef.common.protocol.messages import ExecutionJob, ExecutionResult, Limits
+from rlef.common.protocol.messages import TestCase as Case
+from rlef.common.protocol.transport import Transport
 
 FAST_HEARTBEATS = ["executor.heartbeat_interval_s=0.2", "executor.heartbeat_liveness=3"]
 
@@ -151,7 +151,7 @@ def test_metrics_are_served(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_service_over_curve(tmp_path: Path) -> None:
-    from rlef.common.transport import generate_keys
+    from rlef.common.protocol.transport import generate_keys
 
     keys = generate_keys(tmp_path / "keys")
     overrides = [f"transport.curve_keys_dir={keys}"]

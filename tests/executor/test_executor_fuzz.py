@@ -39,10 +39,11 @@ from helpers.fuzz import (
 
 from rlef.common.config import TransportConfig, load_config
 from rlef.common.errors import MessageError
-from rlef.common.execution_client import ExecutionClient, job_problem
-from rlef.common.messages import Control, ExecutionJob, ExecutionResult, Limits, decode, encode
-from rlef.common.messages import TestCase as Case_  # aliased: pytest would collect Test* names
-from rlef.common.transport import Transport
+from rlef.common.protocol.execution_client import ExecutionClient, job_problem
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, ExecutionJob, ExecutionResult, Limits, encode
+from rlef.common.protocol.messages import TestCase as Case_  # aliased: pytest would collect Test* names
+from rlef.common.protocol.transport import Transport
 
 SEED = 20261202
 FRAMES = 10_000

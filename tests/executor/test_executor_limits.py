@@ -17,8 +17,8 @@ import pytest
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import SandboxError
-from rlef.common.messages import Limits
-from rlef.common.messages import TestCase as Case
+from rlef.common.protocol.messages import Limits
+from rlef.common.protocol.messages import TestCase as Case
 from rlef.executor.cgroups import CgroupUnavailable
 from rlef.executor.cgroups_setup import open_cgroups, own_cgroups
 from rlef.executor.sandbox import Sandbox

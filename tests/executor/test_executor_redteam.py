@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from rlef.common.config import ExecutorConfig
-from rlef.common.messages import Limits
-from rlef.common.messages import TestCase as Case
+from rlef.common.protocol.messages import Limits
+from rlef.common.protocol.messages import TestCase as Case
 from rlef.executor.sandbox import Sandbox
 
 CORPUS = Path(__file__).with_name("redteam")

@@ -20,10 +20,11 @@ import zmq
 from helpers.executor_service import free_port
 
 from rlef.common.config import ExecutorConfig, TransportConfig
-from rlef.common.execution_client import BUSY, REFUSED, TIMEOUT_ERROR, ExecutionClient, job_problem
-from rlef.common.messages import Control, ExecutionJob, ExecutionResult, Limits, decode, encode
-from rlef.common.messages import TestCase as Case
-from rlef.common.transport import Transport
+from rlef.common.protocol.execution_client import BUSY, REFUSED, TIMEOUT_ERROR, ExecutionClient, job_problem
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, ExecutionJob, ExecutionResult, Limits, encode
+from rlef.common.protocol.messages import TestCase as Case
+from rlef.common.protocol.transport import Transport
 from rlef.executor.refusals import salvage_job_id
 
 LIMITS = Limits(time_s=2.0, memory_bytes=256 << 20)

@@ -15,9 +15,9 @@ import pytest
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import SandboxError
-from rlef.common.messages import Limits
-from rlef.common.messages import TestCase as Case
-from rlef.common.messages import TestResult as Result
+from rlef.common.protocol.messages import Limits
+from rlef.common.protocol.messages import TestCase as Case
+from rlef.common.protocol.messages import TestResult as Result
 from rlef.executor.jail import _children
 from rlef.executor.sandbox import Sandbox
 from rlef.executor.verdicts import classify, clean_paths
@@ -313,7 +313,7 @@ def test_binary_stdio_like_python3(sandbox: Sandbox) -> None:
 def test_jail_dying_mid_job_is_retried_in_a_fresh_jail() -> None:
     import uuid
 
-    from rlef.common.messages import ExecutionJob
+    from rlef.common.protocol.messages import ExecutionJob
     from rlef.executor.jobs import execute
 
     config = ExecutorConfig()
@@ -344,7 +344,7 @@ def test_jail_dying_mid_job_is_retried_in_a_fresh_jail() -> None:
 def test_jail_dying_twice_is_a_sandbox_error_not_the_programs_fault() -> None:
     import uuid
 
-    from rlef.common.messages import ExecutionJob
+    from rlef.common.protocol.messages import ExecutionJob
     from rlef.executor.jobs import execute
 
     config = ExecutorConfig()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlef.common.prompts import TIMEOUT_TEXT
+from rlef.common.text.prompts import TIMEOUT_TEXT
 
 ROOT = Path(__file__).resolve().parents[2]
 RLEF = str(Path(sys.executable).with_name("rlef"))

@@ -15,12 +15,12 @@ import pytest
 import zmq
 
 from rlef.common.config import TransportConfig
-from rlef.common.data import load_problems
-from rlef.common.execution_client import TIMEOUT_ERROR, ExecutionClient
-from rlef.common.messages import Control, ExecutionJob, Limits, encode
-from rlef.common.messages import TestsRef as Ref
-from rlef.common.messages import TestCase as Case
-from rlef.common.transport import Transport
+from rlef.common.data.loaders import load_problems
+from rlef.common.protocol.execution_client import TIMEOUT_ERROR, ExecutionClient
+from rlef.common.protocol.messages import Control, ExecutionJob, Limits, encode
+from rlef.common.protocol.messages import TestsRef as Ref
+from rlef.common.protocol.messages import TestCase as Case
+from rlef.common.protocol.transport import Transport
 
 LIMITS = Limits(time_s=5.0, memory_bytes=256 << 20)
 
@@ -201,7 +201,7 @@ def test_client_never_hangs_on_a_full_send_queue() -> None:
 
 def test_make_job_inline_and_by_reference_agree(sync_client: ExecutionClient) -> None:
     from rlef.common.config import ExecutorConfig
-    from rlef.common.execution_client import limits_for, make_job
+    from rlef.common.protocol.execution_client import limits_for, make_job
 
     config = ExecutorConfig()
     human = load_problems("humaneval")[5]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from rlef.actor.backends.base import Generation
 from rlef.actor.episode_records import EpisodeRecord, TurnRecord
-from rlef.common.data import load_problems
-from rlef.common.messages import FinalOutcome, Rollout, Turn, TurnOutcome, pack_floats, pack_ids
-from rlef.common.prompts import extract_code, render_first_prompt
+from rlef.common.data.loaders import load_problems
+from rlef.common.protocol.messages import FinalOutcome, Rollout, Turn, TurnOutcome, pack_floats, pack_ids
+from rlef.common.text.prompts import extract_code, render_first_prompt
 
 PROBLEM = load_problems("sample", split="train")[0]
 

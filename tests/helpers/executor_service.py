@@ -119,9 +119,9 @@ class ExecutorService:
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Block until a probe job comes back passed through the broker."""
         from rlef.common.config import TransportConfig
-        from rlef.common.execution_client import ExecutionClient
-        from rlef.common.messages import ExecutionJob, Limits, TestCase
-        from rlef.common.transport import Transport
+        from rlef.common.protocol.execution_client import ExecutionClient
+        from rlef.common.protocol.messages import ExecutionJob, Limits, TestCase
+        from rlef.common.protocol.transport import Transport
 
         deadline = time.monotonic() + timeout_s
         with Transport(TransportConfig()) as transport:

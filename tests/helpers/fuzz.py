@@ -69,7 +69,7 @@ def wire_seeds(vocab_size: int = 97) -> dict[str, bytes]:
     on a socket expecting another kind each is also "valid but unexpected")."""
     from helpers.rollouts import make_rollout
 
-    from rlef.common.messages import (
+    from rlef.common.protocol.messages import (
         Control,
         ExecutionJob,
         ExecutionResult,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import uuid
 
-from rlef.common.messages import FinalOutcome, Rollout, Turn, TurnOutcome, pack_floats, pack_ids
+from rlef.common.protocol.messages import FinalOutcome, Rollout, Turn, TurnOutcome, pack_floats, pack_ids
 
 
 def make_turn(rng: random.Random, vocab_size: int, prompt_len: int, response_len: int, version: int, has_code: bool = True,

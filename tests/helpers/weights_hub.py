@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import zmq
 
-from rlef.common.messages import Control, WeightsRequest, decode, encode
-from rlef.common.transport import Transport
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, WeightsRequest, encode
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights.packing import PackedVersion
 
 ChunkReply = Callable[[int, int, bytes], "bytes | list | None"]

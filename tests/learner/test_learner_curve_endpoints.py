@@ -15,12 +15,12 @@ from helpers.executor_service import free_port
 from helpers.rollouts import make_rollout
 
 from rlef.common.config import TransportConfig, load_config
-from rlef.common.config_digest import shared_config_digests
-from rlef.common.control import ControlClient
+from rlef.common.protocol.config_digest import shared_config_digests
+from rlef.common.protocol.control_client import ControlClient
 from rlef.common.errors import TransportError
-from rlef.common.messages import encode
-from rlef.common.transport import Transport, generate_keys
-from rlef.common.weights.zmq_transport import ZmqReceiver
+from rlef.common.protocol.messages import encode
+from rlef.common.protocol.transport import Transport, generate_keys
+from rlef.common.weights.zmq.receiver import ZmqReceiver
 from rlef.learner.hub import Hub
 
 VOCAB = 1000

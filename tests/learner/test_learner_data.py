@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers.rollouts import make_rollout, make_rollouts
-from rlef.common.messages import encode, pack_floats, pack_ids, unpack_floats, unpack_ids
+from rlef.common.protocol.messages import encode, pack_floats, pack_ids, unpack_floats, unpack_ids
 from rlef.learner.batching import collate, layout, plan_micro_batches, to_sequence
 from rlef.learner.buffer import REASONS, RolloutBuffer
 

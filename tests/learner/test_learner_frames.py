@@ -11,8 +11,9 @@ from helpers.executor_service import free_port
 from helpers.rollouts import make_rollout
 
 from rlef.common.config import load_config
-from rlef.common.messages import Rollout, decode, encode
-from rlef.common.transport import Transport
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Rollout, encode
+from rlef.common.protocol.transport import Transport
 from rlef.learner.buffer import RolloutBuffer
 from rlef.learner.hub import Hub
 

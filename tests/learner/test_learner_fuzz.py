@@ -47,13 +47,14 @@ from helpers.processes import stable_free_ports, stop_process_groups
 from helpers.rollouts import make_rollout
 
 from rlef.common.config import load_config
-from rlef.common.config_digest import shared_config_digests
-from rlef.common.control import ControlClient
+from rlef.common.protocol.config_digest import shared_config_digests
+from rlef.common.protocol.control_client import ControlClient
 from rlef.common.errors import MessageError
-from rlef.common.messages import MAX_FRAME_BYTES as MAX_FRAME
-from rlef.common.messages import Control, Rollout, WeightsChunk, WeightsRequest, decode, encode
-from rlef.common.transport import Transport
-from rlef.common.weights.zmq_transport import ZmqReceiver
+from rlef.common.protocol.base import MAX_FRAME_BYTES as MAX_FRAME
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, Rollout, WeightsChunk, WeightsRequest, encode
+from rlef.common.protocol.transport import Transport
+from rlef.common.weights.zmq.receiver import ZmqReceiver
 from rlef.learner.buffer import REASONS, RolloutBuffer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +65,7 @@ VOCAB = 97  # learner_model_dir
 MAX_SEQ_LEN = 128
 CHUNK_BYTES = 16 << 10
 RSS_GROWTH = 50 << 20
-CONTROL_MAX_FRAME = 64 << 10  # rlef.common.control._MAX_FRAME
+CONTROL_MAX_FRAME = 64 << 10  # rlef.common.protocol.base.MAX_CONTROL_FRAME_BYTES
 WEIGHTS_MAX_FRAME = 4096  # ZmqPublisher._handle, ZmqReceiver._serve_peers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -240,7 +241,7 @@ def test_rollout_pull_survives_fuzzing(learner: Learner, transport: Transport) -
 
 
 def control_bad(case: Case) -> bool:
-    """What the hub's control server counts as bad (common/control.py, common/router_loop.py)."""
+    """What the hub's control server counts as bad (common/protocol/control_hub.py, common/protocol/router_loop.py)."""
     if len(case.parts) != 1:
         return True
     message = _decodes(case.parts[0], Control, CONTROL_MAX_FRAME)

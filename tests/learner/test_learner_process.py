@@ -26,8 +26,8 @@ import zmq
 from helpers.processes import stable_free_ports
 from helpers.rollouts import make_rollout
 from rlef.common.config import load_config
-from rlef.common.messages import encode, pack_floats, pack_ids
-from rlef.common.transport import Transport
+from rlef.common.protocol.messages import encode, pack_floats, pack_ids
+from rlef.common.protocol.transport import Transport
 
 VOCAB = 97
 ROOT = Path(__file__).resolve().parents[2]

@@ -66,9 +66,9 @@ class LiveRun:
 
 def _job_load(frontend: str, stop: threading.Event, done: list[int]) -> None:
     from rlef.common.config import TransportConfig
-    from rlef.common.execution_client import ExecutionClient
-    from rlef.common.messages import ExecutionJob, Limits, TestCase
-    from rlef.common.transport import Transport
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.messages import ExecutionJob, Limits, TestCase
+    from rlef.common.protocol.transport import Transport
 
     with Transport(TransportConfig()) as transport:
         client = ExecutionClient(transport, frontend, client_id="monitoring-load", timeout_s=30)

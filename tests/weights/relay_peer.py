@@ -13,9 +13,9 @@ import sys
 import time
 
 from rlef.common.config import TransportConfig
-from rlef.common.transport import Transport
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights import state_dict_digest
-from rlef.common.weights.zmq_transport import ZmqReceiver
+from rlef.common.weights.zmq.receiver import ZmqReceiver
 
 
 def main() -> int:

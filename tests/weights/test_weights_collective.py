@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from weights_util import PEER, free_port, make_config, python, state_dict
 
-from rlef.common.transport import Transport
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights import make_publisher, state_dict_digest
 from rlef.common.weights.collective import CollectivePublisher
 

@@ -10,11 +10,14 @@ import pytest
 import zmq
 from weights_util import make_config
 
-from rlef.common.config_digest import shared_config_digests, to_info
-from rlef.common.control import ControlClient, ControlServer, config_digest, make_control_client, make_control_server
+from rlef.common.protocol.config_digest import shared_config_digests, to_info
+from rlef.common.protocol.config_digest import config_digest
+from rlef.common.protocol.control_client import ControlClient, make_control_client
+from rlef.common.protocol.control_hub import ControlServer, make_control_server
 from rlef.common.errors import TransportError
-from rlef.common.messages import Control, decode, encode
-from rlef.common.transport import Transport
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, encode
+from rlef.common.protocol.transport import Transport
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:

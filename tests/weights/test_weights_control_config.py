@@ -10,10 +10,11 @@ import pytest
 from weights_util import free_port
 
 from rlef.common.config import RlefConfig, load_config
-from rlef.common.config_digest import differing_keys, shared_config_digests
-from rlef.common.control import ControlClient, make_control_client, make_control_server
+from rlef.common.protocol.config_digest import differing_keys, shared_config_digests
+from rlef.common.protocol.control_client import ControlClient, make_control_client
+from rlef.common.protocol.control_hub import make_control_server
 from rlef.common.errors import PeerRefused
-from rlef.common.transport import Transport
+from rlef.common.protocol.transport import Transport
 from test_weights_control import rebind, wait_until
 
 #: Settings each process may choose for itself: none of them may change a digest.

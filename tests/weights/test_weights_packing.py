@@ -10,10 +10,11 @@ import xxhash
 from weights_util import state_dict
 
 from rlef.common.errors import WeightsError
-from rlef.common.messages import WeightsChunk, WeightsManifest, decode, encode
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import WeightsChunk, WeightsManifest, encode
 from rlef.common.weights import state_dict_digest
 from rlef.common.weights.packing import ALIGN, first_bad_chunk, pack, unpack
-from rlef.common.weights.zmq_transport import encode_chunk
+from rlef.common.weights.zmq.wire import encode_chunk
 
 
 def test_pack_unpack_round_trip_every_dtype() -> None:

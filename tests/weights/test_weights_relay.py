@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from weights_util import python, state_dict
 
-from rlef.common.transport import Transport
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights import state_dict_digest
-from rlef.common.weights.zmq_transport import ZmqPublisher
+from rlef.common.weights.zmq.hub import ZmqPublisher
 
 RELAY_PEER = Path(__file__).with_name("relay_peer.py")
 CHUNK = 64 << 10

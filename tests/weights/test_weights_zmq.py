@@ -14,11 +14,14 @@ from helpers.weights_hub import ScriptedHub
 from weights_util import PEER, python, state_dict, zmq_config
 
 from rlef.common.config import RlefConfig
-from rlef.common.messages import Control, WeightsChunk, WeightsManifest, WeightsRequest, WeightsSource, decode, encode
-from rlef.common.transport import Transport, generate_keys
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import Control, WeightsChunk, WeightsManifest, WeightsRequest, WeightsSource, encode
+from rlef.common.protocol.transport import Transport, generate_keys
 from rlef.common.weights import make_publisher, make_receiver, state_dict_digest
 from rlef.common.weights.packing import pack
-from rlef.common.weights.zmq_transport import ZmqPublisher, ZmqReceiver, encode_chunk
+from rlef.common.weights.zmq.hub import ZmqPublisher
+from rlef.common.weights.zmq.receiver import ZmqReceiver
+from rlef.common.weights.zmq.wire import encode_chunk
 from rlef.monitoring import metrics_weights as M
 
 
@@ -289,7 +292,8 @@ def test_a_manifest_too_large_to_allocate_is_dropped_and_the_receiver_survives(t
 
 
 def test_control_version_message_makes_an_idle_receiver_fetch_at_once(transport: Transport) -> None:
-    from rlef.common.control import make_control_client, make_control_server
+    from rlef.common.protocol.control_client import make_control_client
+    from rlef.common.protocol.control_hub import make_control_server
 
     config = zmq_config("weights.poll_interval_s=3600")  # it would never ask again by itself
     with make_publisher(config, transport) as pub, make_control_server(config, transport) as hub, \

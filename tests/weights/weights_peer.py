@@ -9,7 +9,7 @@ import sys
 import time
 
 from rlef.common.config import load_config
-from rlef.common.transport import Transport
+from rlef.common.protocol.transport import Transport
 from rlef.common.weights import make_receiver, state_dict_digest
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlef.common.config import RlefConfig, load_config
-from rlef.common.transport import Transport
+from rlef.common.protocol.transport import Transport
 
 PEER = Path(__file__).with_name("weights_peer.py")
 

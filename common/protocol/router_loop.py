@@ -1,5 +1,6 @@
 """The serving loop of a hub that answers peers on one ROUTER socket from its own background thread
-(``rlef.common.control.ControlServer``, ``rlef.common.weights.zmq_transport.ZmqPublisher``).
+(``rlef.common.protocol.control_hub.ControlServer``, ``rlef.common.weights.zmq.hub.ZmqPublisher``), and the
+drain of a ROUTER's queue it runs (also the weights relay's, :mod:`rlef.common.weights.zmq.relay`).
 
 Invariant: the socket is used only from the thread running ``serve_router`` and is closed (linger 0) when
 the loop ends, however it ends.
@@ -38,18 +39,26 @@ def serve_router(
             if before_poll is not None:
                 before_poll()
             if poller.poll(poll_ms):
-                for _ in range(_DRAIN):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if len(frames) != 2:
-                        bad(frames[0] if frames else b"?", f"{len(frames)} frames, expected identity + message")
-                    else:
-                        handle(frames[0], frames[1])
+                drain_router(sock, handle, bad)
             now = time.monotonic()
             if now - last > 1.0:
                 last = now
                 every_second(now)
     finally:
         sock.close(0)
+
+
+def drain_router(
+    sock: zmq.Socket, handle: Callable[[bytes, bytes], None], bad: Callable[[bytes, str], None], limit: int = _DRAIN
+) -> None:
+    """Hand each message queued on ROUTER ``sock`` (at most ``limit``, without waiting) to
+    ``handle(identity, frame)``; one that is not exactly identity + message goes to ``bad(identity, reason)``."""
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if len(frames) != 2:
+            bad(frames[0] if frames else b"?", f"{len(frames)} frames, expected identity + message")
+        else:
+            handle(frames[0], frames[1])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,18 @@ def _apply_options(sock: zmq.Socket, endpoint: str, options: dict[str, Any]) -> 
             raise TransportError(f"socket for {endpoint}: option {name}={value!r}: {exc}") from exc
 
 
+def _attach(sock: zmq.Socket, endpoint: str, options: dict[str, Any], attach: Callable[[str], Any], failure: str) -> zmq.Socket:
+    """Apply ``options``, then bind or connect (``attach``) to ``endpoint``; a failure closes the socket and
+    raises TransportError starting with ``failure`` ("cannot bind")."""
+    _apply_options(sock, endpoint, options)
+    try:
+        attach(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise TransportError(f"{failure} {endpoint}: {exc}") from exc
+    return sock
+
+
 class Transport:
     """One ZeroMQ context per process, with the project's socket options and optional CURVE.
 
@@ -99,6 +112,13 @@ class Transport:
     def secure(self) -> bool:
         return self._server_pair is not None
 
+    def _socket(self, socket_type: int) -> zmq.Socket:
+        """A new socket of this context with the project's options, closed by :meth:`close`."""
+        sock = self.context.socket(socket_type)
+        self._sockets.add(sock)
+        self._common_options(sock, socket_type)
+        return sock
+
     def _common_options(self, sock: zmq.Socket, socket_type: int) -> None:
         cfg = self.config
         sock.setsockopt(zmq.LINGER, cfg.linger_ms)
@@ -119,28 +139,18 @@ class Transport:
 
     def server(self, socket_type: int, endpoint: str, **options: Any) -> zmq.Socket:
         """A socket bound to ``endpoint`` (``tcp://host:0`` binds a free port: read ``last_endpoint``)."""
-        sock = self.context.socket(socket_type)
-        self._sockets.add(sock)
-        self._common_options(sock, socket_type)
+        sock = self._socket(socket_type)
         if self._server_pair is not None:
             self._start_auth()
             public, secret = self._server_pair
             sock.curve_server = True
             sock.curve_publickey = public
             sock.curve_secretkey = secret
-        _apply_options(sock, endpoint, options)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise TransportError(f"cannot bind {endpoint}: {exc}") from exc
-        return sock
+        return _attach(sock, endpoint, options, sock.bind, "cannot bind")
 
     def client(self, socket_type: int, endpoint: str, *, identity: bytes | None = None, **options: Any) -> zmq.Socket:
         """A socket connected to ``endpoint``; ZeroMQ reconnects by itself with back-off."""
-        sock = self.context.socket(socket_type)
-        self._sockets.add(sock)
-        self._common_options(sock, socket_type)
+        sock = self._socket(socket_type)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
         if self._client_pair is not None:
@@ -148,13 +158,7 @@ class Transport:
             sock.curve_publickey = public
             sock.curve_secretkey = secret
             sock.curve_serverkey = self._server_public
-        _apply_options(sock, endpoint, options)
-        try:
-            sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
-        return sock
+        return _attach(sock, endpoint, options, sock.connect, "cannot connect to")
 
     def close(self) -> None:
         """Close every socket this transport handed out (linger 0), stop the ZAP handler, end the context."""

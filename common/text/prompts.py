@@ -1,7 +1,7 @@
 """Prompt and feedback text of every benchmark format, and code extraction from responses.
 
 This is the ONLY place where user-visible episode text is made: the executor returns statuses and raw
-outputs (:class:`~rlef.common.messages.ExecutionResult`), the actor turns them into the next user message
+outputs (:class:`~rlef.common.protocol.messages.ExecutionResult`), the actor turns them into the next user message
 with :func:`render_feedback`.
 
 Templates (``template`` argument; config ``prompt.template``):
@@ -42,8 +42,8 @@ import ast
 import re
 from typing import Literal
 
-from rlef.common.messages import ExecutionResult, TestCase, TestResult
-from rlef.common.problems import Problem
+from rlef.common.protocol.messages import ExecutionResult, TestCase, TestResult
+from rlef.common.data.problems import Problem
 
 Template = Literal["codecontests", "humaneval", "mbpp"]
 TEMPLATES: tuple[str, ...] = ("codecontests", "humaneval", "mbpp")
@@ -107,7 +107,7 @@ def render_first_prompt(problem: Problem, template: Template | str) -> str:
     """The turn-1 user message of ``problem`` (the description goes in as-is).
 
     For ``humaneval`` the assistant response must start with ``problem.prefill`` (the actor passes it to
-    :func:`rlef.common.chat.first_prompt_ids`), and code extraction runs on ``prefill + generated text``.
+    :func:`rlef.common.text.chat.first_prompt_ids`), and code extraction runs on ``prefill + generated text``.
     """
     _check_template(template)
     if template == "codecontests":

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlef.common.messages import TestCase
+from rlef.common.protocol.messages import TestCase
 
 FUNCTION_HARNESS = "\n\n# --- rlef test harness: runs the test statement given on stdin ---\nimport sys as _rlef_sys\nexec(compile(_rlef_sys.stdin.read(), '<test>', 'exec'))\n"
 

@@ -1,15 +1,15 @@
 """The warm start of the learning proof (``rlef make-warm-start DIR --tasks TASKS``): the analogue of an
 instruct model before RLEF.
 
-It builds the tiny Llama (rlef.common.tiny_model: same architecture, a tokenizer trained on the same local
+It builds the tiny Llama (rlef.common.models.tiny_model: same architecture, a tokenizer trained on the same local
 text plus the feedback-task family) and trains it with supervised multi-turn traces of the TRAIN split of a
-task directory made by ``rlef data make-feedback-tasks`` (rlef.common.feedback_tasks):
+task directory made by ``rlef data make-feedback-tasks`` (rlef.common.data.feedback_tasks):
 
 - a problem that shows its output convention gets one correct turn: the model learns to read the statement,
   write a valid program for the operation and copy the convention from the statement's example;
 - a problem that hides it gets up to ``max_turns`` turns whose conventions are drawn uniformly at random,
   each turn independently of everything before it, with the REAL feedback in between (rendered by
-  rlef.common.prompts exactly as the actor renders it), stopping where the drawn convention is right, as an
+  rlef.common.text.prompts exactly as the actor renders it), stopping where the drawn convention is right, as an
   episode stops when the public tests pass. So the model learns the multi-turn format and to try again, but
   NOT to use what the feedback says: its later turns are guesses (1 in 8 per turn).
 
@@ -47,8 +47,8 @@ def response_text(code: str) -> str:
 
 
 def _wrong_answer_feedback(problem: Any, code_format: Any, op: Any, max_chars: int, template: str) -> str:
-    from rlef.common.messages import ExecutionResult, TestResult
-    from rlef.common.prompts import render_feedback
+    from rlef.common.protocol.messages import ExecutionResult, TestResult
+    from rlef.common.text.prompts import render_feedback
 
     results = []
     for test in problem.public_tests:
@@ -61,8 +61,8 @@ def _wrong_answer_feedback(problem: Any, code_format: Any, op: Any, max_chars: i
 
 def trace(problem: Any, rng: random.Random, *, max_turns: int, max_chars: int, template: str = "codecontests") -> list[dict[str, str]]:
     """The chat messages of one supervised trace of a generated problem (see the module docstring)."""
-    from rlef.common import feedback_tasks as T
-    from rlef.common.prompts import render_first_prompt
+    from rlef.common.data import feedback_tasks as T
+    from rlef.common.text.prompts import render_first_prompt
 
     meta = T.parse_problem_name(problem.problem_id)
     if meta is None:
@@ -85,7 +85,7 @@ def shown_twin(problem: Any, rng: random.Random) -> Any:
     """The same generated problem with its convention shown in the statement (a fresh example value)."""
     from dataclasses import replace
 
-    from rlef.common import feedback_tasks as T
+    from rlef.common.data import feedback_tasks as T
 
     meta = T.parse_problem_name(problem.problem_id)
     if meta is None:
@@ -98,7 +98,7 @@ def shown_twin(problem: Any, rng: random.Random) -> Any:
 
 def supervised_examples(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[tuple[list[int], list[int]]]:
     """(ids, labels) per conversation: loss on every assistant segment, -100 on every user segment."""
-    from rlef.common.chat import conversation_segments
+    from rlef.common.text.chat import conversation_segments
 
     out = []
     for messages in conversations:
@@ -113,8 +113,8 @@ def supervised_examples(tokenizer: Any, conversations: list[list[dict[str, str]]
 
 def family_corpus(problems: list[Any], max_chars: int) -> list[str]:
     """Text of the task family for the tokenizer: statements, every (op, format) program, feedback."""
-    from rlef.common import feedback_tasks as T
-    from rlef.common.prompts import render_first_prompt
+    from rlef.common.data import feedback_tasks as T
+    from rlef.common.text.prompts import render_first_prompt
 
     texts = [render_first_prompt(p, "codecontests") for p in problems[:400]]
     texts += [response_text(T.program(op, f)) for op in T.OPERATIONS for f in T.FORMATS]
@@ -143,8 +143,8 @@ def make_warm_start(
     """Build the warm start into ``out_dir`` from ``tasks_dir``'s train split; returns ``out_dir``."""
     import torch
 
-    from rlef.common import tiny_model as tm
-    from rlef.common.data import load_problems
+    from rlef.common.models import tiny_model as tm
+    from rlef.common.data.loaders import load_problems
 
     if steps < 1:
         raise WarmStartError(f"--steps must be a positive integer, got {steps}")

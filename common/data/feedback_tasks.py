@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlef.common.data.codecontests import PYTHON3
 from rlef.common.errors import RlefError
 
 GENERATOR_VERSION = 2  # 2: shown conventions by an example test, as the feedback writes one
-PYTHON3 = 3
 KINDS = ("shown", "hidden")
 TIME_LIMIT = {"seconds": 2, "nanos": 0}
 MEMORY_LIMIT_BYTES = 256 << 20
@@ -258,7 +258,7 @@ def make_feedback_tasks(
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
         tmp.replace(out_dir / f"{split}.jsonl")
     manifest = {
-        "generator": "rlef.common.feedback_tasks", "generator_version": GENERATOR_VERSION, "seed": seed,
+        "generator": "rlef.common.data.feedback_tasks", "generator_version": GENERATOR_VERSION, "seed": seed,
         "counts": counts, "kinds": kinds, "hidden_fraction": hidden_fraction,
         "held_out": held_out_spec(held_out_combinations, held_out_per_operation),
         "combinations": {s: [f"{o}/{f}" for o, f in c] for s, c in combos.items()},

@@ -9,11 +9,11 @@ The published layout, one task per line: ``task_id``, ``prompt``, ``entry_point`
 original ``check(candidate)``), ``assertion`` (MBPP+: the original asserts), ``contract``. EvalPlus
 computes expected outputs by running the canonical solution; so do we, inside each test (below).
 
-Problems are ``function`` problems (:mod:`rlef.common.problems`: each test is a statement run after the
-program), with the paper's templates (``prompt.template: humaneval`` / ``mbpp``, :mod:`rlef.common.prompts`):
+Problems are ``function`` problems (:mod:`rlef.common.data.problems`: each test is a statement run after the
+program), with the paper's templates (``prompt.template: humaneval`` / ``mbpp``, :mod:`rlef.common.text.prompts`):
 
 - **public tests** (run every turn, shown as ``- Failure:`` / ``- Success:`` bullets): HumanEval+: the first
-  assert of the original ``check`` (as :func:`rlef.common.data.split_check` makes them, like ``humaneval``);
+  assert of the original ``check`` (as :func:`rlef.common.data.humaneval.split_check` makes them, like ``humaneval``);
   MBPP+: the asserts in the prompt's docstring (else the first ``assertion``), which the MBPP template also
   lists in the first prompt;
 - **private tests** (the final score): the other original asserts, then one differential test per
@@ -31,14 +31,14 @@ MBPP+ task text without its asserts; ``solutions`` holds the canonical solution 
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 from pathlib import Path
 from typing import Any
 
+from rlef.common.data.humaneval import split_check
+from rlef.common.data.problems import Problem
+from rlef.common.data.records import jsonl_records
 from rlef.common.errors import DataError
-from rlef.common.messages import TestCase
-from rlef.common.problems import Problem
+from rlef.common.protocol.messages import TestCase
 
 EVALPLUS_DATASETS = {"humanevalplus": "HumanEvalPlus", "mbppplus": "MbppPlus"}
 REQUIRED = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input")
@@ -73,22 +73,6 @@ def evalplus_file(dataset: str, path: str | None) -> Path:
         raise DataError(f"no {stem}*.jsonl(.gz) in {str(p)!r} (data.path of dataset {dataset}): put the EvalPlus release file there")
     raise DataError(f"EvalPlus file {str(p)!r} (data.path of dataset {dataset}) does not exist: download {stem}-*.jsonl.gz "
                     "from the EvalPlus releases and point data.path at it")
-
-
-def _rows(file: Path) -> list[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if file.name.endswith(".gz") else open
-    rows = []
-    try:
-        with opener(file, "rt", encoding="utf-8") as f:
-            for index, line in enumerate(f):
-                if line.strip():
-                    try:
-                        rows.append((index, json.loads(line)))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{file}: line {index + 1}: invalid JSON: {exc}") from exc
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: unreadable: {exc}") from exc
-    return rows
 
 
 def differential_test(entry_point: str, reference: str, args: list[Any], atol: float) -> str:
@@ -131,8 +115,6 @@ def _assertion_lines(value: Any) -> list[str]:
 
 
 def _problem(dataset: str, split: str, row: dict[str, Any]) -> Problem:
-    from rlef.common.data import split_check
-
     missing = [k for k in REQUIRED if k not in row]
     if missing:
         raise ValueError(f"missing field(s) {', '.join(missing)} (the EvalPlus layout has {', '.join(REQUIRED)})")
@@ -167,7 +149,7 @@ def load_evalplus(dataset: str, path: str | None, split: str) -> tuple[Path, lis
     """Every task of the release file as a Problem (one split: any split name returns them all)."""
     file = evalplus_file(dataset, path)
     problems = []
-    for index, row in _rows(file):
+    for index, row in list(jsonl_records(file)):  # every line parses before any becomes a Problem
         try:
             if not isinstance(row, dict):
                 raise ValueError(f"record is {type(row).__name__}, expected an object")

@@ -30,9 +30,10 @@ from zmq.utils.monitor import parse_monitor_message
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
-from rlef.common.messages import ExecutionJob, ExecutionResult, Limits, TestsRef, decode, encode
-from rlef.common.problems import Problem
-from rlef.common.transport import Transport
+from rlef.common.protocol.decoding import decode
+from rlef.common.protocol.messages import ExecutionJob, ExecutionResult, Limits, TestsRef, encode
+from rlef.common.data.problems import Problem
+from rlef.common.protocol.transport import Transport
 from rlef.monitoring import metrics_execution_client as m
 
 log = logging.getLogger(__name__)

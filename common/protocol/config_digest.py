@@ -91,3 +91,19 @@ def from_info(info: dict[str, Any]) -> dict[str, str]:
 def differing_keys(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
     """Keys whose digests differ, or that only one side has, sorted."""
     return sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
+
+
+def config_digest(config: RlefConfig) -> str:
+    """One digest of the config parts every role must agree on (this module)."""
+    return combined_digest(shared_config_digests(config))
+
+
+def refusal(hub_digests: dict[str, str], info: dict) -> str | None:
+    """Why the hub refuses a peer whose register ``info`` is this (None: accepted)."""
+    theirs = from_info(info)
+    if not theirs:
+        return "the peer sent no config digests (an older rlef, or a client made without make_control_client)"
+    differ = differing_keys(hub_digests, theirs)
+    if not differ:
+        return None
+    return f"config differs from the learner's in: {', '.join(differ)} (start every role with the same config for these keys)"

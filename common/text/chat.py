@@ -20,7 +20,7 @@ conversation only if no merge or pre-token spans the cut. Special tokens are spl
 pre-tokenisation, so a cut next to ``<|im_start|>``/``<|im_end|>`` is always clean. The one cut that is not
 next to a special token is after the generation prompt ``<|im_start|>assistant\\n``: with a GPT-2 style
 pre-tokeniser, a response starting with whitespace would merge with that ``\\n``. The tiny model's
-tokenizer (rlef.common.tiny_model) isolates every ``\\n`` as its own pre-token, which makes that cut clean
+tokenizer (rlef.common.models.tiny_model) isolates every ``\\n`` as its own pre-token, which makes that cut clean
 too (verified by tests/common/test_common_chat.py with hypothesis text). A prefill is cut the same way:
 clean when it ends with ``\\n`` under that tokenizer (HumanEval prompts do). For other tokenizers
 :func:`check_segment_invariant` tells whether a given conversation round-trips.
