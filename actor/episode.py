@@ -37,7 +37,7 @@ from rlef.actor.random_feedback import RandomFeedback
 from rlef.common.text import chat, prompts
 from rlef.common.config import RlefConfig
 from rlef.common.errors import InfrastructureError, RlefError
-from rlef.common.protocol.execution_client import REFUSED, limits_for
+from rlef.common.protocol.execution_client import REFUSED, failed_result, limits_for
 from rlef.common.protocol.messages import (
     ExecutionJob,
     ExecutionResult,
@@ -194,9 +194,7 @@ class EpisodePlayer:
             result = await asyncio.wait_for(self.executor.run(job), self.config.actor.execution_timeout_s + _EXECUTION_GUARD_S)
         except (RlefError, asyncio.TimeoutError) as exc:
             log.warning("execution %s failed: %s: %s", job.job_id, type(exc).__name__, exc)
-            result = ExecutionResult(
-                job_id=job.job_id, compile_ok=True, tests_total=len(job.tests or []), error=f"{type(exc).__name__}: {exc}"[:1000]
-            )
+            result = failed_result(job.job_id, f"{type(exc).__name__}: {exc}"[:1000], tests_total=len(job.tests or []))
         elapsed = time.perf_counter() - started
         timer.execute_s += elapsed
         M.EXECUTION_WAIT.observe(elapsed)

@@ -34,10 +34,11 @@ import zmq
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
-from rlef.common.protocol.execution_client import BUSY, job_problem, refusal
+from rlef.common.protocol.execution_client import BUSY, failed_result, job_problem, refusal
 from rlef.common.log_limit import LogLimiter, printable
 from rlef.common.protocol.decoding import decode
 from rlef.common.protocol.messages import Control, ExecutionJob, ExecutionResult, encode
+from rlef.common.protocol.router_loop import drain_router
 from rlef.common.protocol.transport import Transport
 from rlef.executor.dropped import DropLog
 from rlef.executor.refusals import salvage_job_id
@@ -113,16 +114,7 @@ class Broker:
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
         # Read everything queued (bounded) before dispatching, so a burst costs one dispatch pass.
-        for _ in range(1000):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) != 2:
-                sender = frames[0].hex() if frames else "?"
-                self.drops.drop(f"{len(frames)} frames instead of 2", sender, "frames")
-                continue
-            handler(frames[0], frames[1])
+        drain_router(sock, handler, lambda identity, reason: self.drops.drop(reason, identity.hex(), "frames"))
 
     # ------------------------------------------------------------ requesters
 
@@ -156,8 +148,7 @@ class Broker:
     def _answer_busy(self, client: bytes, job: ExecutionJob) -> None:
         limit = self.config.broker_max_queued_jobs
         error = f"{BUSY}: {len(self.queue)} jobs queued (executor.broker_max_queued_jobs={limit}); resend later"
-        result = ExecutionResult(job_id=job.job_id, compile_ok=True, tests_total=len(job.tests or []), error=error)
-        self._answer(client, result, "busy")
+        self._answer(client, failed_result(job.job_id, error, tests_total=len(job.tests or [])), "busy")
 
     def _reply(self, job: _Job, result: ExecutionResult, outcome: str) -> None:
         self.jobs.pop(job.job_id, None)
@@ -252,9 +243,9 @@ class Broker:
         job.worker = None
         if job.attempts > self.config.max_retries:
             log.warning("job %s lost on %d workers (last: %s); giving up", job.job_id, job.attempts, why)
-            result = ExecutionResult(
-                job_id=job.job_id, compile_ok=True, tests_total=0, attempts=job.attempts,
-                error=f"executor worker failed {job.attempts} times ({why}); gave up after executor.max_retries={self.config.max_retries}",
+            result = failed_result(
+                job.job_id, f"executor worker failed {job.attempts} times ({why}); gave up after executor.max_retries={self.config.max_retries}",
+                tests_total=0, attempts=job.attempts,
             )
             self._reply(job, result, "failed")
             return

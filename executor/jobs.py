@@ -14,7 +14,7 @@ import time
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import DataError, SandboxError
-from rlef.common.protocol.execution_client import REFUSED, job_problem
+from rlef.common.protocol.execution_client import REFUSED, failed_result, job_problem
 from rlef.common.protocol.messages import ExecutionJob, ExecutionResult, TestCase, TestResult
 from rlef.common.data.problems import FUNCTION_HARNESS, Problem
 from rlef.executor.jail import JailDied
@@ -75,10 +75,7 @@ def fit_outputs(tests: list[TestResult], budget: int = RESULT_OUTPUT_BUDGET) -> 
 
 
 def _failed(job: ExecutionJob, worker_id: str, error: str, tests_total: int, start: float) -> ExecutionResult:
-    return ExecutionResult(
-        job_id=job.job_id, worker_id=worker_id, compile_ok=True, tests=[], tests_total=tests_total,
-        error=error, seconds=time.monotonic() - start,
-    )
+    return failed_result(job.job_id, error, worker_id=worker_id, tests_total=tests_total, seconds=time.monotonic() - start)
 
 
 def execute(job: ExecutionJob, sandbox: Sandbox, config: ExecutorConfig, worker_id: str = "") -> ExecutionResult:

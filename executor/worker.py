@@ -25,7 +25,7 @@ import zmq
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
-from rlef.common.protocol.execution_client import refusal
+from rlef.common.protocol.execution_client import failed_result, refusal
 from rlef.common.protocol.decoding import decode
 from rlef.common.protocol.messages import Control, ExecutionJob, ExecutionResult, encode
 from rlef.common.protocol.transport import Transport
@@ -169,5 +169,4 @@ def result_or_error(future: asyncio.Future, job: ExecutionJob, identity: str) ->
     except Exception as exc:  # a bug of ours must not lose the job: report it as our fault
         log.exception("job %s crashed the executor code", job.job_id)
         m.SANDBOX_ERRORS.labels("internal").inc()
-        return ExecutionResult(job_id=job.job_id, worker_id=identity, compile_ok=True, tests_total=0,
-                               error=f"internal executor error: {type(exc).__name__}: {exc}")
+        return failed_result(job.job_id, f"internal executor error: {type(exc).__name__}: {exc}", worker_id=identity, tests_total=0)

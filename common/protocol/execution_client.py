@@ -23,6 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -95,10 +96,14 @@ def make_job(
     return ExecutionJob(code=code, tests_ref=ref, **common)
 
 
+def failed_result(job_id: str, error: str, *, tests_total: int, **fields: Any) -> ExecutionResult:
+    """A failure on our side (timeout, crash, lost worker, busy broker) as the job's answer: a sandbox_error
+    result (no test ran) whose error says what failed; never scored, resent where the caller resends."""
+    return ExecutionResult(job_id=job_id, compile_ok=True, tests_total=tests_total, error=error, **fields)
+
+
 def timeout_result(job: ExecutionJob, timeout_s: float) -> ExecutionResult:
-    return ExecutionResult(
-        job_id=job.job_id, compile_ok=True, tests_total=len(job.tests or []), error=TIMEOUT_ERROR, seconds=timeout_s
-    )
+    return failed_result(job.job_id, TIMEOUT_ERROR, tests_total=len(job.tests or []), seconds=timeout_s)
 
 
 class ExecutionClient:
