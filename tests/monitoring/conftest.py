@@ -103,7 +103,9 @@ def _logs(log_dir: Path) -> str:
 ROLES = frozenset({"actor", "learner", "executor", "executor-broker"})
 
 
-@pytest.fixture(scope="session")
+# Package scope: the run trains on both cores until it is stopped, so it ends with tests/monitoring instead of
+# running under every later folder's tests (tests/weights' peer processes starved beside it and timed out).
+@pytest.fixture(scope="package")
 def live_run(tmp_path_factory, tiny_model_dir):
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus missing: run scripts/setup.sh (apt prometheus)")
