@@ -79,17 +79,19 @@ def _make_feedback_tasks(args: argparse.Namespace) -> int:
         old = read_manifest(out)
         wanted = {"seed": args.seed, "counts": {"train": args.train, "valid": args.valid, "test": args.test},
                   "hidden_fraction": args.hidden_fraction, "generator_version": GENERATOR_VERSION}
-        held_out = held_out_spec(args.held_out_combinations, args.held_out_per_operation)
+        held_out = held_out_spec(args.held_out_combinations, args.held_out_per_operation, args.held_out_inputs)
         if old is not None and all(old.get(k) == v for k, v in wanted.items()) and \
                 old.get("held_out", held_out_spec(8, 0)) == held_out:
             print(f"feedback tasks in {out} are current; not rebuilt")
             return 0
     manifest = make_feedback_tasks(out, seed=args.seed, train=args.train, valid=args.valid, test=args.test,
                                    hidden_fraction=args.hidden_fraction, held_out_combinations=args.held_out_combinations,
-                                   held_out_per_operation=args.held_out_per_operation)
+                                   held_out_per_operation=args.held_out_per_operation,
+                                   held_out_inputs=args.held_out_inputs)
     kinds = ", ".join(f"{s} {k['shown']} shown + {k['hidden']} hidden" for s, k in manifest["kinds"].items())
-    print(f"feedback tasks written to {out} (seed {args.seed}): {kinds}; held-out test combinations: "
-          f"{', '.join(manifest['combinations']['test'])}")
+    held = ("disjoint input pairs, every combination in every split" if args.held_out_inputs
+            else f"held-out test combinations: {', '.join(manifest['combinations']['test'])}")
+    print(f"feedback tasks written to {out} (seed {args.seed}): {kinds}; {held}")
     return 0
 
 
@@ -154,6 +156,9 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     tasks.add_argument("--held-out-per-operation", type=int, default=0,
                        help="instead: each operation holds out this many conventions for each of valid and test (balanced: "
                        "every operation keeps the same number in train)")
+    tasks.add_argument("--held-out-inputs", action="store_true",
+                       help="instead: hold out input pairs (a, b), not combinations; every split draws from all "
+                       "(operation, convention) combinations alike, so no convention is one training never rewards")
     tasks.add_argument("--if-stale", action="store_true", help="do nothing when DIR holds the same seed, counts and mix")
     tasks.set_defaults(func=_make_feedback_tasks)
 

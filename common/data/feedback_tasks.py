@@ -15,10 +15,18 @@ What makes it a test of reading feedback rather than of memorising:
 - public inputs are drawn per problem, so the expected output shown in the feedback differs every time and
   the program must compute the operation, not print the public answer (private tests use other inputs, so
   printing the public expected output fails);
-- train, valid and test hold disjoint (operation, convention) combinations, each operation and each
-  convention appearing in training with other partners: held-out problems are unseen combinations with
-  fresh inputs in the same statement family (the proof is about feedback, not about new wordings);
-- a new ``seed`` re-draws the combinations of every split and all inputs, so it yields fresh held-out sets.
+- train, valid and test are disjoint problems in the same statement family (the proof is about feedback,
+  not about new wordings), held out one of three ways:
+  - by default, disjoint (operation, convention) combinations, each operation and each convention
+    appearing in training with other partners (:func:`split_combinations`), or the balanced version
+    (:func:`split_combinations_per_operation`);
+  - with ``held_out_inputs``, disjoint input pairs ``(a, b)``: every split draws from all combinations
+    alike and no public or private input of a held-out problem occurs in any train problem
+    (:func:`split_inputs`). Why: a held-out *combination* is a convention its operation never has in
+    training, so a policy can raise its train reward by learning never to write it, which is always wrong
+    on held-out problems (docs/results.md, "the exclusion shortcut"). Drawn alike, a hidden problem's
+    convention is independent of its split, and only the feedback says which it is;
+- a new ``seed`` re-draws the combinations or inputs of every split, so it yields fresh held-out sets.
 
 Files follow the CodeContests Hugging Face layout (``train.jsonl`` / ``valid.jsonl`` / ``test.jsonl``, one
 record per line), read by ``data.dataset: codecontests`` with ``data.path: DIR``; ``manifest.json`` records
@@ -130,7 +138,7 @@ def parse_problem_name(name: str) -> dict[str, str] | None:
 def split_combinations(seed: int, held_out: int) -> dict[str, list[tuple[str, str]]]:
     """(op, format) pairs per split: ``held_out`` each for valid and test, the rest for train, drawn so that
     every operation and every format still occurs in train (re-drawn until they do)."""
-    combos = [(op.name, f.name) for op in OPERATIONS for f in FORMATS]
+    combos = all_combinations()
     if held_out < 1 or 2 * held_out > len(combos) - max(len(OPERATIONS), len(FORMATS)):
         raise TaskGenerationError(
             f"--held-out-combinations must be between 1 and {(len(combos) - max(len(OPERATIONS), len(FORMATS))) // 2}, got {held_out}"
@@ -171,26 +179,49 @@ def split_combinations_per_operation(seed: int, per_operation: int) -> dict[str,
     return {name: sorted(pairs) for name, pairs in splits.items()}
 
 
+HELD_OUT_INPUT_SHARE = 0.1  # of the (a, b) grid, for each of valid and test (980 pairs each)
+
+
+def all_combinations() -> list[tuple[str, str]]:
+    return [(op.name, f.name) for op in OPERATIONS for f in FORMATS]
+
+
+def split_inputs(seed: int) -> dict[str, list[tuple[int, int]]]:
+    """The (a, b) grid cut into three disjoint pools: ``HELD_OUT_INPUT_SHARE`` each for valid and test."""
+    lo, hi = VALUE_RANGE
+    grid = [(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1)]
+    random.Random(f"inputs-{seed}").shuffle(grid)
+    held = round(len(grid) * HELD_OUT_INPUT_SHARE)
+    return {"valid": sorted(grid[:held]), "test": sorted(grid[held : 2 * held]), "train": sorted(grid[2 * held :])}
+
+
 # ---------------------------------------------------------------- problems
 
+InputPool = list[tuple[int, int]] | None  # None: the whole grid
 
-def _inputs(rng: random.Random, op: Operation, count: int) -> list[tuple[int, int]]:
+
+def _draw(rng: random.Random, pool: InputPool) -> tuple[int, int]:
+    return rng.choice(pool) if pool else (rng.randint(*VALUE_RANGE), rng.randint(*VALUE_RANGE))
+
+
+def _inputs(rng: random.Random, op: Operation, count: int, pool: InputPool = None) -> list[tuple[int, int]]:
     """``count`` distinct input pairs whose answers are not all equal (so no constant program passes)."""
-    lo, hi = VALUE_RANGE
     while True:
         pairs: list[tuple[int, int]] = []
         while len(pairs) < count:
-            pair = (rng.randint(lo, hi), rng.randint(lo, hi))
+            pair = _draw(rng, pool)
             if pair not in pairs:
                 pairs.append(pair)
         if len({op.apply(a, b) for a, b in pairs[1:]}) > 1 and op.apply(*pairs[0]) not in {op.apply(a, b) for a, b in pairs[1:]}:
             return pairs
 
 
-def make_record(split: str, index: int, op: Operation, fmt: Format, kind: str, rng: random.Random) -> dict[str, Any]:
-    """One CodeContests-layout record (the public test is the first input; the rest are private)."""
-    pairs = _inputs(rng, op, 1 + PRIVATE_TESTS)
-    example = (rng.randint(*VALUE_RANGE), rng.randint(*VALUE_RANGE))
+def make_record(split: str, index: int, op: Operation, fmt: Format, kind: str, rng: random.Random,
+                pool: InputPool = None) -> dict[str, Any]:
+    """One CodeContests-layout record (the public test is the first input; the rest are private); every
+    input, the statement's example included, comes from ``pool``."""
+    pairs = _inputs(rng, op, 1 + PRIVATE_TESTS, pool)
+    example = _draw(rng, pool)
     inputs = [f"{a} {b}\n" for a, b in pairs]
     outputs = [fmt.render(op.apply(a, b)) + "\n" for a, b in pairs]
     wrong_formats = [f for f in FORMATS if f.name != fmt.name]
@@ -209,7 +240,8 @@ def make_record(split: str, index: int, op: Operation, fmt: Format, kind: str, r
     }
 
 
-def make_split(split: str, combos: list[tuple[str, str]], count: int, hidden_fraction: float, seed: int) -> list[dict[str, Any]]:
+def make_split(split: str, combos: list[tuple[str, str]], count: int, hidden_fraction: float, seed: int,
+               pool: InputPool = None) -> list[dict[str, Any]]:
     """``count`` problems cycling through ``combos`` (balanced), each hidden with probability ``hidden_fraction``."""
     rng = random.Random(f"{split}-{seed}")
     order = list(combos)
@@ -219,7 +251,7 @@ def make_split(split: str, combos: list[tuple[str, str]], count: int, hidden_fra
             rng.shuffle(order)
         op_name, fmt_name = order[i % len(order)]
         kind = "hidden" if rng.random() < hidden_fraction else "shown"
-        records.append(make_record(split, i, OPS_BY_NAME[op_name], FORMATS_BY_NAME[fmt_name], kind, rng))
+        records.append(make_record(split, i, OPS_BY_NAME[op_name], FORMATS_BY_NAME[fmt_name], kind, rng, pool))
     return records
 
 
@@ -236,23 +268,31 @@ def _check_args(seed: int, counts: dict[str, int], hidden_fraction: float) -> No
 def make_feedback_tasks(
     out_dir: Path, *, seed: int = 0, train: int = 2000, valid: int = 96, test: int = 192,
     hidden_fraction: float = 0.75, held_out_combinations: int = 8, held_out_per_operation: int = 0,
+    held_out_inputs: bool = False,
 ) -> dict[str, Any]:
     """Write the three splits and ``manifest.json`` into ``out_dir``; returns the manifest.
     ``held_out_per_operation`` > 0 draws the balanced split (:func:`split_combinations_per_operation`) instead
-    of ``held_out_combinations`` random pairs."""
+    of ``held_out_combinations`` random pairs; ``held_out_inputs`` holds out inputs instead of combinations
+    (:func:`split_inputs`)."""
     counts = {"train": train, "valid": valid, "test": test}
     _check_args(seed, counts, hidden_fraction)
+    if held_out_inputs and held_out_per_operation:
+        raise TaskGenerationError("--held-out-inputs and --held-out-per-operation are two ways to hold out: pick one")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TaskGenerationError(f"output {str(out_dir)!r} exists and is not a directory")
-    if held_out_per_operation:
+    pools: dict[str, InputPool] = dict.fromkeys(counts)
+    if held_out_inputs:
+        combos = {split: all_combinations() for split in counts}
+        pools = dict(split_inputs(seed))
+    elif held_out_per_operation:
         combos = split_combinations_per_operation(seed, held_out_per_operation)
     else:
         combos = split_combinations(seed, held_out_combinations)
     out_dir.mkdir(parents=True, exist_ok=True)
     kinds: dict[str, dict[str, int]] = {}
     for split, n in counts.items():
-        records = make_split(split, combos[split], n, hidden_fraction, seed)
+        records = make_split(split, combos[split], n, hidden_fraction, seed, pools[split])
         kinds[split] = {k: sum(1 for r in records if r["name"].endswith(k)) for k in KINDS}
         tmp = out_dir / f".{split}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
@@ -260,15 +300,17 @@ def make_feedback_tasks(
     manifest = {
         "generator": "rlef.common.data.feedback_tasks", "generator_version": GENERATOR_VERSION, "seed": seed,
         "counts": counts, "kinds": kinds, "hidden_fraction": hidden_fraction,
-        "held_out": held_out_spec(held_out_combinations, held_out_per_operation),
+        "held_out": held_out_spec(held_out_combinations, held_out_per_operation, held_out_inputs),
         "combinations": {s: [f"{o}/{f}" for o, f in c] for s, c in combos.items()},
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def held_out_spec(combinations: int, per_operation: int) -> dict[str, int]:
-    """How the held-out pairs were drawn, as the manifest records it (manifests without it: 8 random pairs)."""
+def held_out_spec(combinations: int, per_operation: int, inputs: bool = False) -> dict[str, Any]:
+    """How the held-out sets were drawn, as the manifest records it (manifests without it: 8 random pairs)."""
+    if inputs:
+        return {"inputs": HELD_OUT_INPUT_SHARE}
     return {"per_operation": per_operation} if per_operation else {"combinations": combinations}
 
 

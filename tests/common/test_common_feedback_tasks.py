@@ -71,9 +71,44 @@ def test_the_per_operation_split_through_the_generator_and_cli(tmp_path):
     args = [sys.executable, "-m", "rlef.common.cli", "data", "make-feedback-tasks", str(out), "--train", "10", "--valid", "5",
             "--test", "5", "--if-stale"]
     runs = [subprocess.run(args + extra, capture_output=True, text=True, timeout=120)
-            for extra in (["--held-out-per-operation", "1"], ["--held-out-per-operation", "1"], [])]
-    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+            for extra in (["--held-out-per-operation", "1"], ["--held-out-per-operation", "1"], [], ["--held-out-inputs"],
+                          ["--held-out-inputs"])]
+    assert [r.returncode for r in runs] == [0] * 5, [r.stderr for r in runs]
     assert "written" in runs[0].stdout and "current" in runs[1].stdout and "written" in runs[2].stdout  # the split changed
+    assert "disjoint input pairs" in runs[3].stdout and "current" in runs[4].stdout
+
+
+def _problem_inputs(p) -> set[tuple[int, int]]:
+    pairs = {tuple(map(int, t.input.split())) for t in p.public_tests + p.private_tests}
+    if "Expected output `" in p.description:
+        pairs.add(tuple(map(int, p.description.split("input `")[1].split("`")[0].split())))
+    return pairs
+
+
+def test_held_out_inputs_split_disjoint_inputs_and_draws_every_combination_alike(tmp_path):
+    """With --held-out-inputs no input of a valid or test problem (public, private, the statement's example)
+    occurs in train; every split cycles through all 48 combinations, so each convention is equally frequent
+    for every operation (no convention that training never rewards)."""
+    out = tmp_path / "inputs"
+    manifest = T.make_feedback_tasks(out, seed=4, train=192, valid=96, test=96, held_out_inputs=True)
+    clear_cache()
+    assert manifest["held_out"] == {"inputs": T.HELD_OUT_INPUT_SHARE}
+    pools = T.split_inputs(4)
+    assert not set(pools["train"]) & set(pools["test"]) and not set(pools["train"]) & set(pools["valid"])
+    assert not set(pools["valid"]) & set(pools["test"])
+    assert len(pools["train"]) + len(pools["valid"]) + len(pools["test"]) == 99 * 99
+    seen = {}
+    for split in ("train", "valid", "test"):
+        problems = load_problems("codecontests", str(out), split)
+        seen[split] = set().union(*(_problem_inputs(p) for p in problems))
+        assert seen[split] <= set(pools[split])
+        combos = [tuple(T.parse_problem_name(p.problem_id)[k] for k in ("op", "format")) for p in problems]
+        counts = {c: combos.count(c) for c in set(combos)}
+        assert set(counts) == set(T.all_combinations()) and len(set(counts.values())) == 1, counts
+    assert not seen["train"] & (seen["valid"] | seen["test"])
+    assert T.split_inputs(5)["test"] != pools["test"]
+    with pytest.raises(T.TaskGenerationError, match="--held-out-inputs"):
+        T.make_feedback_tasks(tmp_path / "both", held_out_inputs=True, held_out_per_operation=1)
 
 
 def test_a_new_seed_draws_new_held_out_sets(tmp_path):
