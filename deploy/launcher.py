@@ -14,8 +14,10 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from rlef.common.config import RlefConfig, dump_config
 from rlef.common.errors import ConfigError
@@ -109,16 +111,19 @@ def launch(
     (run_dir / "launch.json").write_text(json.dumps(status, indent=2) + "\n")
     log.info("run ended with exit code %d (%s)", code, sup.ended_by or "signal")
     if code == 0 and sup.stop_signal is None and config.deploy.final_evaluation.enabled:
-        code = final_evaluation(config, config_path.resolve())
+        code = final_evaluation(config, config_path.resolve(), sup.stop_event)
+        if sup.stop_signal is not None:
+            code = 128 + sup.stop_signal
     if report and sup.stop_signal is None:
         run_report(run_dir)
     return code
 
 
-def final_evaluation(config: RlefConfig, config_path: Path) -> int:
+def final_evaluation(config: RlefConfig, config_path: Path, stop: threading.Event | None = None) -> int:
     """Export the final checkpoint (never a hand-picked one) and compare it with the warm start (model.path)
     on the held-out split with `rlef evaluate --compare`, on local sandboxes; the results go to RUN_DIR/eval.
-    Returns the evaluation's exit code (0 when it finished)."""
+    Returns the evaluation's exit code (0 when it finished). ``stop`` (the supervisor's signal flag) ends the
+    step under way: a SIGTERM to the launcher alone (SLURM's scancel, kill) must not wait for a long evaluation."""
     fe = config.deploy.final_evaluation
     run_dir = config.run.run_dir
     final_model = run_dir / "final-model"
@@ -136,15 +141,36 @@ def final_evaluation(config: RlefConfig, config_path: Path) -> int:
         log.info("final evaluation: %s (log: %s)", name, run_dir / "logs" / f"final-{name}.log")
         started = time.monotonic()
         with open(run_dir / "logs" / f"final-{name}.log", "ab") as out:
-            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
-        if done.returncode != 0:
-            log.error("final evaluation: %s failed with exit code %d (see logs/final-%s.log)", name, done.returncode, name)
-            return done.returncode
+            returncode = _run_until_stopped(argv, out, stop)
+        if stop is not None and stop.is_set():
+            log.warning("final evaluation: %s stopped by a signal", name)
+            return returncode
+        if returncode != 0:
+            log.error("final evaluation: %s failed with exit code %d (see logs/final-%s.log)", name, returncode, name)
+            return returncode
         log.info("final evaluation: %s done in %.0f s", name, time.monotonic() - started)
     summary = run_dir / "eval" / "comparison.md"
     if summary.exists():
         print(summary.read_text(), flush=True)
     return 0
+
+
+def _run_until_stopped(argv: list[str], out: IO[bytes], stop: threading.Event | None, grace_s: float = 15.0) -> int:
+    """Run ``argv`` to its end, or until ``stop`` is set: then SIGTERM (its own evaluation cleanup stops its
+    executors), and SIGKILL after ``grace_s``."""
+    child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if stop is None or not stop.is_set():
+                continue
+        child.terminate()
+        try:
+            return child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            return child.wait()
 
 
 def _supervise(sup: Supervisor, run_dir: Path, live: bool) -> int:

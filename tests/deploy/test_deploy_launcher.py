@@ -148,3 +148,35 @@ def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: 
     assert seen, "no child process was ever seen"
     assert not [pid for pid in seen if is_alive(pid)], err
     assert os.path.exists(run_dir / "logs" / "learner-0.log")
+
+
+def test_a_signal_during_the_final_evaluation_stops_the_step_under_way(tmp_path):
+    """A SIGTERM to the launcher alone (scancel, kill) sets the supervisor's stop flag; the final evaluation's
+    step must end then, not run its minutes to the end. Real child processes: one that ignores nothing (sleep),
+    one that ignores SIGTERM (so the grace ends in SIGKILL)."""
+    import signal
+    import sys
+    import threading
+
+    from rlef.deploy.launcher import _run_until_stopped
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    with open(tmp_path / "out.log", "ab") as out:
+        code = _run_until_stopped([sys.executable, "-c", "import time; time.sleep(600)"], out, stop)
+    assert code == -signal.SIGTERM
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
+    stop = threading.Event()
+
+    def stop_once_ready() -> None:  # only once the child ignores SIGTERM: a loaded machine starts Python slowly
+        while b"ready" not in (tmp_path / "stubborn.log").read_bytes():
+            time.sleep(0.05)
+        stop.set()
+
+    (tmp_path / "stubborn.log").write_bytes(b"")
+    threading.Thread(target=stop_once_ready, daemon=True).start()
+    with open(tmp_path / "stubborn.log", "ab") as out:
+        code = _run_until_stopped([sys.executable, "-c", stubborn], out, stop, grace_s=0.5)
+    assert code == -signal.SIGKILL
+    with open(tmp_path / "out.log", "ab") as out:  # no stop: the step's own exit code
+        assert _run_until_stopped([sys.executable, "-c", "raise SystemExit(3)"], out, threading.Event()) == 3
