@@ -20,7 +20,7 @@ from rlef.actor.episodes import RolloutSink
 from rlef.common.config import EpisodeSamplesConfig
 from rlef.monitoring import metrics_actor as M
 from rlef.monitoring.episode_samples import SCHEMA, SampleWriter, clip_text
-from rlef.monitoring.log_once import LogOnce
+from rlef.common.log_limit import LogOnce
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,10 @@ a new identity each time. :class:`LogLimiter` bounds the lines by time instead: 
 ``window_s``; the lines held back are counted and reported in one summary line when the next window opens
 with a new warning. Peer-supplied text is escaped (newlines, terminal escapes, non-ASCII) and clipped, so a
 crafted field name cannot forge log lines.
+
+:class:`LogOnce` is the shape of every "drop it and go on" path: a long-running role counts every drop in its
+own metric and logs the first drop of each kind (sender, cause), remembering at most ``max_keys`` kinds (keys
+a peer controls cannot grow memory), through a :class:`LogLimiter` (lines per minute bounded, text escaped).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 MAX_ARG_CHARS = 400
 
@@ -71,3 +75,20 @@ class LogLimiter:
         if allowed:
             self.logger.log(level, msg, *(printable(a) if isinstance(a, (str, bytes, bytearray)) else a for a in args))
         return allowed
+
+
+class LogOnce:
+    """``warning(key, msg, *args)`` logs ``msg % args`` the first time ``key`` is seen (within the log budget)."""
+
+    def __init__(self, logger: logging.Logger, name: str, *, max_keys: int = 10_000, burst: int = 10,
+                 window_s: float = 60.0):
+        self.seen: set[Hashable] = set()
+        self.max_keys = max_keys
+        self.limiter = LogLimiter(logger, name, burst=burst, window_s=window_s)
+
+    def warning(self, key: Hashable, msg: str, *args: object) -> bool:
+        """True when this call logged (the key's first occurrence, and the budget allowed it)."""
+        if key in self.seen or len(self.seen) >= self.max_keys:
+            return False
+        self.seen.add(key)
+        return self.limiter.warning(msg, *args)

@@ -1,13 +1,13 @@
 """Counting and logging of dropped messages: every drop is counted; the first of each (sender, cause) is
 logged while the process' log budget lasts (rlef.common.log_limit: 10 lines a minute), so a peer sending
-garbage with ever-changing causes or identities cannot flood the log (:class:`rlef.monitoring.log_once.LogOnce`)."""
+garbage with ever-changing causes or identities cannot flood the log (:class:`rlef.common.log_limit.LogOnce`)."""
 
 from __future__ import annotations
 
 import logging
 
 from rlef.monitoring import metrics_executor as m
-from rlef.monitoring.log_once import LogOnce
+from rlef.common.log_limit import LogOnce
 
 MAX_REMEMBERED = 10_000
 

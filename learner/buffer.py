@@ -31,7 +31,7 @@ import numpy as np
 from rlef.common.errors import MessageError
 from rlef.common.protocol.decoding import decode
 from rlef.common.protocol.messages import Rollout, encode, unpack_floats, unpack_ids
-from rlef.monitoring.log_once import LogOnce
+from rlef.common.log_limit import LogOnce
 
 log = logging.getLogger(__name__)
 

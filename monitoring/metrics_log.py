@@ -34,7 +34,7 @@ from typing import IO
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from rlef.common.errors import DataError
-from rlef.monitoring.log_once import LogOnce
+from rlef.common.log_limit import LogOnce
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ import zmq
 
 from rlef.common.config import RlefConfig
 from rlef.common.errors import MessageError
-from rlef.common.log_limit import LogLimiter, printable
+from rlef.common.log_limit import LogOnce, printable
 from rlef.common.protocol.base import MAX_CONTROL_FRAME_BYTES
 from rlef.common.protocol.config_digest import combined_digest, refusal, shared_config_digests
 from rlef.common.protocol.decoding import decode
@@ -101,10 +101,8 @@ class ControlServer:
         self._lock = threading.Lock()
         self._commands: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._bad_logged: set[bytes] = set()
-        self._bad_log = LogLimiter(log, "control hub: bad messages")
-        self._refused_logged: set[str] = set()
-        self._refused_log = LogLimiter(log, "control hub: refused peers")
+        self._bad_log = LogOnce(log, "control hub: bad messages", max_keys=1000)  # once per peer
+        self._refused_log = LogOnce(log, "control hub: refused peers", max_keys=1000)
         self.bad_messages = 0
         # Fresh per start: tells peers this hub is not the one they knew (module docstring, "Hub restarts").
         self.incarnation = uuid.uuid4().hex[:16]
@@ -186,9 +184,7 @@ class ControlServer:
     def _bad(self, identity: bytes, reason: str) -> None:
         self.bad_messages += 1
         M.CONTROL_BAD_MESSAGES.inc()
-        if identity not in self._bad_logged and len(self._bad_logged) < 1000:  # once per peer, within the log budget
-            self._bad_logged.add(identity)
-            self._bad_log.warning("control hub: dropped a bad message from %s: %s", identity[:64], reason)
+        self._bad_log.warning(identity, "control hub: dropped a bad message from %s: %s", identity[:64], reason)
 
     def _handle(self, identity: bytes, frame: bytes) -> None:
         try:
@@ -230,9 +226,7 @@ class ControlServer:
         M.CONTROL_PEERS_REFUSED.inc()
         self.refused.append((message.sender_id, reason))
         del self.refused[:-100]  # bounded: a peer retrying forever must not grow it
-        if message.sender_id not in self._refused_logged and len(self._refused_logged) < 1000:  # once per peer
-            self._refused_logged.add(message.sender_id)
-            self._refused_log.warning("control hub: refused %s %s: %s", message.role, message.sender_id, reason)
+        self._refused_log.warning(message.sender_id, "control hub: refused %s %s: %s", message.role, message.sender_id, reason)
         self._send(identity, self._reply("stop", refused=reason[:1000]))
 
 

@@ -31,6 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from rlef.common.config import ExecutorConfig
 from rlef.common.errors import MessageError
+from rlef.common.log_limit import LogOnce
 from rlef.common.protocol.decoding import decode
 from rlef.common.protocol.messages import ExecutionJob, ExecutionResult, Limits, TestsRef, encode
 from rlef.common.data.problems import Problem
@@ -126,7 +127,7 @@ class ExecutionClient:
         self.executor = executor
         self.max_frame_bytes = transport.config.max_message_bytes
         self.refused = 0
-        self._logged_refusals: set[str] = set()
+        self._refusal_log = LogOnce(log, "execution client: refused jobs", max_keys=1000)  # once per cause
         identity = f"{client_id}/{uuid.uuid4().hex[:8]}".encode()
         self.sock = transport.client(zmq.DEALER, endpoint, identity=identity)
         self.is_async = isinstance(self.sock, zmq.asyncio.Socket)
@@ -138,7 +139,7 @@ class ExecutionClient:
         self._receiver: asyncio.Task | None = None
         self._monitor: asyncio.Task | None = None
         self._monitor_sock: zmq.Socket | None = None
-        self._logged_bad = False
+        self._bad_log = LogOnce(log, "execution client: bad replies")
 
     # ------------------------------------------------------------ asyncio
 
@@ -289,10 +290,8 @@ class ExecutionClient:
             return frame, None
         self.refused += 1
         key = reason.split(":", 1)[0][:80]
-        if key not in self._logged_refusals and len(self._logged_refusals) < 1000:
-            self._logged_refusals.add(key)
-            log.warning("execution client %s refused job %s: %s (further refusals like it are only counted)",
-                        self.client_id, job.job_id, reason)
+        self._refusal_log.warning(key, "execution client %s refused job %s: %s (further refusals like it are only counted)",
+                                  self.client_id, job.job_id, reason)
         tests_total = len(job.tests) if isinstance(job.tests, list) else 0
         return frame, refusal(str(job.job_id)[:256] or "?", "client", reason, tests_total)
 
@@ -306,9 +305,8 @@ class ExecutionClient:
     def _bad(self, reason: str) -> None:
         self.bad_replies += 1
         m.CLIENT_BAD_REPLIES.inc()
-        if not self._logged_bad:
-            self._logged_bad = True
-            log.warning("execution client %s dropped a reply: %s (further drops are only counted)", self.client_id, reason)
+        self._bad_log.warning("reply", "execution client %s dropped a reply: %s (further drops are only counted)",
+                              self.client_id, reason)
 
     def _timed_out(self, job: ExecutionJob) -> ExecutionResult:
         self.timeouts += 1

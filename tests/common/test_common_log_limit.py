@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from rlef.common.log_limit import LogLimiter, printable
+from rlef.common.log_limit import LogLimiter, LogOnce, printable
 
 
 class Clock:
@@ -44,3 +44,12 @@ def test_peer_text_cannot_forge_lines(caplog: pytest.LogCaptureFixture) -> None:
 @pytest.mark.parametrize("value,expected", [("plain", "plain"), ("é\t", "\\xe9\\t"), (b"\x00a", "b'\\x00a'"), ("x" * 500, "x" * 400 + "...")])
 def test_printable(value: object, expected: str) -> None:
     assert printable(value) == expected
+
+
+def test_log_once_logs_each_key_once_and_remembers_at_most_max_keys(caplog: pytest.LogCaptureFixture) -> None:
+    once = LogOnce(logging.getLogger("t.once"), "drops", max_keys=2, burst=100)
+    with caplog.at_level(logging.WARNING, logger="t.once"):
+        logged = [once.warning(key, "drop from %s", key) for key in ["a", "a", "b", "a", "b", "c", "c"]]
+    # "c" arrives after two keys are remembered: not logged, and the set does not grow (a peer controls keys).
+    assert logged == [True, False, True, False, False, False, False]
+    assert [r.getMessage() for r in caplog.records] == ["drop from a", "drop from b"] and once.seen == {"a", "b"}

@@ -13,7 +13,7 @@ import torch
 import zmq
 
 from rlef.common.errors import MessageError, WeightsError
-from rlef.common.log_limit import LogLimiter, printable
+from rlef.common.log_limit import LogOnce, printable
 from rlef.common.protocol.decoding import decode
 from rlef.common.protocol.messages import Control, WeightsChunk, WeightsRequest, WeightsSource, encode
 from rlef.common.protocol.router_loop import serve_router
@@ -55,8 +55,7 @@ class ZmqPublisher(WeightPublisher):
         self._stop = threading.Event()
         self._receivers: dict[bytes, float] = {}
         self._chain: list[_Member] = []
-        self._bad_logged: set[bytes] = set()
-        self._bad_log = LogLimiter(log, "weights hub: bad messages")
+        self._bad_log = LogOnce(log, "weights hub: bad messages", max_keys=1000)  # once per peer
         self.bad_messages = 0
         self.chunks_sent = 0
         self.sent_bytes = 0  # chunk bytes sent (the hub's egress), all versions
@@ -106,9 +105,7 @@ class ZmqPublisher(WeightPublisher):
     def _bad(self, identity: bytes, reason: str) -> None:
         self.bad_messages += 1
         M.HUB_BAD_MESSAGES.labels(NAME).inc()
-        if identity not in self._bad_logged and len(self._bad_logged) < 1000:  # once per peer, within the log budget
-            self._bad_logged.add(identity)
-            self._bad_log.warning("weights hub: dropped a bad message from %s: %s", identity[:64], reason)
+        self._bad_log.warning(identity, "weights hub: dropped a bad message from %s: %s", identity[:64], reason)
 
     def _send(self, identity: bytes, *frames: bytes | memoryview) -> bool:
         return send_frames(self._sock, identity, list(frames), "weights hub")
