@@ -75,6 +75,12 @@ def _make_feedback_tasks(args: argparse.Namespace) -> int:
     from rlef.common.data.feedback_tasks import GENERATOR_VERSION, held_out_spec, make_feedback_tasks, read_manifest
 
     out = Path(args.dir)
+    if args.held_out_inputs and args.held_out_combinations is not None:
+        print("rlef data make-feedback-tasks: --held-out-combinations and --held-out-inputs are two ways to hold out: "
+              "pick one", file=sys.stderr)
+        return 2
+    if args.held_out_combinations is None:
+        args.held_out_combinations = 8
     if args.if_stale:
         old = read_manifest(out)
         wanted = {"seed": args.seed, "counts": {"train": args.train, "valid": args.valid, "test": args.test},
@@ -152,7 +158,8 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     tasks.add_argument("--valid", type=int, default=96, help="problems in the valid split")
     tasks.add_argument("--test", type=int, default=192, help="problems in the test split")
     tasks.add_argument("--hidden-fraction", type=float, default=0.75, help="share of problems whose convention is hidden")
-    tasks.add_argument("--held-out-combinations", type=int, default=8, help="(operation, convention) pairs held out for each of valid and test")
+    tasks.add_argument("--held-out-combinations", type=int, default=None,
+                       help="(operation, convention) pairs held out for each of valid and test (default 8)")
     tasks.add_argument("--held-out-per-operation", type=int, default=0,
                        help="instead: each operation holds out this many conventions for each of valid and test (balanced: "
                        "every operation keeps the same number in train)")

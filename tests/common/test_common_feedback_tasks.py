@@ -76,6 +76,8 @@ def test_the_per_operation_split_through_the_generator_and_cli(tmp_path):
     assert [r.returncode for r in runs] == [0] * 5, [r.stderr for r in runs]
     assert "written" in runs[0].stdout and "current" in runs[1].stdout and "written" in runs[2].stdout  # the split changed
     assert "disjoint input pairs" in runs[3].stdout and "current" in runs[4].stdout
+    both = subprocess.run(args + ["--held-out-inputs", "--held-out-combinations", "4"], capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "--held-out-combinations" in both.stderr and "--held-out-inputs" in both.stderr
 
 
 def _problem_inputs(p) -> set[tuple[int, int]]:
