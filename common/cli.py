@@ -72,20 +72,17 @@ def _make_warm_start(args: argparse.Namespace) -> int:
 
 
 def _make_feedback_tasks(args: argparse.Namespace) -> int:
-    from rlef.common.data.feedback_tasks import GENERATOR_VERSION, held_out_spec, make_feedback_tasks, read_manifest
+    from rlef.common.data.feedback_tasks import (
+        GENERATOR_VERSION, check_hold_out, held_out_spec, make_feedback_tasks, read_manifest,
+    )
 
     out = Path(args.dir)
-    if args.held_out_inputs and args.held_out_combinations is not None:
-        print("rlef data make-feedback-tasks: --held-out-combinations and --held-out-inputs are two ways to hold out: "
-              "pick one", file=sys.stderr)
-        return 2
-    if args.held_out_combinations is None:
-        args.held_out_combinations = 8
+    combinations = check_hold_out(args.held_out_combinations, args.held_out_per_operation, args.held_out_inputs)
     if args.if_stale:
         old = read_manifest(out)
         wanted = {"seed": args.seed, "counts": {"train": args.train, "valid": args.valid, "test": args.test},
                   "hidden_fraction": args.hidden_fraction, "generator_version": GENERATOR_VERSION}
-        held_out = held_out_spec(args.held_out_combinations, args.held_out_per_operation, args.held_out_inputs)
+        held_out = held_out_spec(combinations, args.held_out_per_operation, args.held_out_inputs)
         if old is not None and all(old.get(k) == v for k, v in wanted.items()) and \
                 old.get("held_out", held_out_spec(8, 0)) == held_out:
             print(f"feedback tasks in {out} are current; not rebuilt")

@@ -14,7 +14,6 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -111,7 +110,7 @@ def launch(
     (run_dir / "launch.json").write_text(json.dumps(status, indent=2) + "\n")
     log.info("run ended with exit code %d (%s)", code, sup.ended_by or "signal")
     if code == 0 and sup.stop_signal is None and config.deploy.final_evaluation.enabled:
-        code = final_evaluation(config, config_path.resolve(), sup.stop_event)
+        code = final_evaluation(config, config_path.resolve(), sup)
         if sup.stop_signal is not None:
             code = 128 + sup.stop_signal
     if report and sup.stop_signal is None:
@@ -119,11 +118,11 @@ def launch(
     return code
 
 
-def final_evaluation(config: RlefConfig, config_path: Path, stop: threading.Event | None = None) -> int:
+def final_evaluation(config: RlefConfig, config_path: Path, sup: Supervisor | None = None) -> int:
     """Export the final checkpoint (never a hand-picked one) and compare it with the warm start (model.path)
     on the held-out split with `rlef evaluate --compare`, on local sandboxes; the results go to RUN_DIR/eval.
-    Returns the evaluation's exit code (0 when it finished). ``stop`` (the supervisor's signal flag) ends the
-    step under way: a SIGTERM to the launcher alone (SLURM's scancel, kill) must not wait for a long evaluation."""
+    Returns the evaluation's exit code (0 when it finished). A signal to the launcher (``sup``'s stop flag) ends
+    the step under way: a SIGTERM to the launcher alone (SLURM's scancel, kill) must not wait for a long evaluation."""
     fe = config.deploy.final_evaluation
     run_dir = config.run.run_dir
     final_model = run_dir / "final-model"
@@ -141,8 +140,8 @@ def final_evaluation(config: RlefConfig, config_path: Path, stop: threading.Even
         log.info("final evaluation: %s (log: %s)", name, run_dir / "logs" / f"final-{name}.log")
         started = time.monotonic()
         with open(run_dir / "logs" / f"final-{name}.log", "ab") as out:
-            returncode = _run_until_stopped(argv, out, stop)
-        if stop is not None and stop.is_set():
+            returncode = _run_until_stopped(argv, out, sup)
+        if sup is not None and sup.stop_signal is not None:
             log.warning("final evaluation: %s stopped by a signal", name)
             return returncode
         if returncode != 0:
@@ -155,22 +154,18 @@ def final_evaluation(config: RlefConfig, config_path: Path, stop: threading.Even
     return 0
 
 
-def _run_until_stopped(argv: list[str], out: IO[bytes], stop: threading.Event | None, grace_s: float = 15.0) -> int:
-    """Run ``argv`` to its end, or until ``stop`` is set: then SIGTERM (its own evaluation cleanup stops its
-    executors), and SIGKILL after ``grace_s``."""
+def _run_until_stopped(argv: list[str], out: IO[bytes], sup: Supervisor | None) -> int:
+    """Run ``argv`` to its end, or until ``sup`` is told to stop: then :meth:`Supervisor.stop` ends it with the
+    rest of the launcher's process tree (the step's own executors included), SIGTERM first, SIGKILL after the
+    grace."""
     child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     while True:
         try:
             return child.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
-            if stop is None or not stop.is_set():
-                continue
-        child.terminate()
-        try:
-            return child.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            return child.wait()
+            if sup is not None and sup.stop_event.is_set():
+                sup.stop()
+                return child.wait()
 
 
 def _supervise(sup: Supervisor, run_dir: Path, live: bool) -> int:

@@ -267,7 +267,7 @@ def _check_args(seed: int, counts: dict[str, int], hidden_fraction: float) -> No
 
 def make_feedback_tasks(
     out_dir: Path, *, seed: int = 0, train: int = 2000, valid: int = 96, test: int = 192,
-    hidden_fraction: float = 0.75, held_out_combinations: int = 8, held_out_per_operation: int = 0,
+    hidden_fraction: float = 0.75, held_out_combinations: int | None = None, held_out_per_operation: int = 0,
     held_out_inputs: bool = False,
 ) -> dict[str, Any]:
     """Write the three splits and ``manifest.json`` into ``out_dir``; returns the manifest.
@@ -276,15 +276,14 @@ def make_feedback_tasks(
     (:func:`split_inputs`)."""
     counts = {"train": train, "valid": valid, "test": test}
     _check_args(seed, counts, hidden_fraction)
-    if held_out_inputs and held_out_per_operation:
-        raise TaskGenerationError("--held-out-inputs and --held-out-per-operation are two ways to hold out: pick one")
+    held_out_combinations = check_hold_out(held_out_combinations, held_out_per_operation, held_out_inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TaskGenerationError(f"output {str(out_dir)!r} exists and is not a directory")
     pools: dict[str, InputPool] = dict.fromkeys(counts)
     if held_out_inputs:
         combos = {split: all_combinations() for split in counts}
-        pools = dict(split_inputs(seed))
+        pools.update(split_inputs(seed))
     elif held_out_per_operation:
         combos = split_combinations_per_operation(seed, held_out_per_operation)
     else:
@@ -305,6 +304,15 @@ def make_feedback_tasks(
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def check_hold_out(combinations: int | None, per_operation: int, inputs: bool) -> int:
+    """The number of held-out combinations (default 8), once the ways to hold out asked for do not conflict:
+    inputs, or combinations (random pairs, or per operation)."""
+    if inputs and (per_operation or combinations is not None):
+        other = "--held-out-per-operation" if per_operation else "--held-out-combinations"
+        raise TaskGenerationError(f"--held-out-inputs and {other} are two ways to hold out: pick one")
+    return 8 if combinations is None else combinations
 
 
 def held_out_spec(combinations: int, per_operation: int, inputs: bool = False) -> dict[str, Any]:

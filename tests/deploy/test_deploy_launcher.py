@@ -150,33 +150,47 @@ def test_rlef_launch_writes_the_run_dir_and_sigterm_leaves_no_orphans(tmp_path: 
     assert os.path.exists(run_dir / "logs" / "learner-0.log")
 
 
-def test_a_signal_during_the_final_evaluation_stops_the_step_under_way(tmp_path):
+# Acts as the launcher in a process of its own, so that Supervisor.stop (which stops every descendant of the
+# launcher) only reaches this test's children: a step that ignores SIGTERM when STUBBORN is set.
+_FINAL_STEP_DRIVER = """
+import signal, sys, threading
+from pathlib import Path
+from rlef.deploy.launcher import _run_until_stopped
+from rlef.deploy.supervisor import Supervisor
+
+log_dir, stubborn, ready = Path(sys.argv[1]), sys.argv[2] == "1", Path(sys.argv[3])
+sup = Supervisor([], log_dir, grace_s=0.5)
+sup.install_signal_handlers()
+step = ("import signal, time, pathlib; "
+        + ("signal.signal(signal.SIGTERM, signal.SIG_IGN); " if stubborn else "")
+        + f"import os; pathlib.Path({str(ready)!r}).write_text(str(os.getpid())); time.sleep(600)")
+with open(log_dir / "step.log", "ab") as out:
+    _run_until_stopped([sys.executable, "-c", step], out, sup)
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("stubborn", [False, True])
+def test_a_signal_during_the_final_evaluation_stops_the_step_under_way(tmp_path: Path, stubborn: bool) -> None:
     """A SIGTERM to the launcher alone (scancel, kill) sets the supervisor's stop flag; the final evaluation's
-    step must end then, not run its minutes to the end. Real child processes: one that ignores nothing (sleep),
-    one that ignores SIGTERM (so the grace ends in SIGKILL)."""
-    import signal
-    import sys
-    import threading
+    step (real processes) must end then, not run its minutes to the end: by SIGTERM, or by SIGKILL after the
+    grace when it ignores SIGTERM."""
+    ready = tmp_path / "ready"
+    driver = subprocess.Popen([sys.executable, "-c", _FINAL_STEP_DRIVER, str(tmp_path), str(int(stubborn)), str(ready)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (ready.exists() and ready.read_text()):  # the step runs (ignoring SIGTERM, if stubborn) first
+        assert driver.poll() is None, driver.communicate()
+        time.sleep(0.05)
+    step_pid = int(ready.read_text())
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)  # the step sleeps 600 s: only stopping it returns in time
+    assert out.strip() == "returned", err
+    assert not is_alive(step_pid)
 
+
+def test_without_a_signal_the_final_evaluation_step_returns_its_own_exit_code(tmp_path: Path) -> None:
     from rlef.deploy.launcher import _run_until_stopped
+    from rlef.deploy.supervisor import Supervisor
 
-    stop = threading.Event()
-    threading.Timer(0.5, stop.set).start()
     with open(tmp_path / "out.log", "ab") as out:
-        code = _run_until_stopped([sys.executable, "-c", "import time; time.sleep(600)"], out, stop)
-    assert code == -signal.SIGTERM
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
-    stop = threading.Event()
-
-    def stop_once_ready() -> None:  # only once the child ignores SIGTERM: a loaded machine starts Python slowly
-        while b"ready" not in (tmp_path / "stubborn.log").read_bytes():
-            time.sleep(0.05)
-        stop.set()
-
-    (tmp_path / "stubborn.log").write_bytes(b"")
-    threading.Thread(target=stop_once_ready, daemon=True).start()
-    with open(tmp_path / "stubborn.log", "ab") as out:
-        code = _run_until_stopped([sys.executable, "-c", stubborn], out, stop, grace_s=0.5)
-    assert code == -signal.SIGKILL
-    with open(tmp_path / "out.log", "ab") as out:  # no stop: the step's own exit code
-        assert _run_until_stopped([sys.executable, "-c", "raise SystemExit(3)"], out, threading.Event()) == 3
+        assert _run_until_stopped([sys.executable, "-c", "raise SystemExit(3)"], out, Supervisor([], tmp_path)) == 3
