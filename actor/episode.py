@@ -4,6 +4,12 @@ Render the turn-1 prompt with the chat template, generate, extract the code (``p
 complete python block by default), run it on the PUBLIC tests, stop as soon as they pass, otherwise render
 the feedback as the next user turn and try again, up to ``actor.max_turns``. The last turn's program is then
 scored on public + private tests and the task rewards are assigned (:func:`rlef.actor.episode_records.episode_record`).
+
+One job per turn: a turn's job carries the final tests too, gated on the public ones
+(``ExecutionJob.gate_tests``): the private tests run only when the public ones pass (the episode ends there) or
+at the last turn, and that run is the final score. Feedback and the turn's outcome see the public part only,
+so the model is shown exactly what a public-only run shows; what it saves is the separate scoring job (a
+jail start, about a third of the executor's work per episode).
 With ``actor.random_feedback`` the feedback text comes from :mod:`rlef.actor.random_feedback`.
 
 Token-exactness: each turn's prompt ids are its NEW segment (:class:`~rlef.actor.episode_records.TurnRecord`).
@@ -56,6 +62,15 @@ _EXECUTION_GUARD_S = 10.0
 
 class Executor(Protocol):
     async def run(self, job: ExecutionJob) -> ExecutionResult: ...
+
+
+def public_part(result: ExecutionResult, n_public: int) -> ExecutionResult:
+    """The run of a gated job (public tests first) as a run on the public tests alone would have reported it."""
+    return ExecutionResult(
+        job_id=result.job_id, worker_id=result.worker_id, compile_ok=result.compile_ok,
+        compile_message=result.compile_message, tests=result.tests[:n_public], tests_total=n_public,
+        error=result.error, attempts=result.attempts, seconds=result.seconds,
+    )
 
 
 def _passed_count(result: ExecutionResult) -> int:
@@ -154,16 +169,24 @@ class EpisodePlayer:
         code = prompts.extract_code(searched, self.config.prompt.code_block)
         n_public = len(problem.public_tests)
         result = None
+        scored = None
         if code is None:
             outcome = TurnOutcome(status="no_code", public_passed=0, public_total=n_public)
         else:
-            result = await self._execute(problem, code, problem.public_tests, f"{rollout_id}-t{t + 1}", timer)
+            final_tests = problem.tests(self.final_test_set)
+            if len(final_tests) > n_public:  # public tests first (Problem.tests), the rest gated on them
+                last = t == self.config.actor.max_turns - 1
+                scored = await self._execute(problem, code, final_tests, f"{rollout_id}-t{t + 1}", timer,
+                                             gate_tests=0 if last else n_public)
+                result = public_part(scored, n_public)
+            else:
+                result = await self._execute(problem, code, problem.public_tests, f"{rollout_id}-t{t + 1}", timer)
             outcome = TurnOutcome(status=result.status, public_passed=_passed_count(result), public_total=n_public)
         M.TURN_OUTCOMES.labels(str(t + 1), outcome.status).inc()
-        return TurnRecord(list(prompt_ids), gen, prompt_text, response_text, code, outcome, result)
+        return TurnRecord(list(prompt_ids), gen, prompt_text, response_text, code, outcome, result, scored=scored)
 
     async def _execute(
-        self, problem: Problem, code: str, tests: list[TestCase], job_id: str, timer: EpisodeTimer
+        self, problem: Problem, code: str, tests: list[TestCase], job_id: str, timer: EpisodeTimer, gate_tests: int = 0
     ) -> ExecutionResult:
         """Run ``code`` on ``tests``: a result the program earned, or InfrastructureError (module docstring).
 
@@ -175,7 +198,7 @@ class EpisodePlayer:
         for attempt in range(attempts):
             attempt_id = job_id if attempt == 0 else f"{job_id}-a{attempt}"
             result = await self._execute_once(ExecutionJob(
-                job_id=attempt_id, code=problem.program(code), tests=list(tests), limits=limits), timer)
+                job_id=attempt_id, code=problem.program(code), tests=list(tests), limits=limits, gate_tests=gate_tests), timer)
             if result.status != "sandbox_error":
                 return result
             if result.error.startswith(REFUSED):
@@ -224,6 +247,10 @@ class EpisodePlayer:
             return FinalOutcome(passed=False, status="no_code", tests_passed=0, tests_total=len(tests)), None
         if len(tests) == len(problem.public_tests) and last.result is not None:  # nothing beyond the public tests
             result = last.result
+        elif last.scored is not None and len(last.scored.tests) == len(tests) == last.scored.tests_total:
+            result = last.scored  # the turn's own job ran every final test
+        elif last.scored is not None and not last.scored.compile_ok:
+            result = last.scored  # does not compile: it fails every test alike
         else:
             result = await self._execute(problem, last.code, tests, f"{rollout_id}-final", timer)
         final = FinalOutcome(passed=result.passed, status=result.status, tests_passed=_passed_count(result), tests_total=len(tests))

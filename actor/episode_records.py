@@ -42,6 +42,9 @@ class TurnRecord:
     result: ExecutionResult | None = None
     feedback: str | None = None
     """The next user message made from this turn's result (None on the last turn)."""
+    scored: ExecutionResult | None = None
+    """This turn's program on the final tests, when they ran in the turn's own job (public tests first, the
+    rest gated on them: ExecutionJob.gate_tests); ``result`` is its public part."""
 
 
 @dataclass

@@ -91,7 +91,7 @@ def execute(job: ExecutionJob, sandbox: Sandbox, config: ExecutorConfig, worker_
     result = None
     for attempt in range(JAIL_ATTEMPTS):
         try:
-            outcome = sandbox.run(code, tests, job.limits, job.stop_on_first_failure)
+            outcome = sandbox.run(code, tests, job.limits, job.stop_on_first_failure, job.gate_tests)
         except JailDied as exc:
             m.SANDBOX_ERRORS.labels("jail_died").inc()
             log.warning("job %s: %s (attempt %d of %d)", job.job_id, exc, attempt + 1, JAIL_ATTEMPTS)

@@ -116,9 +116,10 @@ class Sandbox:
             raise SandboxError(f"sandbox self-check failed: compile_ok={outcome.compile_ok} result={test}")
 
     def run(
-        self, code: str, tests: list[TestCase], limits: Limits, stop_on_first_failure: bool = False
+        self, code: str, tests: list[TestCase], limits: Limits, stop_on_first_failure: bool = False, gate_tests: int = 0
     ) -> JobOutcome:
-        """Compile ``code`` and run it on ``tests`` in one fresh jail."""
+        """Compile ``code`` and run it on ``tests`` in one fresh jail (the rest after ``gate_tests`` only if
+        those all passed; see ExecutionJob.gate_tests)."""
         if self.aborted:
             raise SandboxError("sandbox is shutting down")
         self._reap()
@@ -126,7 +127,7 @@ class Sandbox:
         jail = self._take(memory)
         self._proc = jail.proc
         try:
-            return self._drive(jail, code, tests, limits, memory, stop_on_first_failure)
+            return self._drive(jail, code, tests, limits, memory, stop_on_first_failure, gate_tests)
         finally:
             self._proc = None
             self._retire(jail)
@@ -172,7 +173,7 @@ class Sandbox:
         return limits.time_s * self.config.wall_time_factor
 
     def _drive(
-        self, jail: Jail, code: str, tests: list[TestCase], limits: Limits, memory: int, stop: bool
+        self, jail: Jail, code: str, tests: list[TestCase], limits: Limits, memory: int, stop: bool, gate: int = 0
     ) -> JobOutcome:
         setup = {
             "code": code,
@@ -204,6 +205,8 @@ class Sandbox:
             result = classify(header, out, err, test.output, limits, usage)
             results.append(result)
             if stop and result.status != "pass":
+                break
+            if len(results) == gate and any(r.status != "pass" for r in results):
                 break
         return JobOutcome(compile_ok=True, tests=results)
 

@@ -89,6 +89,9 @@ class ExecutionJob(Message, tag=schema_tag("execution_job"), kw_only=True):
     tests_ref: TestsRef | None = None
     limits: Limits
     stop_on_first_failure: bool = False
+    # The first gate_tests tests decide whether the rest run: if any of them does not pass, the job ends after
+    # them (0: no gate). A turn's public tests and the episode's final tests then share one job and one jail.
+    gate_tests: NonNegInt = 0
     language: Literal["python"] = "python"
 
     def __post_init__(self) -> None:

@@ -294,6 +294,40 @@ def test_a_transient_sandbox_error_is_resent_and_the_episode_scored_on_the_real_
     assert M.SANDBOX_RETRIES._value.get() - retries0 == 1
 
 
+def test_one_job_per_turn_carries_the_final_tests_gated_on_the_public_ones(tiny_model_dir, tokenizer, executor_service):
+    """No separate scoring job: a turn's job holds the private tests behind the public ones (run when those pass,
+    or at the last turn), the feedback and the turn's outcome see the public part only."""
+    config = actor_config(tiny_model_dir, "actor.episodes_in_flight=1")
+    proxy = _FlakyProxy(executor_service.frontend, failures=0)
+    public_only = fenced("print(3)")  # the public test is `1 2` -> 3; the private ones want other sums
+    lucky = dataclasses.replace(SUM, problem_id="lucky", description="[lucky] " + SUM.description)
+    never = dataclasses.replace(SUM, problem_id="never", description="[never] " + SUM.description)
+    scripts = {"lucky": (public_only,), "never": (WRONG,)}
+
+    def script(text: str, turn: int) -> str:
+        return scripts[text.split("[", 1)[1].split("]", 1)[0]][0]
+
+    try:
+        records, runner = asyncio.run(
+            _episodes(config, tokenizer, f"tcp://127.0.0.1:{proxy.port}", script, [lucky, never]))
+    finally:
+        proxy.close()
+    assert runner.errors == [] and runner.dropped == []
+    n_final = len(SUM.public_tests) + len(SUM.private_tests)
+    assert proxy.seen == ["actor-t-n0-1-t1", "actor-t-n0-2-t1", "actor-t-n0-2-t2", "actor-t-n0-2-t3"]
+    first, failed = records
+    # Passing the public test ends the episode; the same job already scored it on the private tests.
+    assert [t.outcome.status for t in first.turns] == ["pass"] and first.rollout.rewards == [-1.0]
+    assert first.rollout.final.tests_total == n_final and first.rollout.final.tests_passed == 1
+    assert first.rollout.final.status == "wrong_answer" and len(first.turns[0].scored.tests) == n_final
+    # Failing turns ran the public test only; the last turn ran every final test.
+    assert [len(t.scored.tests) for t in failed.turns] == [1, 1, n_final]
+    assert [len(t.result.tests) for t in failed.turns] == [1, 1, 1]
+    assert failed.rollout.final.tests_total == n_final and not failed.rollout.final.passed
+    assert "Expected output `3\n` but got `-1\n`" in failed.turns[0].feedback
+    assert failed.turns[0].feedback.count("- input") == 1
+
+
 def test_a_refused_job_is_not_resent_and_the_episode_is_dropped(tiny_model_dir, tokenizer, executor_service):
     """A refusal would be refused again: no resend; the episode is dropped as "refused", nothing is scored."""
     from rlef.monitoring import metrics_actor as M

@@ -225,6 +225,16 @@ def test_stop_on_first_failure(sandbox: Sandbox) -> None:
     assert [t.status for t in outcome.tests] == ["pass", "wrong_answer"]
 
 
+def test_gate_runs_the_rest_only_when_the_gating_tests_pass(sandbox: Sandbox) -> None:
+    tests = [Case(input="1", output="1"), Case(input="2", output="2"), Case(input="3", output="4"), Case(input="4", output="4")]
+    passing_gate = sandbox.run("print(input())", tests, LIMITS, gate_tests=2)
+    assert [t.status for t in passing_gate.tests] == ["pass", "pass", "wrong_answer", "pass"]  # no stop after the gate
+    failing_gate = sandbox.run("print(input())", [Case(input="1", output="2"), *tests[1:]], LIMITS, gate_tests=2)
+    assert [t.status for t in failing_gate.tests] == ["wrong_answer", "pass"]  # the whole gate runs, the rest not
+    assert [t.status for t in sandbox.run("print(input())", tests, LIMITS, gate_tests=0).tests] == [
+        "pass", "pass", "wrong_answer", "pass"]
+
+
 def test_stdin_is_fresh_per_test(sandbox: Sandbox) -> None:
     tests = [Case(input=f"{i}\n" * 3, output=str(3 * i)) for i in range(5)]
     outcome = sandbox.run("import sys\nprint(sum(int(x) for x in sys.stdin))\n", tests, LIMITS)
