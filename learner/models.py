@@ -53,11 +53,13 @@ def load_policy_state_dict(model_path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def value_state_dict(policy_state: dict[str, torch.Tensor], hidden_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """The policy's weights with a new scalar head: weight ~ N(0, 1/hidden) (seeded), bias 0."""
+def value_state_dict(policy_state: dict[str, torch.Tensor], hidden_size: int, seed: int,
+                     init_std: float | None = None) -> dict[str, torch.Tensor]:
+    """The policy's weights with a new scalar head: weight ~ N(0, init_std^2) (seeded; default 1/hidden), bias 0."""
     gen = torch.Generator().manual_seed(seed)
     state = {k: v for k, v in policy_state.items() if not k.startswith("lm_head.")}
-    state["lm_head.weight"] = torch.randn(1, hidden_size, generator=gen) / hidden_size**0.5
+    std = init_std if init_std is not None else 1.0 / hidden_size**0.5
+    state["lm_head.weight"] = torch.randn(1, hidden_size, generator=gen) * std
     state["lm_head.bias"] = torch.zeros(1)
     return state
 

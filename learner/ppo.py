@@ -69,13 +69,15 @@ class PPOLearner:
         self.pad_id = pcfg.pad_token_id if isinstance(getattr(pcfg, "pad_token_id", None), int) else 0
         if full_states is None and self.rank == 0:
             policy_state = models.load_policy_state_dict(path)
-            full_states = (policy_state, models.value_state_dict(policy_state, vcfg.hidden_size, config.run.seed))
+            full_states = (policy_state, models.value_state_dict(policy_state, vcfg.hidden_size, config.run.seed,
+                                                                 init_std=self.cfg.value_head_init_std))
         policy_state, value_state = full_states if self.rank == 0 else ({}, {})
         self.policy = self._make(pcfg, policy_state, value_head=False, trainable=True)
         self.reference = self._make(pcfg, policy_state, value_head=False, trainable=False)
         self.value = self._make(vcfg, value_state, value_head=True, trainable=True)
         del policy_state, value_state
-        self.optimizers = {name: self._adamw(m) for name, m in (("policy", self.policy), ("value", self.value))}
+        self.optimizers = {"policy": self._adamw(self.policy, self.cfg.lr),
+                           "value": self._adamw(self.value, self.cfg.value_lr or self.cfg.lr)}
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(self.cfg.warmup_steps))
                            for name, opt in self.optimizers.items()}
         self.step = 0
@@ -90,8 +92,8 @@ class PPOLearner:
         model.train(trainable)
         return model
 
-    def _adamw(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+    def _adamw(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=self.cfg.weight_decay,
                                  betas=tuple(self.cfg.adam_betas), eps=1e-8)
 
     # ------------------------------------------------------------ collectives

@@ -108,7 +108,14 @@ class LearnerConfig(_RefusesMovedKeys):
     updates_per_batch: int = Field(4, ge=1, description="U: optimizer updates per batch, on B/U rollouts each (paper: 4).")
     micro_batch_tokens: int = Field(8192, ge=1, description="Tokens per forward/backward micro-batch (gradient accumulation).")
     total_updates: int = Field(12000, ge=1, description="Stop after this many optimizer updates (paper: 12,000 for 8B, 8,000 for 70B).")
-    lr: float = Field(2e-7, gt=0, description="AdamW learning rate (paper: 2e-7; also used for the value model).")
+    lr: float = Field(2e-7, gt=0, description="AdamW learning rate of the policy (paper: 2e-7).")
+    value_lr: float | None = Field(
+        None, gt=0, description="AdamW learning rate of the value model (paper: not given; None = lr). A critic that "
+        "learns faster than the policy gives useful baselines sooner (OpenRLHF's defaults use about 18x).")
+    value_head_init_std: float | None = Field(
+        None, gt=0, description="Std of the value head's random init (paper: 'randomly initialised'; None = "
+        "1/sqrt(hidden)). Small values start every V(c) near 0, so early advantages are the returns instead of "
+        "returns minus a random function of the context.")
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up (paper: 50).")
     adam_betas: tuple[float, float] = (0.9, 0.95)

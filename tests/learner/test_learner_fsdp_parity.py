@@ -66,7 +66,12 @@ def reference_update(model_dir, perturbed, batch, config):
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     vcfg = models.hf_config(model_dir, value_head=True)
     value = models.build(vcfg, value_head=True)
-    value.load_state_dict(models.value_state_dict(reference.state_dict(), vcfg.hidden_size, config.run.seed))
+    head_std = cfg.value_head_init_std if cfg.value_head_init_std is not None else vcfg.hidden_size**-0.5
+    gen = torch.Generator().manual_seed(config.run.seed)
+    value_state = {k: v for k, v in reference.state_dict().items() if not k.startswith("lm_head.")}
+    value_state.update({"lm_head.weight": torch.randn(1, vcfg.hidden_size, generator=gen) * head_std,
+                        "lm_head.bias": torch.zeros(1)})
+    value.load_state_dict(value_state)
     seqs = [to_sequence(r) for r in batch]
 
     def score(model, seq):
@@ -89,7 +94,7 @@ def reference_update(model_dir, perturbed, batch, config):
     flat = torch.cat(A)
     A = [(a - flat.mean()) / (flat.std(unbiased=False) + 1e-8) for a in A]
     opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
-    opt_v = torch.optim.AdamW(value.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
+    opt_v = torch.optim.AdamW(value.parameters(), lr=cfg.value_lr or cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
     pi_terms, v_terms, firsts = [], [], []
     for s, a, g, lo, vo in zip(seqs, A, G, old, v_old):
         _, logpi = score(policy, s)
@@ -155,11 +160,13 @@ def run_learner(model_dir, tmp_path, batch, world: int, extra: list[str]) -> dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["learner.activation_checkpointing=true"]], ids=["plain", "activation-checkpointing"])
+@pytest.mark.parametrize("extra", [[], ["learner.activation_checkpointing=true"],
+                                   ["learner.value_lr=4e-3", "learner.value_head_init_std=0.003"]],
+                         ids=["plain", "activation-checkpointing", "value-lr-and-head-init"])
 def test_two_rank_fsdp_update_matches_unsharded(learner_model_dir, tmp_path, extra):
     batch = make_rollouts(6, VOCAB, seed=5, max_prompt=20, max_response=12)
     result = run_learner(learner_model_dir, tmp_path, batch, 2, extra)
-    config = load_config(None, OVERRIDES + [f"model.path={learner_model_dir}"])
+    config = load_config(None, OVERRIDES + extra + [f"model.path={learner_model_dir}"])
     ref_policy, ref_value, grads, ref_stats = reference_update(str(learner_model_dir), result["perturbed"], batch, config)
     assert result["stats"]["kl"] != 0.0
     # The logged diagnostics (objective.py's functions, summed per rank and all-reduced) == whole-batch values.
@@ -177,7 +184,8 @@ def test_two_rank_fsdp_update_matches_unsharded(learner_model_dir, tmp_path, ext
         assert_same_update(got, expected, grads.get(f"policy {name}"), f"policy {name}", config.learner.lr)
     assert moved > 0
     for name, expected in ref_value.items():
-        assert_same_update(result["value"][name], expected, grads.get(f"value {name}"), f"value {name}", config.learner.lr)
+        assert_same_update(result["value"][name], expected, grads.get(f"value {name}"), f"value {name}",
+                           config.learner.value_lr or config.learner.lr)
 
 
 @pytest.mark.slow
