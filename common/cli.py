@@ -73,15 +73,18 @@ def _make_warm_start(args: argparse.Namespace) -> int:
 
 def _make_feedback_tasks(args: argparse.Namespace) -> int:
     from rlef.common.data.feedback_tasks import (
-        GENERATOR_VERSION, check_hold_out, held_out_spec, make_feedback_tasks, read_manifest,
+        GENERATOR_VERSION, check_hold_out, draw_conventions, held_out_spec, make_feedback_tasks, read_manifest,
     )
 
     out = Path(args.dir)
     combinations = check_hold_out(args.held_out_combinations, args.held_out_per_operation, args.held_out_inputs)
     if args.if_stale:
         old = read_manifest(out)
+        if old is not None:  # manifests before --conventions used all of them
+            old.setdefault("conventions", [f.name for f in draw_conventions(args.seed, None)])
         wanted = {"seed": args.seed, "counts": {"train": args.train, "valid": args.valid, "test": args.test},
-                  "hidden_fraction": args.hidden_fraction, "generator_version": GENERATOR_VERSION}
+                  "hidden_fraction": args.hidden_fraction, "generator_version": GENERATOR_VERSION,
+                  "conventions": [f.name for f in draw_conventions(args.seed, args.conventions)]}
         held_out = held_out_spec(combinations, args.held_out_per_operation, args.held_out_inputs)
         if old is not None and all(old.get(k) == v for k, v in wanted.items()) and \
                 old.get("held_out", held_out_spec(8, 0)) == held_out:
@@ -90,7 +93,7 @@ def _make_feedback_tasks(args: argparse.Namespace) -> int:
     manifest = make_feedback_tasks(out, seed=args.seed, train=args.train, valid=args.valid, test=args.test,
                                    hidden_fraction=args.hidden_fraction, held_out_combinations=args.held_out_combinations,
                                    held_out_per_operation=args.held_out_per_operation,
-                                   held_out_inputs=args.held_out_inputs)
+                                   held_out_inputs=args.held_out_inputs, conventions=args.conventions)
     kinds = ", ".join(f"{s} {k['shown']} shown + {k['hidden']} hidden" for s, k in manifest["kinds"].items())
     held = ("disjoint input pairs, every combination in every split" if args.held_out_inputs
             else f"held-out test combinations: {', '.join(manifest['combinations']['test'])}")
@@ -163,6 +166,9 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     tasks.add_argument("--held-out-inputs", action="store_true",
                        help="instead: hold out input pairs (a, b), not combinations; every split draws from all "
                        "(operation, convention) combinations alike, so no convention is one training never rewards")
+    tasks.add_argument("--conventions", type=int, default=None,
+                       help="use this many of the 8 output conventions, drawn for the seed (with --held-out-inputs); "
+                       "a blind guess then hits 1 in this many")
     tasks.add_argument("--if-stale", action="store_true", help="do nothing when DIR holds the same seed, counts and mix")
     tasks.set_defaults(func=_make_feedback_tasks)
 

@@ -182,8 +182,32 @@ def split_combinations_per_operation(seed: int, per_operation: int) -> dict[str,
 HELD_OUT_INPUT_SHARE = 0.1  # of the (a, b) grid, for each of valid and test (980 pairs each)
 
 
-def all_combinations() -> list[tuple[str, str]]:
-    return [(op.name, f.name) for op in OPERATIONS for f in FORMATS]
+def all_combinations(formats: tuple[Format, ...] = FORMATS) -> list[tuple[str, str]]:
+    return [(op.name, f.name) for op in OPERATIONS for f in formats]
+
+
+def draw_conventions(seed: int, count: int | None) -> tuple[Format, ...]:
+    """The output conventions a task set uses: all of :data:`FORMATS`, or ``count`` of them drawn for ``seed``
+    (in :data:`FORMATS` order). Fewer conventions make a blind guess likelier (1 in ``count`` a turn), so the
+    policy gradient meets the feedback's convention more often: the reading signal per sample grows as
+    p (1 - p)."""
+    if count is None or count == len(FORMATS):
+        return FORMATS
+    if not isinstance(count, int) or not 2 <= count <= len(FORMATS):
+        raise TaskGenerationError(f"--conventions must be between 2 and {len(FORMATS)}, got {count!r}")
+    chosen = set(random.Random(f"conventions-{seed}").sample(range(len(FORMATS)), count))
+    return tuple(f for i, f in enumerate(FORMATS) if i in chosen)
+
+
+def task_conventions(manifest: dict[str, Any] | None) -> tuple[Format, ...]:
+    """The conventions of a generated task set, from its manifest (older manifests: all of them)."""
+    names = (manifest or {}).get("conventions")
+    if names is None:
+        return FORMATS
+    unknown = [n for n in names if n not in FORMATS_BY_NAME]
+    if unknown:
+        raise TaskGenerationError(f"manifest.json names unknown conventions {unknown}; known: {sorted(FORMATS_BY_NAME)}")
+    return tuple(FORMATS_BY_NAME[n] for n in names)
 
 
 def split_inputs(seed: int) -> dict[str, list[tuple[int, int]]]:
@@ -217,14 +241,14 @@ def _inputs(rng: random.Random, op: Operation, count: int, pool: InputPool = Non
 
 
 def make_record(split: str, index: int, op: Operation, fmt: Format, kind: str, rng: random.Random,
-                pool: InputPool = None) -> dict[str, Any]:
+                pool: InputPool = None, formats: tuple[Format, ...] = FORMATS) -> dict[str, Any]:
     """One CodeContests-layout record (the public test is the first input; the rest are private); every
     input, the statement's example included, comes from ``pool``."""
     pairs = _inputs(rng, op, 1 + PRIVATE_TESTS, pool)
     example = _draw(rng, pool)
     inputs = [f"{a} {b}\n" for a, b in pairs]
     outputs = [fmt.render(op.apply(a, b)) + "\n" for a, b in pairs]
-    wrong_formats = [f for f in FORMATS if f.name != fmt.name]
+    wrong_formats = [f for f in formats if f.name != fmt.name]
     wrong = [program(op, f) for f in rng.sample(wrong_formats, 2)]
     return {
         "name": f"{split}-{index:05d}-{op.name}-{fmt.name}-{kind}",
@@ -241,7 +265,7 @@ def make_record(split: str, index: int, op: Operation, fmt: Format, kind: str, r
 
 
 def make_split(split: str, combos: list[tuple[str, str]], count: int, hidden_fraction: float, seed: int,
-               pool: InputPool = None) -> list[dict[str, Any]]:
+               pool: InputPool = None, formats: tuple[Format, ...] = FORMATS) -> list[dict[str, Any]]:
     """``count`` problems cycling through ``combos`` (balanced), each hidden with probability ``hidden_fraction``."""
     rng = random.Random(f"{split}-{seed}")
     order = list(combos)
@@ -251,7 +275,7 @@ def make_split(split: str, combos: list[tuple[str, str]], count: int, hidden_fra
             rng.shuffle(order)
         op_name, fmt_name = order[i % len(order)]
         kind = "hidden" if rng.random() < hidden_fraction else "shown"
-        records.append(make_record(split, i, OPS_BY_NAME[op_name], FORMATS_BY_NAME[fmt_name], kind, rng, pool))
+        records.append(make_record(split, i, OPS_BY_NAME[op_name], FORMATS_BY_NAME[fmt_name], kind, rng, pool, formats))
     return records
 
 
@@ -268,21 +292,25 @@ def _check_args(seed: int, counts: dict[str, int], hidden_fraction: float) -> No
 def make_feedback_tasks(
     out_dir: Path, *, seed: int = 0, train: int = 2000, valid: int = 96, test: int = 192,
     hidden_fraction: float = 0.75, held_out_combinations: int | None = None, held_out_per_operation: int = 0,
-    held_out_inputs: bool = False,
+    held_out_inputs: bool = False, conventions: int | None = None,
 ) -> dict[str, Any]:
     """Write the three splits and ``manifest.json`` into ``out_dir``; returns the manifest.
     ``held_out_per_operation`` > 0 draws the balanced split (:func:`split_combinations_per_operation`) instead
     of ``held_out_combinations`` random pairs; ``held_out_inputs`` holds out inputs instead of combinations
-    (:func:`split_inputs`)."""
+    (:func:`split_inputs`); ``conventions`` uses that many of the output conventions (:func:`draw_conventions`;
+    only with ``held_out_inputs``, whose splits draw every combination alike)."""
     counts = {"train": train, "valid": valid, "test": test}
     _check_args(seed, counts, hidden_fraction)
+    if conventions is not None and not held_out_inputs:
+        raise TaskGenerationError("--conventions needs --held-out-inputs (the combination splits assume all 8 conventions)")
+    formats = draw_conventions(seed, conventions)
     held_out_combinations = check_hold_out(held_out_combinations, held_out_per_operation, held_out_inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TaskGenerationError(f"output {str(out_dir)!r} exists and is not a directory")
     pools: dict[str, InputPool] = dict.fromkeys(counts)
     if held_out_inputs:
-        combos = {split: all_combinations() for split in counts}
+        combos = {split: all_combinations(formats) for split in counts}
         pools.update(split_inputs(seed))
     elif held_out_per_operation:
         combos = split_combinations_per_operation(seed, held_out_per_operation)
@@ -291,7 +319,7 @@ def make_feedback_tasks(
     out_dir.mkdir(parents=True, exist_ok=True)
     kinds: dict[str, dict[str, int]] = {}
     for split, n in counts.items():
-        records = make_split(split, combos[split], n, hidden_fraction, seed, pools[split])
+        records = make_split(split, combos[split], n, hidden_fraction, seed, pools[split], formats)
         kinds[split] = {k: sum(1 for r in records if r["name"].endswith(k)) for k in KINDS}
         tmp = out_dir / f".{split}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
@@ -301,6 +329,7 @@ def make_feedback_tasks(
         "counts": counts, "kinds": kinds, "hidden_fraction": hidden_fraction,
         "held_out": held_out_spec(held_out_combinations, held_out_per_operation, held_out_inputs),
         "combinations": {s: [f"{o}/{f}" for o, f in c] for s, c in combos.items()},
+        "conventions": [f.name for f in formats],
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

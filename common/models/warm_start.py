@@ -59,8 +59,10 @@ def _wrong_answer_feedback(problem: Any, code_format: Any, op: Any, max_chars: i
     return render_feedback(problem, problem.public_tests, result, max_chars=max_chars, template=template)
 
 
-def trace(problem: Any, rng: random.Random, *, max_turns: int, max_chars: int, template: str = "codecontests") -> list[dict[str, str]]:
-    """The chat messages of one supervised trace of a generated problem (see the module docstring)."""
+def trace(problem: Any, rng: random.Random, *, max_turns: int, max_chars: int, template: str = "codecontests",
+          formats: tuple[Any, ...] | None = None) -> list[dict[str, str]]:
+    """The chat messages of one supervised trace of a generated problem (see the module docstring); later
+    turns guess among ``formats``, the task set's conventions (default: all)."""
     from rlef.common.data import feedback_tasks as T
     from rlef.common.text.prompts import render_first_prompt
 
@@ -73,7 +75,7 @@ def trace(problem: Any, rng: random.Random, *, max_turns: int, max_chars: int, t
         messages.append({"role": "assistant", "content": response_text(T.program(op, true_format))})
         return messages
     for turn in range(max_turns):
-        guess = rng.choice(T.FORMATS)  # independent of the feedback: the warm start must not use it
+        guess = rng.choice(formats or T.FORMATS)  # independent of the feedback: the warm start must not use it
         messages.append({"role": "assistant", "content": response_text(T.program(op, guess))})
         if guess.name == true_format.name or turn == max_turns - 1:
             break
@@ -164,11 +166,14 @@ def make_warm_start(
     corpus = tm.training_corpus() + family_corpus(problems, feedback_max_chars)
     tokenizer = tm.build_tokenizer(corpus)
     rng = random.Random(f"warm-start-{seed}")
-    conversations = [trace(p, rng, max_turns=max_turns, max_chars=feedback_max_chars) for p in problems]
+    from rlef.common.data.feedback_tasks import read_manifest, task_conventions
+
+    formats = task_conventions(read_manifest(tasks_dir))
+    conversations = [trace(p, rng, max_turns=max_turns, max_chars=feedback_max_chars, formats=formats) for p in problems]
     # Reading the statement is what an instruct model already does well: every hidden problem also gets a
     # one-turn trace of its "shown" twin (same operation and convention, the statement shows an example), so
     # half the traces teach reading the convention from the statement whatever the split's mix of kinds.
-    conversations += [trace(shown_twin(p, rng), rng, max_turns=max_turns, max_chars=feedback_max_chars)
+    conversations += [trace(shown_twin(p, rng), rng, max_turns=max_turns, max_chars=feedback_max_chars, formats=formats)
                       for p in problems if p.problem_id.endswith("-hidden")]
     examples = supervised_examples(tokenizer, conversations)
     old_threads = torch.get_num_threads()

@@ -158,6 +158,8 @@ def test_no_two_formats_are_accepted_for_one_another():
 @pytest.mark.parametrize(("kwargs", "named"), [
     ({"seed": -1}, "--seed"), ({"train": 0}, "--train"), ({"test": 0}, "--test"),
     ({"hidden_fraction": 1.5}, "--hidden-fraction"), ({"held_out_combinations": 40}, "--held-out-combinations"),
+    ({"conventions": 1, "held_out_inputs": True}, "--conventions"), ({"conventions": 9, "held_out_inputs": True}, "--conventions"),
+    ({"conventions": 4}, "--held-out-inputs"),
 ])
 def test_bad_arguments_are_named(tmp_path, kwargs, named):
     with pytest.raises(T.TaskGenerationError, match=named):
@@ -219,3 +221,32 @@ def test_warm_start_rejects_bad_arguments(tmp_path, tasks):
     (tmp_path / "notours" / "f").write_text("x")
     with pytest.raises(WarmStartError, match="refusing to overwrite"):
         make_warm_start(tmp_path / "notours", tasks, steps=1)
+
+
+def test_fewer_conventions_are_drawn_per_seed_recorded_and_guessed_among(tmp_path):
+    """--conventions K: every problem and wrong solution uses the K conventions drawn for the seed, the manifest
+    names them, and the warm start's blind guesses are drawn among them (1 in K right)."""
+    out = tmp_path / "k4"
+    manifest = T.make_feedback_tasks(out, seed=5, train=200, valid=12, test=12, held_out_inputs=True, conventions=4)
+    clear_cache()
+    names = manifest["conventions"]
+    assert len(names) == 4 and names == [f.name for f in T.FORMATS if f.name in names]
+    assert T.task_conventions(T.read_manifest(out)) == tuple(T.FORMATS_BY_NAME[n] for n in names)
+    assert T.draw_conventions(6, 4) != T.draw_conventions(5, 4)  # a new seed, other conventions
+    problems = load_problems("codecontests", str(out), "train")
+    assert {T.parse_problem_name(p.problem_id)["format"] for p in problems} == set(names)
+    formats = T.task_conventions(manifest)
+    for p in problems:
+        op = T.OPS_BY_NAME[T.parse_problem_name(p.problem_id)["op"]]
+        assert set(p.incorrect_solutions) <= {T.program(op, f) for f in formats}
+    rng = random.Random(0)
+    later_right = later_total = 0
+    for p in [p for p in problems if p.problem_id.endswith("hidden")] * 5:
+        meta = T.parse_problem_name(p.problem_id)
+        right = T.program(T.OPS_BY_NAME[meta["op"]], T.FORMATS_BY_NAME[meta["format"]])
+        assistant = [m["content"] for m in trace(p, rng, max_turns=3, max_chars=256, formats=formats) if m["role"] == "assistant"]
+        assert all(any(T.program(T.OPS_BY_NAME[meta["op"]], f) in a for f in formats) for a in assistant)
+        later_total += len(assistant) - 1
+        later_right += sum(right in a for a in assistant[1:])
+    assert later_right / later_total == pytest.approx(1 / 4, abs=0.04)
+    assert T.task_conventions(None) == T.FORMATS  # manifests from before --conventions: all of them
