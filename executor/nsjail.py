@@ -65,9 +65,6 @@ def locate_nsjail(configured: str | None) -> str:
 _runner_dir: str | None = None
 
 
-_runner_dir: str | None = None
-
-
 def runner_dir() -> str:
     """A world-readable copy of the runner's files (the jailed uid cannot read files under /root)."""
     global _runner_dir
