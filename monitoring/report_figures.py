@@ -114,7 +114,8 @@ FIGURES = [
         Series("mean lag of trained rollouts", "rlef:learner_rollout_lag:mean5m", _keys("staleness/mean")),
         Series("max actor lag", "rlef:actor_policy_version_lag:max", _keys("rlef_actor_policy_version_lag")),
         Series("share dropped as stale", "rlef:learner_stale_drops:ratio_rate5m",
-               lambda d: _one(d.ratio("rlef_learner_rollouts_rejected_total", lambda l: l.get("reason") == "stale", lambda l: True))),
+               lambda d: _one(d.ratio("rlef_learner_rollouts_rejected_total", lambda l: l.get("reason") == "stale", lambda l: True,
+                                      den_name="rlef_learner_rollouts_received_total", absent_is_zero=True))),
     ])]),
     Figure("losses", "Learner", [
         Axes("Policy loss", "loss", [Series("policy", "max(rlef_learner_policy_loss)", _keys("loss/policy", "rlef_learner_policy_loss"))]),

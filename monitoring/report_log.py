@@ -93,10 +93,15 @@ class LogData:
         dt = edges[window:] - edges[:-window]
         return edges[window:], (cum[window:] - cum[:-window]) / dt
 
-    def ratio(self, name: str, num: Callable[[dict[str, str]], bool], den: Callable[[dict[str, str]], bool], window: int = 6) -> Points | None:
-        """increase(num) / increase(den) over a sliding window (NaN where den did not grow)."""
+    def ratio(self, name: str, num: Callable[[dict[str, str]], bool], den: Callable[[dict[str, str]], bool], window: int = 6,
+              *, den_name: str | None = None, absent_is_zero: bool = False) -> Points | None:
+        """increase(num) / increase(den) over a sliding window (NaN where den did not grow); the denominator may
+        be another counter (``den_name``). ``absent_is_zero``: a numerator never written counts as 0 (a labelled
+        counter appears only once an event happened: no stale rollout yet means a share of 0, not no data)."""
         edges = self.edges()
-        a, b = self._cumulative(edges, name, num), self._cumulative(edges, name, den)
+        a, b = self._cumulative(edges, name, num), self._cumulative(edges, den_name or name, den)
+        if a is None and absent_is_zero and b is not None:
+            a = np.zeros(len(edges))
         if a is None or b is None or len(edges) <= window:
             return None
         da, db = a[window:] - a[:-window], b[window:] - b[:-window]

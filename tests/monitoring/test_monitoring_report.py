@@ -61,6 +61,28 @@ def test_log_derivations_match_the_known_rates(tmp_path):
     assert set(data.scalar("rlef_actor_policy_version_lag")) == {"actor-0", "actor-1"}
 
 
+def test_stale_share_is_of_received_rollouts_and_zero_before_the_first_drop(tmp_path):
+    """The log-side "share dropped as stale" is rejected{reason=stale} / received, as the recording rule is;
+    a run that never dropped one has no rejected{stale} sample at all, and its share is 0, not missing."""
+    reg = CollectorRegistry()
+    received = Counter("rlef_learner_rollouts_received_total", "x", registry=reg)
+    rejected = Counter("rlef_learner_rollouts_rejected_total", "x", ["reason"], registry=reg)
+    with MetricsLog(metrics_log_path(tmp_path, "learner", 0), "learner", 0) as mlog:
+        for s in range(121):
+            received.inc(10)
+            if s > 60:
+                rejected.labels("stale").inc(2)  # from minute 2: 20 % of what arrives
+                rejected.labels("duplicate").inc(5)  # another reason: not in the share
+            mlog.snapshot(step=s, registry=reg, time=T0 + s)
+    data = LogData(read_run_metrics(tmp_path))
+    t, share = data.ratio("rlef_learner_rollouts_rejected_total", lambda l: l.get("reason") == "stale", lambda l: True,
+                          den_name="rlef_learner_rollouts_received_total", absent_is_zero=True)
+    early, late = share[t < T0 + 55], share[t > T0 + 75]
+    assert len(early) and len(late) and np.allclose(early, 0.0) and np.allclose(late, 0.2, atol=0.01)
+    assert data.ratio("rlef_learner_rollouts_rejected_total", lambda l: False, lambda l: True,
+                      den_name="rlef_nothing_total", absent_is_zero=True) is None  # no denominator: no data
+
+
 @pytest.mark.slow
 def test_report_from_metrics_log(tmp_path):
     _synthetic_run(tmp_path)
