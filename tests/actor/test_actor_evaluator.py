@@ -5,6 +5,8 @@ stops when the hub says so)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -48,12 +50,43 @@ def _fenced(code: str) -> str:
     return f"```python\n{code}```"
 
 
+@contextlib.asynccontextmanager
+async def running_evaluator(config, *, port: int, frontend: str, client_id: str, backend, tokenizer, problems,
+                            out_dir: Path):
+    """An Evaluator on ``backend``, its receiver fed by a real ZmqPublisher on ``port`` and its episodes run by
+    the real executor at ``frontend``, running (``run(stop, poll_s=0.1)``) as a task. Yields the evaluator, its
+    task, the publisher and the stop event; afterwards stops it, awaits the task and closes everything."""
+    from rlef.actor.evaluator import Evaluator
+    from rlef.common.protocol.execution_client import ExecutionClient
+    from rlef.common.protocol.transport import Transport
+    from rlef.common.weights import make_receiver
+    from rlef.common.weights.zmq.hub import ZmqPublisher
+
+    atransport, transport = Transport(config.transport, asyncio=True), Transport(config.transport)
+    publisher = ZmqPublisher(transport, f"tcp://127.0.0.1:{port}", chunk_bytes=1 << 18)
+    receiver = make_receiver(config, transport, "evaluator-0")
+    executor = ExecutionClient(atransport, frontend, client_id=client_id, timeout_s=30)
+    ev = Evaluator(config, backend=backend, executor=executor, tokenizer=tokenizer, problems=problems,
+                   receiver=receiver, out_dir=out_dir)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ev.run(stop, poll_s=0.1))
+    try:
+        yield ev, task, publisher, stop
+    finally:
+        stop.set()
+        if not task.cancelled():  # a test's own wait_for that timed out cancelled it: its error stands
+            await task
+        executor.close()
+        receiver.close()
+        publisher.close()
+        atransport.close()
+        transport.close()
+
+
 @pytest.mark.slow
 def test_evaluator_loop_selects_the_version_that_solves(tiny_model_dir, tokenizer, executor_service, tmp_path):
     """Versions 0..3 published over real ZeroMQ; every 2 versions: 0 and 2 are evaluated, 1 is replaced.
     The scripted policy solves only with version 2 loaded, so version 2 is selected and exported."""
-    import asyncio
-
     import torch
     from helpers.actor_support import ScriptedBackend, actor_config
     from helpers.executor_service import free_port
@@ -61,10 +94,6 @@ def test_evaluator_loop_selects_the_version_that_solves(tiny_model_dir, tokenize
 
     from rlef.actor.evaluator import Evaluator
     from rlef.common.data.loaders import load_problems
-    from rlef.common.protocol.execution_client import ExecutionClient
-    from rlef.common.protocol.transport import Transport
-    from rlef.common.weights import make_receiver
-    from rlef.common.weights.zmq.hub import ZmqPublisher
 
     port = free_port()
     config = actor_config(tiny_model_dir, *[o for o in executor_service.overrides if o.startswith("endpoints.")],
@@ -84,19 +113,13 @@ def test_evaluator_loop_selects_the_version_that_solves(tiny_model_dir, tokenize
     backend = ScriptedBackend(tokenizer, script)
     backend.version = -1
 
+    out = tmp_path / "run" / "eval"
+    out.mkdir(parents=True)
+
     async def main() -> Evaluator:
-        atransport = Transport(config.transport, asyncio=True)
-        transport = Transport(config.transport)
-        publisher = ZmqPublisher(transport, f"tcp://127.0.0.1:{port}", chunk_bytes=1 << 18)
-        receiver = make_receiver(config, transport, "evaluator-0")
-        executor = ExecutionClient(atransport, executor_service.frontend, client_id="evaluator-test", timeout_s=30)
-        out = tmp_path / "run" / "eval"
-        out.mkdir(parents=True)
-        ev = Evaluator(config, backend=backend, executor=executor, tokenizer=tokenizer, problems=problems,
-                       receiver=receiver, out_dir=out)
-        stop = asyncio.Event()
-        task = asyncio.create_task(ev.run(stop, poll_s=0.1))
-        try:
+        async with running_evaluator(config, port=port, frontend=executor_service.frontend, client_id="evaluator-test",
+                                     backend=backend, tokenizer=tokenizer, problems=problems, out_dir=out) as running:
+            ev, task, publisher, _stop = running
             for version in range(4):
                 publisher.publish(version, {k: v + 0.001 * version for k, v in state.items()})
                 target = {0: [0], 1: [0], 2: [0, 2], 3: [0, 2]}[version]
@@ -105,19 +128,10 @@ def test_evaluator_loop_selects_the_version_that_solves(tiny_model_dir, tokenize
                     await asyncio.sleep(0.1)
                     assert not task.done(), task.exception()
                 await asyncio.sleep(0.5)  # lets a wrongly due version start
-        finally:
-            stop.set()
-            await task
-            executor.close()
-            receiver.close()
-            publisher.close()
-            atransport.close()
-            transport.close()
         return ev
 
     ev = asyncio.run(main())
     assert [p["version"] for p in ev.selection.history] == [0, 2]
-    out = tmp_path / "run" / "eval"
     curve = [json.loads(x) for x in (out / "curve.jsonl").read_text().splitlines()]
     assert [c["version"] for c in curve] == [0, 2]
     assert curve[0]["estimates"]["1@3"]["mean"] == 0.0 and curve[1]["estimates"]["1@3"]["mean"] == 1.0
@@ -209,18 +223,12 @@ def test_report_section_shows_the_curve_and_the_selection(tmp_path):
 @pytest.mark.slow
 def test_stop_abandons_an_evaluation_in_progress(tiny_model_dir, tokenizer, executor_service, tmp_path):
     """A stop while episodes are generating ends the loop without waiting for them; nothing is recorded."""
-    import asyncio
-
     from helpers.actor_support import ScriptedBackend, actor_config
     from helpers.executor_service import free_port
     from transformers import AutoModelForCausalLM
 
     from rlef.actor.evaluator import Evaluator
     from rlef.common.data.loaders import load_problems
-    from rlef.common.protocol.execution_client import ExecutionClient
-    from rlef.common.protocol.transport import Transport
-    from rlef.common.weights import make_receiver
-    from rlef.common.weights.zmq.hub import ZmqPublisher
 
     class Stuck(ScriptedBackend):
         """The test's policy: it never finishes a response (an engine busy for far longer than the test)."""
@@ -240,27 +248,15 @@ def test_stop_abandons_an_evaluation_in_progress(tiny_model_dir, tokenizer, exec
     out.mkdir()
 
     async def main() -> Evaluator:
-        atransport, transport = Transport(config.transport, asyncio=True), Transport(config.transport)
-        publisher = ZmqPublisher(transport, f"tcp://127.0.0.1:{port}", chunk_bytes=1 << 18)
-        receiver = make_receiver(config, transport, "evaluator-0")
-        executor = ExecutionClient(atransport, executor_service.frontend, client_id="evaluator-stop", timeout_s=30)
-        ev = Evaluator(config, backend=backend, executor=executor, tokenizer=tokenizer, problems=problems,
-                       receiver=receiver, out_dir=out)
-        stop = asyncio.Event()
-        task = asyncio.create_task(ev.run(stop, poll_s=0.1))
-        try:
+        async with running_evaluator(config, port=port, frontend=executor_service.frontend, client_id="evaluator-stop",
+                                     backend=backend, tokenizer=tokenizer, problems=problems, out_dir=out) as running:
+            ev, task, publisher, stop = running
             publisher.publish(0, state)
             while not (out / "valid" / "v000000").exists():
                 await asyncio.sleep(0.1)
                 assert not task.done(), task.exception()
             stop.set()
             await asyncio.wait_for(task, 120)  # a hang guard, not a timing threshold
-        finally:
-            executor.close()
-            receiver.close()
-            publisher.close()
-            atransport.close()
-            transport.close()
         return ev
 
     ev = asyncio.run(main())

@@ -5,15 +5,11 @@ and the run ends cleanly with it (exit 0, no process left)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import is_alive
-
-from rlef.deploy.process import descendants
+from helpers.processes import is_alive, run_watching_descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,18 +22,10 @@ def test_rlef_launch_with_the_evaluator(tmp_path: Path, tiny_model_dir: Path) ->
            "deploy.final_evaluation.enabled=false", "evaluator.enabled=true", "evaluator.every_versions=1",
            "evaluator.limit=2", "evaluator.rollouts_per_problem=1", "evaluator.nice=0",
            "learner.checkpoint.every_batches=1", "actor.sampling.max_new_tokens=16"]  # fmt: skip
-    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen: set[int] = set()
-    deadline = time.monotonic() + 540
-    while launcher.poll() is None and time.monotonic() < deadline:
-        seen |= descendants(launcher.pid)
-        time.sleep(1)
-    if launcher.poll() is None:
-        launcher.terminate()
-    out = launcher.communicate(timeout=60)[0]
+    returncode, out, seen = run_watching_descendants(cmd, ROOT, timeout_s=540)
     run_dir = tmp_path / "ev"
     log = (run_dir / "logs" / "evaluator-0.log").read_text() if (run_dir / "logs" / "evaluator-0.log").exists() else ""
-    assert launcher.returncode == 0, out[-3000:] + log[-3000:]
+    assert returncode == 0, out[-3000:] + log[-3000:]
     assert seen and not [pid for pid in seen if is_alive(pid)]
     curve = [json.loads(line) for line in (run_dir / "eval" / "curve.jsonl").read_text().splitlines()]
     versions = [p["version"] for p in curve]

@@ -8,14 +8,11 @@ the actor sampled episodes, and the report was made from them.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import is_alive
-from rlef.deploy.process import descendants
+from helpers.processes import is_alive, run_watching_descendants
 from rlef.deploy.progress import learner_progress
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,17 +27,9 @@ def test_rlef_launch_tiny_run_trains_and_ends_cleanly(tmp_path: Path, tiny_model
            # The final evaluation (warm start vs final checkpoint, real and random feedback) on 3 test problems.
            "deploy.final_evaluation.enabled=true", "deploy.final_evaluation.limit=3",
            "deploy.final_evaluation.rollouts_per_problem=3", "actor.sampling.max_new_tokens=32"]  # fmt: skip
-    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen: set[int] = set()
-    deadline = time.monotonic() + 540
-    while launcher.poll() is None and time.monotonic() < deadline:
-        seen |= descendants(launcher.pid)
-        time.sleep(1)
-    if launcher.poll() is None:
-        launcher.terminate()
-    out = launcher.communicate(timeout=60)[0]
+    returncode, out, seen = run_watching_descendants(cmd, ROOT, timeout_s=540)
     run_dir = tmp_path / "e2e"
-    assert launcher.returncode == 0, out[-4000:]
+    assert returncode == 0, out[-4000:]
     status = json.loads((run_dir / "launch.json").read_text())
     assert status["ended_by"] == "learner-0" and status["exit_code"] == 0
     batches = [json.loads(line) for line in (run_dir / "learner" / "batches.jsonl").read_text().splitlines()]

@@ -19,23 +19,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 from helpers.executor_service import ROOT, ExecutorService, start_executor_service, two_free_ports
-from helpers.fuzz import (
-    STARVED_S,
-    Case,
-    allowed_log_lines,
-    http_cases,
-    anon_rss_bytes,
-    line_count,
-    rss_bytes,
-    scrape,
-    http_error_answer,
-    send_cases,
-    send_http_cases,
-    settled_rss,
-    wait_until,
-    wire_seeds,
-    zmq_cases,
-)
+from helpers.fuzz import (STARVED_S, Case, Watch, assert_metrics_endpoint_survives, http_cases, scrape, send_cases,
+                         settled_rss, wait_until, wire_seeds, zmq_cases)
 
 from rlef.common.config import TransportConfig, load_config
 from rlef.common.errors import MessageError
@@ -65,32 +50,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Executor
         yield service, port - 1
 
 
-class Watch:
-    """The broker's RSS, log length and metrics when the fuzzing starts, and the checks against them."""
-
-    def __init__(self, service: ExecutorService, metrics_port: int):
-        assert service.broker is not None
-        self.service, self.port, self.pid = service, metrics_port, service.broker.pid
-        self.log = service.log_dir / "broker.log"
-        self.rss, self.anon, self.lines = rss_bytes(self.pid), anon_rss_bytes(self.pid), line_count(self.log)
-        self.metrics = scrape(metrics_port)
-        self.started = time.monotonic()
-        assert self.lines > 0, f"{self.log} is empty: the broker logs elsewhere and the log checks would be vacuous"
-
-    def alive(self) -> bool:
-        return self.service.broker is not None and self.service.broker.poll() is None
-
-    def delta(self, name: str) -> float:
-        return scrape(self.port).get(name, 0.0) - self.metrics.get(name, 0.0)
-
-    def assert_healthy(self, what: str, limiters: int = 1) -> None:
-        assert self.alive(), f"{what}: the broker died (seed {SEED}):\n{self.service.logs()}"
-        growth, anon = rss_bytes(self.pid) - self.rss, anon_rss_bytes(self.pid) - self.anon
-        assert anon < RSS_GROWTH, f"{what}: anonymous RSS grew by {anon / 2**20:.1f} MiB (RSS {growth / 2**20:+.1f}; seed {SEED})"
-        lines, allowed = line_count(self.log) - self.lines, allowed_log_lines(time.monotonic() - self.started, limiters)
-        assert lines <= allowed, f"{what}: {lines} log lines, {allowed} allowed (seed {SEED}):\n{self.service.logs()}"
-        print(f"{what}: {time.monotonic() - self.started:.1f} s in all; RSS {growth / 2**20:+.1f} MiB (anonymous "
-              f"{anon / 2**20:+.1f} MiB), {lines} log lines")
+def broker_watch(service: ExecutorService, metrics_port: int) -> Watch:
+    """The broker's RSS, log length and metrics when the fuzzing starts (helpers.fuzz.Watch)."""
+    assert service.broker is not None
+    log = service.log_dir / "broker.log"
+    started = Watch("broker", service.broker.pid, log, metrics_port, logs=service.logs, seed=SEED, rss_growth=RSS_GROWTH,
+                    alive=lambda: service.broker is not None and service.broker.poll() is None)
+    assert started.lines > 0, f"{log} is empty: the broker logs elsewhere and the log checks would be vacuous"
+    return started
 
 
 def assert_a_real_job_passes(service: ExecutorService) -> None:
@@ -127,7 +94,7 @@ def test_frontend_survives_fuzzing(service) -> None:
             refused += 1
         else:
             jobs += 1  # queued, or dropped as a duplicate job_id if one like it is still queued or running
-    watch = Watch(service, metrics_port)
+    watch = broker_watch(service, metrics_port)
     received = 'rlef_executor_broker_jobs_total{outcome="received"}'
     with Transport(TransportConfig()) as transport:
         # A requester that never reads its answers (refusals of frames with a readable job_id, results).
@@ -170,7 +137,7 @@ def test_backend_survives_fuzzing(service) -> None:
     service, metrics_port = service
     cases = zmq_cases(wire_seeds(), FRAMES, SEED + 1)
     bad = sum(backend_bad(c) for c in cases)
-    watch = Watch(service, metrics_port)
+    watch = broker_watch(service, metrics_port)
     backend = service.frontend.rsplit(":", 1)[0] + ":" + next(
         o.split("=", 1)[1] for o in service.overrides if o.startswith("endpoints.broker_backend_port="))
     with Transport(TransportConfig()) as transport:
@@ -191,16 +158,7 @@ def test_backend_survives_fuzzing(service) -> None:
 def test_metrics_endpoint_survives_fuzzing(service) -> None:
     service, metrics_port = service
     cases = http_cases(FRAMES, SEED)
-    watch = Watch(service, metrics_port)
-    answers, seconds = send_http_cases(metrics_port, cases, SEED, alive=watch.alive)
-    errors, silent = sum(map(http_error_answer, answers)), answers.count(b"")
-    time.sleep(0.5)
-    http = {c: watch.delta(f'rlef_process_metrics_http_errors_total{{cause="{c}"}}')
-            for c in ("bad_request", "bad_accept", "client_gone", "timeout", "busy", "error")}
-    counted = http["bad_request"] + http["bad_accept"]
-    # Every error answer seen was counted; one answered with silence, or to a client that hung up, may be.
-    assert errors <= counted <= errors + silent + 500, (errors, silent, http)
-    assert http["error"] == 0 and http["busy"] == 0, http
+    watch = broker_watch(service, metrics_port)
+    assert_metrics_endpoint_survives(watch, cases, SEED)
     assert scrape(metrics_port)["rlef_executor_broker_workers_alive"] >= 1  # a real scrape afterwards
-    print(f"metrics HTTP: {len(cases)} + 500 requests in {seconds:.1f} s, {errors} error answers, counted {http}")
     watch.assert_healthy("broker metrics HTTP")

@@ -10,6 +10,9 @@ declared length is huge, deep nesting, an unknown field, and multipart messages 
 case is a tuple of frames (one for all but the multipart ones); ``Case.describe()`` names it for a failure
 message, so a failing case can be rebuilt from the seed and its index alone. ``http_cases`` does the same for
 HTTP requests to a /metrics endpoint.
+
+``Watch`` takes a fuzzed process' RSS, log length and metrics before a test sends, and checks them after
+(``assert_healthy``); ``assert_metrics_endpoint_survives`` is the whole /metrics fuzz of any role.
 """
 
 from __future__ import annotations
@@ -367,6 +370,29 @@ def http_error_answer(answer: bytes) -> bool:
     return status.startswith((b"4", b"5")) and status != b"405"
 
 
+def assert_metrics_endpoint_survives(watch: Watch, cases: list[Case], seed: int) -> dict[str, float]:
+    """``cases`` (``http_cases(n, seed)``) on the /metrics endpoint of ``watch``'s process (``send_http_cases``:
+    every answer read, then 500 hang-ups): every error answer seen was counted (``bad_request``,
+    ``bad_accept``; one answered with silence, or to a client that hung up, may be too), and none is an
+    internal error or a busy refusal. Returns the scrape taken after them."""
+    answers, seconds = send_http_cases(watch.port, cases, seed, alive=watch.alive)
+    errors, silent = sum(map(http_error_answer, answers)), answers.count(b"")
+    time.sleep(0.5)
+    after = scrape(watch.port)
+
+    def delta(cause: str) -> float:
+        name = f'rlef_process_metrics_http_errors_total{{cause="{cause}"}}'
+        return after.get(name, 0.0) - watch.metrics.get(name, 0.0)
+
+    causes = {c: delta(c) for c in ("bad_request", "bad_accept", "client_gone", "timeout", "busy", "error")}
+    counted = causes["bad_request"] + causes["bad_accept"]
+    # Every error answer seen was counted; one answered with silence, or to a client that hung up, may be.
+    assert errors <= counted <= errors + silent + 500, (errors, silent, causes)
+    assert causes["error"] == 0 and causes["busy"] == 0, causes
+    print(f"metrics HTTP: {len(cases)} + 500 requests in {seconds:.1f} s, {errors} error answers, counted {causes}")
+    return after
+
+
 # ---------------------------------------------------------------- what is measured
 
 
@@ -427,6 +453,39 @@ def scrape(port: int, timeout_s: float = 60.0) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+class Watch:
+    """A fuzzed process (``name``, for messages) from the moment a test starts sending to it: its RSS (all
+    and anonymous), its log's length and its metrics then, and the checks every fuzz test ends with.
+    ``alive()`` says whether it still runs; ``logs()`` is what a failure shows; ``seed`` is named in failures."""
+
+    def __init__(self, name: str, pid: int, log: Path, metrics_port: int, *, alive: Callable[[], bool],
+                 logs: Callable[[], str], seed: int, rss_growth: int):
+        self.name, self.pid, self.log, self.port = name, pid, log, metrics_port
+        self.alive, self.logs, self.seed, self.rss_growth = alive, logs, seed, rss_growth
+        self.rss, self.anon, self.lines = rss_bytes(pid), anon_rss_bytes(pid), line_count(log)
+        self.metrics = scrape(metrics_port)
+        self.started = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def delta(self, name: str) -> float:
+        """How far the metric ``name`` moved since the start."""
+        return scrape(self.port).get(name, 0.0) - self.metrics.get(name, 0.0)
+
+    def assert_healthy(self, what: str, limiters: int = 1) -> None:
+        """Alive; anonymous RSS grown by less than ``rss_growth``; no more log lines than ``limiters`` rate
+        limiters allow in the time since the start (``allowed_log_lines``)."""
+        seed = self.seed
+        assert self.alive(), f"{what}: the {self.name} died (seed {seed}):\n{self.logs()}"
+        growth, anon = rss_bytes(self.pid) - self.rss, anon_rss_bytes(self.pid) - self.anon
+        assert anon < self.rss_growth, f"{what}: anonymous RSS grew by {anon / 2**20:.1f} MiB (RSS {growth / 2**20:+.1f}; seed {seed})"
+        lines, allowed = line_count(self.log) - self.lines, allowed_log_lines(self.seconds(), limiters)
+        assert lines <= allowed, f"{what}: {lines} log lines, {allowed} allowed (seed {seed}):\n{self.logs()}"
+        print(f"{what}: {self.seconds():.1f} s in all; RSS {growth / 2**20:+.1f} MiB (anonymous {anon / 2**20:+.1f} MiB), "
+              f"{lines} log lines")
 
 
 def wait_until(pred: Callable[[], bool], timeout_s: float, what: Callable[[], str], poll_s: float = 0.1) -> None:

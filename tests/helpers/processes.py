@@ -1,4 +1,5 @@
-"""Test processes: the ports they bind, and stopping those that each lead their own session (start_new_session=True)."""
+"""Test processes: the ports they bind, stopping those that each lead their own session (start_new_session=True),
+and running a command such as `rlef launch` to its end while noting every process it started."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import random
 import socket
 import signal
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from rlef.deploy.process import descendants
 
 
 def stop_process_groups(procs: Iterable[subprocess.Popen], timeout_s: float = 5.0) -> None:
@@ -53,3 +57,19 @@ def stable_free_ports(n: int) -> list[int]:
         if port not in ports:
             ports.append(port)
     return ports
+
+
+def run_watching_descendants(cmd: list[str], cwd: Path, timeout_s: float) -> tuple[int, str, set[int]]:
+    """Run ``cmd`` in ``cwd`` (stdout and stderr merged, as text) until it exits, or ``timeout_s`` passed (then
+    it is sent SIGTERM), noting every descendant it had, once a second. Returns its exit code, its output and
+    the pids noted (a test asserts none of them is left alive)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen |= descendants(proc.pid)
+        time.sleep(1)
+    if proc.poll() is None:
+        proc.terminate()
+    out = proc.communicate(timeout=60)[0]
+    return proc.returncode, out, seen

@@ -26,23 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 import zmq
-from helpers.fuzz import (
-    STARVED_S,
-    Case,
-    allowed_log_lines,
-    http_cases,
-    anon_rss_bytes,
-    line_count,
-    rss_bytes,
-    scrape,
-    http_error_answer,
-    send_cases,
-    send_http_cases,
-    settled_rss,
-    wait_until,
-    wire_seeds,
-    zmq_cases,
-)
+from helpers.fuzz import (STARVED_S, Case, Watch, allowed_log_lines, anon_rss_bytes, assert_metrics_endpoint_survives,
+                         http_cases, scrape, send_cases, settled_rss, wait_until, wire_seeds, zmq_cases)
 from helpers.processes import stable_free_ports, stop_process_groups
 from helpers.rollouts import make_rollout
 
@@ -95,33 +80,10 @@ class Learner:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-@dataclass
-class Before:
-    rss: int
-    anon: int
-    lines: int
-    metrics: dict[str, float]
-    at: float
-
-    def seconds(self) -> float:
-        return time.monotonic() - self.at
-
-
-def before(learner: Learner) -> Before:
-    pid = learner.proc.pid
-    return Before(rss_bytes(pid), anon_rss_bytes(pid), line_count(learner.log_path), scrape(learner.metrics_port),
-                  time.monotonic())
-
-
-def assert_healthy(learner: Learner, start: Before, what: str, limiters: int = 1) -> None:
-    """Alive, memory and log bounded since ``start``."""
-    assert learner.alive(), f"{what}: the learner died (seed {SEED}):\n{learner.log_tail()}"
-    pid = learner.proc.pid
-    growth, anon = rss_bytes(pid) - start.rss, anon_rss_bytes(pid) - start.anon
-    assert anon < RSS_GROWTH, f"{what}: anonymous RSS grew by {anon / 2**20:.1f} MiB (RSS {growth / 2**20:+.1f}; seed {SEED})"
-    lines, allowed = line_count(learner.log_path) - start.lines, allowed_log_lines(start.seconds(), limiters)
-    assert lines <= allowed, f"{what}: {lines} log lines, {allowed} allowed (seed {SEED}):\n{learner.log_tail()}"
-    print(f"{what}: {start.seconds():.1f} s in all; RSS {growth / 2**20:+.1f} MiB (anonymous {anon / 2**20:+.1f} MiB), {lines} log lines")
+def before(learner: Learner) -> Watch:
+    """The learner's RSS, log length and metrics when a test starts sending (helpers.fuzz.Watch)."""
+    return Watch("learner", learner.proc.pid, learner.log_path, learner.metrics_port, alive=learner.alive,
+                 logs=learner.log_tail, seed=SEED, rss_growth=RSS_GROWTH)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +199,7 @@ def test_rollout_pull_survives_fuzzing(learner: Learner, transport: Transport) -
     assert sum(learner.metric(f'rlef_learner_rollouts_rejected_total{{reason="{r}"}}') for r in REASONS) == \
         sum(after.get(f'rlef_learner_rollouts_rejected_total{{reason="{r}"}}', 0) for r in REASONS)
     sock.close(0)
-    assert_healthy(learner, start, "rollout PULL")
+    start.assert_healthy("rollout PULL")
 
 
 def control_bad(case: Case) -> bool:
@@ -267,7 +229,7 @@ def test_control_router_survives_fuzzing(learner: Learner, transport: Transport)
     with ControlClient(transport, learner.endpoint(learner.config.endpoints.control_port), "after-the-fuzz",
                        heartbeat_interval_s=0.2, config_digests=shared_config_digests(learner.config)) as peer:
         assert peer.register(["rollouts"], timeout_s=STARVED_S) == 0
-    assert_healthy(learner, start, "control ROUTER", limiters=2)  # bad messages, refused registrations
+    start.assert_healthy("control ROUTER", limiters=2)  # bad messages, refused registrations
 
 
 def weights_bad(case: Case, version: int, num_chunks: int) -> bool:
@@ -312,7 +274,7 @@ def test_weights_router_survives_fuzzing(learner: Learner, transport: Transport)
     for r in (late, baseline):
         r.close()
     sock.close(0)
-    assert_healthy(learner, start, "weights ROUTER")
+    start.assert_healthy("weights ROUTER")
 
 
 def test_actor_relay_router_survives_fuzzing(learner: Learner, transport: Transport, caplog) -> None:
@@ -365,20 +327,6 @@ def test_actor_relay_router_survives_fuzzing(learner: Learner, transport: Transp
 def test_metrics_endpoint_survives_fuzzing(learner: Learner) -> None:
     all_cases = http_cases(FRAMES, SEED)
     start = before(learner)
-    answers, seconds = send_http_cases(learner.metrics_port, all_cases, SEED, alive=learner.alive)
-    errors, silent = sum(map(http_error_answer, answers)), answers.count(b"")
-    time.sleep(0.5)
-    after = scrape(learner.metrics_port)
-
-    def delta(cause: str) -> float:
-        name = f'rlef_process_metrics_http_errors_total{{cause="{cause}"}}'
-        return after.get(name, 0) - start.metrics.get(name, 0)
-
-    counted = delta("bad_request") + delta("bad_accept")
-    # Every error answer seen was counted; one answered with silence, or to a client that hung up, may be.
-    causes = {c: delta(c) for c in ("bad_request", "bad_accept", "client_gone", "timeout", "busy", "error")}
-    assert errors <= counted <= errors + silent + 500, (errors, silent, causes)
-    assert causes["error"] == 0 and causes["busy"] == 0, causes
+    after = assert_metrics_endpoint_survives(start, all_cases, SEED)
     assert after['rlef_learner_weights_version{transport="zmq"}'] == 0.0  # a real scrape afterwards
-    print(f"metrics HTTP: {len(all_cases)} + 500 requests in {seconds:.1f} s, {errors} error answers, counted {causes}")
-    assert_healthy(learner, start, "metrics HTTP")
+    start.assert_healthy("metrics HTTP")

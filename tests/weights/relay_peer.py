@@ -3,8 +3,8 @@
 
 Prints one JSON line when it starts relaying (its relay endpoint), one when its first chunk of a version
 lands ("mid"), and one per complete version (version, canonical digest, bytes it got from peers, bytes it
-relayed); exits 0 after LAST_VERSION, 3 on timeout. ``CHUNK_DELAY_S`` slows this receiver down (a sleep per
-chunk it takes in), so a test can kill it while it relays."""
+relayed); exits 0 after LAST_VERSION, 3 on timeout (peer_loop.receive_until). ``CHUNK_DELAY_S`` slows this
+receiver down (a sleep per chunk it takes in), so a test can kill it while it relays."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import json
 import sys
 import time
 
+from peer_loop import receive_until
+
 from rlef.common.config import TransportConfig
 from rlef.common.protocol.transport import Transport
-from rlef.common.weights import state_dict_digest
 from rlef.common.weights.zmq.receiver import ZmqReceiver
 
 
@@ -33,31 +34,20 @@ def main() -> int:
 
         receiver._on_chunk = slow  # the receiver thread looks the method up on the instance
     print(json.dumps({"id": receiver_id, "relay": receiver.relay_endpoint}), flush=True)
-    deadline = time.monotonic() + timeout_s
     said_mid = -1
-    try:
-        while time.monotonic() < deadline:
-            transfer = receiver._transfer
-            if transfer is not None and transfer.count > 0 and transfer.manifest.version != said_mid:
-                said_mid = transfer.manifest.version
-                print(json.dumps({"id": receiver_id, "mid": said_mid}), flush=True)
-            got = receiver.poll(timeout_s=0.02)
-            if got is None:
-                continue
-            print(json.dumps({"id": receiver_id, "version": got.version, "digest": state_dict_digest(got.tensors),
-                              "from_peers": receiver.received_from_peers, "relayed": receiver.relayed_bytes,
-                              "switches": receiver.source_switches}), flush=True)
-            del got
-            if receiver.version >= last:
-                # Keep relaying a little while for peers still behind us in the chain.
-                end = time.monotonic() + 3.0
-                while time.monotonic() < end and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                return 0
-        return 3
-    finally:
-        receiver.close()
-        transport.close()
+
+    def say_mid() -> None:
+        nonlocal said_mid
+        transfer = receiver._transfer
+        if transfer is not None and transfer.count > 0 and transfer.manifest.version != said_mid:
+            said_mid = transfer.manifest.version
+            print(json.dumps({"id": receiver_id, "mid": said_mid}), flush=True)
+
+    # After LAST_VERSION it keeps relaying a little while for peers still behind it in the chain.
+    return receive_until(receiver, transport, receiver_id, last, timeout_s, poll_s=0.02, before_poll=say_mid,
+                         linger_s=3.0, extra=lambda _got: {"from_peers": receiver.received_from_peers,
+                                                           "relayed": receiver.relayed_bytes,
+                                                           "switches": receiver.source_switches})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from weights_util import make_config, state_dict
+from weights_util import make_config, publish_and_receive, state_dict
 
 from rlef.common.weights import make_publisher, make_receiver, state_dict_digest
 from rlef.common.weights.filesystem import FILE, MANIFEST, FilesystemPublisher, FilesystemReceiver, complete_versions, version_dir
@@ -18,11 +18,7 @@ def test_publish_receive_prune_through_the_factories(tmp_path: Path, transport) 
     config = make_config("weights.type=filesystem", f"weights.path={tmp_path}", "weights.keep=2")
     with make_publisher(config, transport) as pub, make_receiver(config, transport, "a0") as rec:
         for version in (1, 2, 3):
-            sd = state_dict(version)
-            pub.publish(version, sd)
-            got = rec.poll(timeout_s=20)
-            assert got is not None and got.version == version
-            assert state_dict_digest(got.tensors) == state_dict_digest(sd)
+            got = publish_and_receive(pub, rec, version)
             assert got.path == version_dir(tmp_path, version) / FILE
     assert complete_versions(tmp_path) == [2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v00000002", "v00000003"]  # no temp dirs left

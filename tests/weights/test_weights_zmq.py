@@ -11,7 +11,7 @@ import pytest
 import torch
 import zmq
 from helpers.weights_hub import ScriptedHub
-from weights_util import PEER, python, state_dict, zmq_config
+from weights_util import PEER, publish_and_receive, python, state_dict, zmq_config
 
 from rlef.common.config import RlefConfig
 from rlef.common.protocol.decoding import decode
@@ -36,11 +36,7 @@ def test_receiver_gets_each_version_whole_and_equal(transport: Transport) -> Non
     with make_publisher(config, transport) as pub, make_receiver(config, transport, "actor-0") as rec:
         assert rec.version == -1 and rec.poll() is None
         for version in (1, 2, 3):
-            sd = state_dict(version)
-            pub.publish(version, sd)
-            got = rec.poll(timeout_s=20)
-            assert got is not None and got.version == version
-            assert state_dict_digest(got.tensors) == state_dict_digest(sd)
+            publish_and_receive(pub, rec, version)
             assert rec.version == version
         assert rec.poll() is None  # each version is handed out once
         assert isinstance(pub, ZmqPublisher) and pub.receivers() == 1

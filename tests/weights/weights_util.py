@@ -1,5 +1,5 @@
 """Helpers of the weights/control tests (a uniquely named module: tests/ has no packages): free ports,
-configs pointing at them, a transport fixture, model-like state dicts."""
+configs pointing at them, a transport fixture, model-like state dicts and a version sent through a transport."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from rlef.common.config import RlefConfig, load_config
 from rlef.common.protocol.transport import Transport
+from rlef.common.weights import ReceivedWeights, WeightPublisher, WeightReceiver, state_dict_digest
 
 PEER = Path(__file__).with_name("weights_peer.py")
 
@@ -51,6 +52,17 @@ def state_dict(seed: int, scale: int = 1) -> dict[str, torch.Tensor]:
         "bytes": torch.randint(0, 255, (7,), generator=g, dtype=torch.uint8),
         "empty": torch.empty(0, 4),
     }
+
+
+def publish_and_receive(pub: WeightPublisher, rec: WeightReceiver, version: int, timeout_s: float = 20) -> ReceivedWeights:
+    """Publish ``state_dict(version)``: the receiver gets that version, whole and equal (canonical digest)."""
+    sd = state_dict(version)
+    pub.publish(version, sd)
+    got = rec.poll(timeout_s=timeout_s)
+    received = None if got is None else got.version
+    assert got is not None and got.version == version, f"published version {version}, received version {received}"
+    assert state_dict_digest(got.tensors) == state_dict_digest(sd), f"version {version} arrived different"
+    return got
 
 
 @pytest.fixture
