@@ -61,11 +61,12 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 def _make_warm_start(args: argparse.Namespace) -> int:
     from rlef.common.models.warm_start import DEFAULT_STEPS, is_current, make_warm_start
 
-    if args.if_stale and is_current(Path(args.dir), Path(args.tasks), seed=args.seed, steps=args.steps or DEFAULT_STEPS):
+    if args.if_stale and is_current(Path(args.dir), Path(args.tasks), seed=args.seed, steps=args.steps or DEFAULT_STEPS,
+                                    retry=args.retry):
         print(f"warm start in {args.dir} is current; not rebuilt")
         return 0
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
-    out = make_warm_start(Path(args.dir), Path(args.tasks), seed=args.seed, threads=args.threads,
+    out = make_warm_start(Path(args.dir), Path(args.tasks), seed=args.seed, threads=args.threads, retry=args.retry,
                           **{k: v for k, v in given.items() if v is not None})
     print(f"warm start written to {out}")
     return 0
@@ -140,6 +141,9 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     warm.add_argument("--batch-size", type=int, default=None)
     warm.add_argument("--lr", type=float, default=None)
     warm.add_argument("--threads", type=int, default=None, help="torch threads during the build (default: all cores)")
+    warm.add_argument("--retry", choices=("uniform", "untried"), default="uniform",
+                      help="how a hidden trace's later turns guess: any convention, or one the trace has not tried yet "
+                      "(neither reads the feedback's expected output)")
     warm.add_argument("--if-stale", action="store_true", help="do nothing when DIR already holds what this would build")
     warm.set_defaults(func=_make_warm_start)
 

@@ -59,10 +59,14 @@ def _wrong_answer_feedback(problem: Any, code_format: Any, op: Any, max_chars: i
     return render_feedback(problem, problem.public_tests, result, max_chars=max_chars, template=template)
 
 
+RETRIES = ("uniform", "untried")
+
+
 def trace(problem: Any, rng: random.Random, *, max_turns: int, max_chars: int, template: str = "codecontests",
-          formats: tuple[Any, ...] | None = None) -> list[dict[str, str]]:
+          formats: tuple[Any, ...] | None = None, retry: str = "uniform") -> list[dict[str, str]]:
     """The chat messages of one supervised trace of a generated problem (see the module docstring); later
-    turns guess among ``formats``, the task set's conventions (default: all)."""
+    turns guess among ``formats``, the task set's conventions (default: all): any of them (``uniform``) or one
+    this trace has not written yet (``untried``)."""
     from rlef.common.data import feedback_tasks as T
     from rlef.common.text.prompts import render_first_prompt
 
@@ -74,8 +78,13 @@ def trace(problem: Any, rng: random.Random, *, max_turns: int, max_chars: int, t
     if meta["kind"] == "shown":
         messages.append({"role": "assistant", "content": response_text(T.program(op, true_format))})
         return messages
+    tried: set[str] = set()
     for turn in range(max_turns):
-        guess = rng.choice(formats or T.FORMATS)  # independent of the feedback: the warm start must not use it
+        # Independent of the feedback's expected output: the warm start must not use it. ``untried`` depends on
+        # the trace's own earlier programs only (a new guess after a failure, as an instruct model retries).
+        pool = [f for f in formats or T.FORMATS if retry == "uniform" or f.name not in tried]
+        guess = rng.choice(pool)
+        tried.add(guess.name)
         messages.append({"role": "assistant", "content": response_text(T.program(op, guess))})
         if guess.name == true_format.name or turn == max_turns - 1:
             break
@@ -141,6 +150,7 @@ def _tasks_digest(tasks_dir: Path) -> str:
 def make_warm_start(
     out_dir: Path, tasks_dir: Path, *, seed: int = 0, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH,
     lr: float = DEFAULT_LR, max_turns: int = 3, feedback_max_chars: int = 256, threads: int | None = 1,
+    retry: str = "uniform",
 ) -> Path:
     """Build the warm start into ``out_dir`` from ``tasks_dir``'s train split; returns ``out_dir``."""
     import torch
@@ -154,6 +164,8 @@ def make_warm_start(
         raise WarmStartError(f"--batch-size must be a positive integer, got {batch_size}")
     if not lr > 0:
         raise WarmStartError(f"--lr must be positive, got {lr}")
+    if retry not in RETRIES:
+        raise WarmStartError(f"--retry must be one of {', '.join(RETRIES)}, got {retry!r}")
     out_dir, tasks_dir = Path(out_dir), Path(tasks_dir)
     if not (tasks_dir / "train.jsonl").is_file():
         raise WarmStartError(
@@ -169,7 +181,8 @@ def make_warm_start(
     from rlef.common.data.feedback_tasks import read_manifest, task_conventions
 
     formats = task_conventions(read_manifest(tasks_dir))
-    conversations = [trace(p, rng, max_turns=max_turns, max_chars=feedback_max_chars, formats=formats) for p in problems]
+    conversations = [trace(p, rng, max_turns=max_turns, max_chars=feedback_max_chars, formats=formats, retry=retry)
+                     for p in problems]
     # Reading the statement is what an instruct model already does well: every hidden problem also gets a
     # one-turn trace of its "shown" twin (same operation and convention, the statement shows an example), so
     # half the traces teach reading the convention from the statement whatever the split's mix of kinds.
@@ -186,7 +199,7 @@ def make_warm_start(
     finally:
         torch.set_num_threads(old_threads)
     meta = {
-        "build_version": BUILD_VERSION, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+        "build_version": BUILD_VERSION, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "retry": retry,
         "max_turns": max_turns, "tasks_dir": str(tasks_dir), "tasks_sha256": _tasks_digest(tasks_dir),
         "traces": len(examples), "mean_trace_tokens": round(sum(len(i) for i, _ in examples) / max(len(examples), 1), 1),
         "first_loss": losses[0], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
@@ -208,11 +221,12 @@ def warm_start_info(model_dir: Path) -> dict | None:
     return meta if meta.get("build_version") == BUILD_VERSION else None
 
 
-def is_current(model_dir: Path, tasks_dir: Path, *, seed: int, steps: int) -> bool:
+def is_current(model_dir: Path, tasks_dir: Path, *, seed: int, steps: int, retry: str = "uniform") -> bool:
     """True when ``model_dir`` holds what :func:`make_warm_start` would build now from ``tasks_dir``."""
     info = warm_start_info(model_dir)
     return (
         info is not None and info.get("seed") == seed and info.get("steps") == steps
+        and info.get("retry", "uniform") == retry
         and info.get("tasks_sha256") == _tasks_digest(Path(tasks_dir))
         and (Path(model_dir) / "model.safetensors").is_file()
     )

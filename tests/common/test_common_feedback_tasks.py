@@ -250,3 +250,24 @@ def test_fewer_conventions_are_drawn_per_seed_recorded_and_guessed_among(tmp_pat
         later_right += sum(right in a for a in assistant[1:])
     assert later_right / later_total == pytest.approx(1 / 4, abs=0.04)
     assert T.task_conventions(None) == T.FORMATS  # manifests from before --conventions: all of them
+
+
+def test_untried_retries_never_repeat_and_still_ignore_the_expected_output(tasks):
+    """--retry untried: a later turn guesses among the conventions this trace has not written (depends on the
+    trace's own programs only), so turn 2 is right 1 time in 7 and turn 3 1 in 6, whatever the feedback says."""
+    problems = [p for p in load_problems("codecontests", str(tasks), "train") if p.problem_id.endswith("hidden")]
+    rng = random.Random(0)
+    right_at = {2: [0, 0], 3: [0, 0]}
+    for p in problems * 40:
+        meta = T.parse_problem_name(p.problem_id)
+        op = T.OPS_BY_NAME[meta["op"]]
+        written = [next(f.name for f in T.FORMATS if T.program(op, f) in m["content"])
+                   for m in trace(p, rng, max_turns=3, max_chars=256, retry="untried") if m["role"] == "assistant"]
+        assert len(set(written)) == len(written)  # never the same convention twice
+        for turn, name in enumerate(written[1:], start=2):
+            right_at[turn][0] += name == meta["format"]
+            right_at[turn][1] += 1
+    assert right_at[2][0] / right_at[2][1] == pytest.approx(1 / 7, abs=0.025)
+    assert right_at[3][0] / right_at[3][1] == pytest.approx(1 / 6, abs=0.025)
+    with pytest.raises(WarmStartError, match="--retry"):
+        make_warm_start(Path("/nonexistent-ws"), tasks, retry="sometimes")
