@@ -199,6 +199,15 @@ def draw_conventions(seed: int, count: int | None) -> tuple[Format, ...]:
     return tuple(f for i, f in enumerate(FORMATS) if i in chosen)
 
 
+def fixed_convention_combinations(seed: int) -> list[tuple[str, str]]:
+    """One convention per operation, drawn for ``seed`` (distinct where the counts allow): the combinations of
+    a task set whose hidden conventions the statement's operation predicts. Not a test of reading feedback
+    (turn 1 can learn it): a fast, sure rise of the reward for CI's check that the loop trains."""
+    formats = [f.name for f in FORMATS]
+    random.Random(f"fixed-conventions-{seed}").shuffle(formats)
+    return [(op.name, formats[i % len(formats)]) for i, op in enumerate(OPERATIONS)]
+
+
 def task_conventions(manifest: dict[str, Any] | None) -> tuple[Format, ...]:
     """The conventions of a generated task set, from its manifest (older manifests: all of them)."""
     names = (manifest or {}).get("conventions")
@@ -292,24 +301,29 @@ def _check_args(seed: int, counts: dict[str, int], hidden_fraction: float) -> No
 def make_feedback_tasks(
     out_dir: Path, *, seed: int = 0, train: int = 2000, valid: int = 96, test: int = 192,
     hidden_fraction: float = 0.75, held_out_combinations: int | None = None, held_out_per_operation: int = 0,
-    held_out_inputs: bool = False, conventions: int | None = None,
+    held_out_inputs: bool = False, conventions: int | None = None, fixed_conventions: bool = False,
 ) -> dict[str, Any]:
     """Write the three splits and ``manifest.json`` into ``out_dir``; returns the manifest.
     ``held_out_per_operation`` > 0 draws the balanced split (:func:`split_combinations_per_operation`) instead
     of ``held_out_combinations`` random pairs; ``held_out_inputs`` holds out inputs instead of combinations
     (:func:`split_inputs`); ``conventions`` uses that many of the output conventions (:func:`draw_conventions`;
-    only with ``held_out_inputs``, whose splits draw every combination alike)."""
+    only with ``held_out_inputs``, whose splits draw every combination alike); ``fixed_conventions`` gives
+    every operation one convention in every split (:func:`fixed_convention_combinations`; not a held-out test)."""
     counts = {"train": train, "valid": valid, "test": test}
     _check_args(seed, counts, hidden_fraction)
     if conventions is not None and not held_out_inputs:
         raise TaskGenerationError("--conventions needs --held-out-inputs (the combination splits assume all 8 conventions)")
+    if fixed_conventions and (held_out_inputs or held_out_per_operation or held_out_combinations is not None):
+        raise TaskGenerationError("--fixed-conventions holds nothing out: it takes no --held-out-* option")
     formats = draw_conventions(seed, conventions)
     held_out_combinations = check_hold_out(held_out_combinations, held_out_per_operation, held_out_inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TaskGenerationError(f"output {str(out_dir)!r} exists and is not a directory")
     pools: dict[str, InputPool] = dict.fromkeys(counts)
-    if held_out_inputs:
+    if fixed_conventions:
+        combos = {split: fixed_convention_combinations(seed) for split in counts}
+    elif held_out_inputs:
         combos = {split: all_combinations(formats) for split in counts}
         pools.update(split_inputs(seed))
     elif held_out_per_operation:
@@ -327,7 +341,8 @@ def make_feedback_tasks(
     manifest = {
         "generator": "rlef.common.data.feedback_tasks", "generator_version": GENERATOR_VERSION, "seed": seed,
         "counts": counts, "kinds": kinds, "hidden_fraction": hidden_fraction,
-        "held_out": held_out_spec(held_out_combinations, held_out_per_operation, held_out_inputs),
+        "held_out": {"fixed_conventions": True} if fixed_conventions else held_out_spec(
+            held_out_combinations, held_out_per_operation, held_out_inputs),
         "combinations": {s: [f"{o}/{f}" for o, f in c] for s, c in combos.items()},
         "conventions": [f.name for f in formats],
     }

@@ -271,3 +271,18 @@ def test_untried_retries_never_repeat_and_still_ignore_the_expected_output(tasks
     assert right_at[3][0] / right_at[3][1] == pytest.approx(1 / 6, abs=0.025)
     with pytest.raises(WarmStartError, match="--retry"):
         make_warm_start(Path("/nonexistent-ws"), tasks, retry="sometimes")
+
+
+def test_fixed_conventions_give_each_operation_one_convention_in_every_split(tmp_path):
+    manifest = T.make_feedback_tasks(tmp_path / "fixed", seed=4, train=120, valid=12, test=12, fixed_conventions=True)
+    clear_cache()
+    mapping = dict(T.fixed_convention_combinations(4))
+    assert set(mapping) == set(T.OPS_BY_NAME) and len(set(mapping.values())) == len(T.OPERATIONS)  # 6 distinct of 8
+    assert manifest["held_out"] == {"fixed_conventions": True}
+    for split in ("train", "valid", "test"):
+        for p in load_problems("codecontests", str(tmp_path / "fixed"), split):
+            meta = T.parse_problem_name(p.problem_id)
+            assert mapping[meta["op"]] == meta["format"]
+    assert dict(T.fixed_convention_combinations(5)) != mapping
+    with pytest.raises(T.TaskGenerationError, match="--fixed-conventions"):
+        T.make_feedback_tasks(tmp_path / "x", seed=4, fixed_conventions=True, held_out_inputs=True)
