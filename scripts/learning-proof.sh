@@ -3,7 +3,8 @@
 # combinations and inputs), a warm start trained on that seed's train split, the main job (configs/tiny-cpu.yaml)
 # on it, and its final evaluation (warm start vs final checkpoint, real and random feedback, held-out test split).
 # Then one table over the seeds. Usage: bash scripts/learning-proof.sh [SEEDS...] (default: 0 1 2); extra config
-# overrides in RLEF_OVERRIDES, extra task-generator arguments in RLEF_TASK_ARGS (e.g. --held-out-per-operation 1). Results: runs/learning-proof/seed-S/{eval,report}, runs/learning-proof/summary.md.
+# overrides in RLEF_OVERRIDES, task-generator arguments in RLEF_TASK_ARGS (default --held-out-inputs, the split
+# scripts/setup.sh uses; e.g. RLEF_TASK_ARGS="--held-out-per-operation 1" for the balanced combination split). Results: runs/learning-proof/seed-S/{eval,report}, runs/learning-proof/summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -18,7 +19,7 @@ for seed in "${SEEDS[@]}"; do
   mkdir -p "$dir"
   start=$(date +%s)
   # shellcheck disable=SC2086
-  .venv/bin/rlef data make-feedback-tasks "$dir/tasks" --seed "$seed" --if-stale ${RLEF_TASK_ARGS:-}
+  .venv/bin/rlef data make-feedback-tasks "$dir/tasks" --seed "$seed" --if-stale ${RLEF_TASK_ARGS:---held-out-inputs}
   .venv/bin/rlef make-warm-start "$dir/warm-start" --tasks "$dir/tasks" --seed "$seed" --threads 1 --if-stale
   warm=$(date +%s)
   # shellcheck disable=SC2086

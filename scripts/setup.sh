@@ -64,7 +64,7 @@ log "tiny model in artifacts/tiny-model"
 "$VENV/bin/rlef" make-tiny-model artifacts/tiny-model --if-stale
 # --- The learning proof's task family and warm start (configs/tiny-cpu.yaml trains them; see docs/results.md).
 log "feedback tasks in artifacts/feedback-tasks"
-"$VENV/bin/rlef" data make-feedback-tasks artifacts/feedback-tasks --seed 0 --if-stale
+"$VENV/bin/rlef" data make-feedback-tasks artifacts/feedback-tasks --seed 0 --held-out-inputs --if-stale
 log "warm start in artifacts/warm-start (built once: about 5 minutes; one thread is faster than two on a shared 2-core host)"
 "$VENV/bin/rlef" make-warm-start artifacts/warm-start --tasks artifacts/feedback-tasks --seed 0 --threads 1 --if-stale
 log "ready: $VENV"
