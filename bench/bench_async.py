@@ -11,13 +11,14 @@ at equal wall clock, and each role's idle fraction read from the run's metrics l
 for rollouts / wall; actor: 1 - engine busy / wall; executors: 1 - busy sandbox-seconds / (sandboxes x wall)).
 
     .venv/bin/python bench/bench_async.py --minutes 6 --limit 64
-    .venv/bin/python bench/bench_async.py --minutes 5 --tasks fixed   # on --fixed-conventions tasks
+    .venv/bin/python bench/bench_async.py --minutes 4 --tasks one-convention
 
 The held-out 1@3 half of the comparison needs runs that learn within the budget. The learning proof's tasks
 take off after a plateau of 15-50 batches that varies by seed, so a few minutes of either mode usually
-compare two warm starts; ``--tasks fixed`` generates ``rlef data make-feedback-tasks --fixed-conventions``
-tasks (the reward rises within about 12 batches, the task of CI's reward test) so that the 1@3 at equal
-wall clock measures how much each mode learned, not whether a plateau happened to end.
+compare two warm starts; ``--tasks one-convention`` generates ``rlef data make-feedback-tasks --held-out-inputs
+--conventions 1`` tasks (every problem wants one convention: the reward rises within about 5 batches, the task
+of CI's reward test) so that the 1@3 at equal wall clock measures how much each mode learned, not whether a
+plateau happened to end.
 """
 
 from __future__ import annotations
@@ -103,14 +104,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget of each mode")
     ap.add_argument("--limit", type=int, default=64, help="held-out test problems evaluated")
     ap.add_argument("--out", type=Path, default=Path("/tmp/rlef-bench-async"))
-    ap.add_argument("--tasks", default=None, help="'fixed' (generate --fixed-conventions tasks in OUT) or a task directory "
-                    "(default: the config's data.path)")
+    ap.add_argument("--tasks", default=None, help="'one-convention' (generate --conventions 1 tasks in OUT) or a task "
+                    "directory (default: the config's data.path)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     common: list[str] = []
-    if args.tasks == "fixed":
-        tasks = args.out / "fixed-tasks"
-        subprocess.run(rlef("data", "make-feedback-tasks", str(tasks), "--seed", "0", "--fixed-conventions", "--if-stale"),
+    if args.tasks == "one-convention":
+        tasks = args.out / "one-convention-tasks"
+        subprocess.run(rlef("data", "make-feedback-tasks", str(tasks), "--seed", "0", "--held-out-inputs", "--conventions", "1",
+                            "--if-stale"),
                        cwd=ROOT, check=True, capture_output=True)
         common.append(f"data.path={tasks}")
     elif args.tasks:

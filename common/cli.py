@@ -86,8 +86,7 @@ def _make_feedback_tasks(args: argparse.Namespace) -> int:
         wanted = {"seed": args.seed, "counts": {"train": args.train, "valid": args.valid, "test": args.test},
                   "hidden_fraction": args.hidden_fraction, "generator_version": GENERATOR_VERSION,
                   "conventions": [f.name for f in draw_conventions(args.seed, args.conventions)]}
-        held_out = ({"fixed_conventions": True} if args.fixed_conventions
-                    else held_out_spec(combinations, args.held_out_per_operation, args.held_out_inputs))
+        held_out = held_out_spec(combinations, args.held_out_per_operation, args.held_out_inputs)
         if old is not None and all(old.get(k) == v for k, v in wanted.items()) and \
                 old.get("held_out", held_out_spec(8, 0)) == held_out:
             print(f"feedback tasks in {out} are current; not rebuilt")
@@ -95,12 +94,10 @@ def _make_feedback_tasks(args: argparse.Namespace) -> int:
     manifest = make_feedback_tasks(out, seed=args.seed, train=args.train, valid=args.valid, test=args.test,
                                    hidden_fraction=args.hidden_fraction, held_out_combinations=args.held_out_combinations,
                                    held_out_per_operation=args.held_out_per_operation,
-                                   held_out_inputs=args.held_out_inputs, conventions=args.conventions,
-                                   fixed_conventions=args.fixed_conventions)
+                                   held_out_inputs=args.held_out_inputs, conventions=args.conventions)
     kinds = ", ".join(f"{s} {k['shown']} shown + {k['hidden']} hidden" for s, k in manifest["kinds"].items())
     held = ("disjoint input pairs, every combination in every split" if args.held_out_inputs
-            else f"one convention per operation in every split: {', '.join(manifest['combinations']['test'])}"
-            if args.fixed_conventions else f"held-out test combinations: {', '.join(manifest['combinations']['test'])}")
+            else f"held-out test combinations: {', '.join(manifest['combinations']['test'])}")
     print(f"feedback tasks written to {out} (seed {args.seed}): {kinds}; {held}")
     return 0
 
@@ -175,10 +172,7 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
                        "(operation, convention) combinations alike, so no convention is one training never rewards")
     tasks.add_argument("--conventions", type=int, default=None,
                        help="use this many of the 8 output conventions, drawn for the seed (with --held-out-inputs); "
-                       "a blind guess then hits 1 in this many")
-    tasks.add_argument("--fixed-conventions", action="store_true",
-                       help="every operation always uses one convention (drawn for the seed), in every split: learnable "
-                       "without reading the feedback (CI's quick check that training raises the reward; not the proof)")
+                       "a blind guess then hits 1 in this many; 1 is learnable without the feedback (CI's reward test)")
     tasks.add_argument("--if-stale", action="store_true", help="do nothing when DIR holds the same seed, counts and mix")
     tasks.set_defaults(func=_make_feedback_tasks)
 

@@ -8,7 +8,7 @@ context (sample). Reports p(want) on held-out (test split) contexts every few st
 By default the convention the feedback shows (`want`) is drawn uniformly over all 8 for every problem: no
 "usual convention of this operation" shortcut exists, only reading the feedback helps. With
 --actual-conventions each problem's own convention is used, as in real training: the train split's
-operation/convention pairs then reward memorising which conventions an operation has (docs/results.md).
+operation/convention pairs then reward memorising which conventions an operation has (docs/results-history.md).
 No sandbox, no system: the model and the exact candidates only."""
 import dataclasses
 import random

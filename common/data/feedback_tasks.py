@@ -24,7 +24,7 @@ What makes it a test of reading feedback rather than of memorising:
     alike and no public or private input of a held-out problem occurs in any train problem
     (:func:`split_inputs`). Why: a held-out *combination* is a convention its operation never has in
     training, so a policy can raise its train reward by learning never to write it, which is always wrong
-    on held-out problems (docs/results.md, "the exclusion shortcut"). Drawn alike, a hidden problem's
+    on held-out problems (docs/results-history.md, "the exclusion shortcut"). Drawn alike, a hidden problem's
     convention is independent of its split, and only the feedback says which it is;
 - a new ``seed`` re-draws the combinations or inputs of every split, so it yields fresh held-out sets.
 
@@ -159,7 +159,7 @@ def split_combinations_per_operation(seed: int, per_operation: int) -> dict[str,
     Why: with ``split_combinations`` an operation keeps 3 to 8 formats in train, so "write the format this
     operation usually has" solves up to a third of an operation's hidden train problems without reading the
     feedback, and it is always wrong on the held-out pairs. RL can lock onto that shortcut instead of learning
-    to read the feedback (docs/results.md, seed 2). Here the shortcut is the same small one for every
+    to read the feedback (docs/results-history.md, seed 2). Here the shortcut is the same small one for every
     operation (1 / 6 instead of 1 / 8 at one per operation). The held-out formats are spread over the formats
     as evenly as the counts allow (each is held out by at most ceil(2 * per_operation * ops / formats) ops)."""
     limit = (len(FORMATS) - 1) // 2
@@ -188,24 +188,15 @@ def all_combinations(formats: tuple[Format, ...] = FORMATS) -> list[tuple[str, s
 
 def draw_conventions(seed: int, count: int | None) -> tuple[Format, ...]:
     """The output conventions a task set uses: all of :data:`FORMATS`, or ``count`` of them drawn for ``seed``
-    (in :data:`FORMATS` order). Fewer conventions make a blind guess likelier (1 in ``count`` a turn), so the
-    policy gradient meets the feedback's convention more often: the reading signal per sample grows as
-    p (1 - p)."""
+    (in :data:`FORMATS` order). Fewer conventions make a blind guess likelier (1 in ``count`` a turn). One
+    convention is a task the policy learns without the feedback (it only has to prefer that convention):
+    the quick, sure rise of the reward CI's reward test needs, not the learning proof."""
     if count is None or count == len(FORMATS):
         return FORMATS
-    if not isinstance(count, int) or not 2 <= count <= len(FORMATS):
-        raise TaskGenerationError(f"--conventions must be between 2 and {len(FORMATS)}, got {count!r}")
+    if not isinstance(count, int) or not 1 <= count <= len(FORMATS):
+        raise TaskGenerationError(f"--conventions must be between 1 and {len(FORMATS)}, got {count!r}")
     chosen = set(random.Random(f"conventions-{seed}").sample(range(len(FORMATS)), count))
     return tuple(f for i, f in enumerate(FORMATS) if i in chosen)
-
-
-def fixed_convention_combinations(seed: int) -> list[tuple[str, str]]:
-    """One convention per operation, drawn for ``seed`` (distinct where the counts allow): the combinations of
-    a task set whose hidden conventions the statement's operation predicts. Not a test of reading feedback
-    (turn 1 can learn it): a fast, sure rise of the reward for CI's check that the loop trains."""
-    formats = [f.name for f in FORMATS]
-    random.Random(f"fixed-conventions-{seed}").shuffle(formats)
-    return [(op.name, formats[i % len(formats)]) for i, op in enumerate(OPERATIONS)]
 
 
 def task_conventions(manifest: dict[str, Any] | None) -> tuple[Format, ...]:
@@ -257,7 +248,9 @@ def make_record(split: str, index: int, op: Operation, fmt: Format, kind: str, r
     example = _draw(rng, pool)
     inputs = [f"{a} {b}\n" for a, b in pairs]
     outputs = [fmt.render(op.apply(a, b)) + "\n" for a, b in pairs]
-    wrong_formats = [f for f in formats if f.name != fmt.name]
+    # Wrong programs (the random-feedback ablation's pool) use the set's other conventions, or any other one
+    # when the set has fewer than three.
+    wrong_formats = [f for f in (formats if len(formats) > 2 else FORMATS) if f.name != fmt.name]
     wrong = [program(op, f) for f in rng.sample(wrong_formats, 2)]
     return {
         "name": f"{split}-{index:05d}-{op.name}-{fmt.name}-{kind}",
@@ -301,29 +294,24 @@ def _check_args(seed: int, counts: dict[str, int], hidden_fraction: float) -> No
 def make_feedback_tasks(
     out_dir: Path, *, seed: int = 0, train: int = 2000, valid: int = 96, test: int = 192,
     hidden_fraction: float = 0.75, held_out_combinations: int | None = None, held_out_per_operation: int = 0,
-    held_out_inputs: bool = False, conventions: int | None = None, fixed_conventions: bool = False,
+    held_out_inputs: bool = False, conventions: int | None = None,
 ) -> dict[str, Any]:
     """Write the three splits and ``manifest.json`` into ``out_dir``; returns the manifest.
     ``held_out_per_operation`` > 0 draws the balanced split (:func:`split_combinations_per_operation`) instead
     of ``held_out_combinations`` random pairs; ``held_out_inputs`` holds out inputs instead of combinations
     (:func:`split_inputs`); ``conventions`` uses that many of the output conventions (:func:`draw_conventions`;
-    only with ``held_out_inputs``, whose splits draw every combination alike); ``fixed_conventions`` gives
-    every operation one convention in every split (:func:`fixed_convention_combinations`; not a held-out test)."""
+    only with ``held_out_inputs``, whose splits draw every combination alike)."""
     counts = {"train": train, "valid": valid, "test": test}
     _check_args(seed, counts, hidden_fraction)
     if conventions is not None and not held_out_inputs:
         raise TaskGenerationError("--conventions needs --held-out-inputs (the combination splits assume all 8 conventions)")
-    if fixed_conventions and (held_out_inputs or held_out_per_operation or held_out_combinations is not None):
-        raise TaskGenerationError("--fixed-conventions holds nothing out: it takes no --held-out-* option")
     formats = draw_conventions(seed, conventions)
     held_out_combinations = check_hold_out(held_out_combinations, held_out_per_operation, held_out_inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TaskGenerationError(f"output {str(out_dir)!r} exists and is not a directory")
     pools: dict[str, InputPool] = dict.fromkeys(counts)
-    if fixed_conventions:
-        combos = {split: fixed_convention_combinations(seed) for split in counts}
-    elif held_out_inputs:
+    if held_out_inputs:
         combos = {split: all_combinations(formats) for split in counts}
         pools.update(split_inputs(seed))
     elif held_out_per_operation:
@@ -341,8 +329,7 @@ def make_feedback_tasks(
     manifest = {
         "generator": "rlef.common.data.feedback_tasks", "generator_version": GENERATOR_VERSION, "seed": seed,
         "counts": counts, "kinds": kinds, "hidden_fraction": hidden_fraction,
-        "held_out": {"fixed_conventions": True} if fixed_conventions else held_out_spec(
-            held_out_combinations, held_out_per_operation, held_out_inputs),
+        "held_out": held_out_spec(held_out_combinations, held_out_per_operation, held_out_inputs),
         "combinations": {s: [f"{o}/{f}" for o, f in c] for s, c in combos.items()},
         "conventions": [f.name for f in formats],
     }

@@ -158,7 +158,7 @@ def test_no_two_formats_are_accepted_for_one_another():
 @pytest.mark.parametrize(("kwargs", "named"), [
     ({"seed": -1}, "--seed"), ({"train": 0}, "--train"), ({"test": 0}, "--test"),
     ({"hidden_fraction": 1.5}, "--hidden-fraction"), ({"held_out_combinations": 40}, "--held-out-combinations"),
-    ({"conventions": 1, "held_out_inputs": True}, "--conventions"), ({"conventions": 9, "held_out_inputs": True}, "--conventions"),
+    ({"conventions": 0, "held_out_inputs": True}, "--conventions"), ({"conventions": 9, "held_out_inputs": True}, "--conventions"),
     ({"conventions": 4}, "--held-out-inputs"),
 ])
 def test_bad_arguments_are_named(tmp_path, kwargs, named):
@@ -273,16 +273,14 @@ def test_untried_retries_never_repeat_and_still_ignore_the_expected_output(tasks
         make_warm_start(Path("/nonexistent-ws"), tasks, retry="sometimes")
 
 
-def test_fixed_conventions_give_each_operation_one_convention_in_every_split(tmp_path):
-    manifest = T.make_feedback_tasks(tmp_path / "fixed", seed=4, train=120, valid=12, test=12, fixed_conventions=True)
+def test_one_convention_for_every_problem_keeps_wrong_programs_for_the_ablation(tmp_path):
+    """--conventions 1 (CI's reward test): every problem wants the same convention; the wrong programs that the
+    random-feedback ablation draws from still use other conventions."""
+    manifest = T.make_feedback_tasks(tmp_path / "k1", seed=2, train=60, valid=6, test=6, held_out_inputs=True, conventions=1)
     clear_cache()
-    mapping = dict(T.fixed_convention_combinations(4))
-    assert set(mapping) == set(T.OPS_BY_NAME) and len(set(mapping.values())) == len(T.OPERATIONS)  # 6 distinct of 8
-    assert manifest["held_out"] == {"fixed_conventions": True}
-    for split in ("train", "valid", "test"):
-        for p in load_problems("codecontests", str(tmp_path / "fixed"), split):
-            meta = T.parse_problem_name(p.problem_id)
-            assert mapping[meta["op"]] == meta["format"]
-    assert dict(T.fixed_convention_combinations(5)) != mapping
-    with pytest.raises(T.TaskGenerationError, match="--fixed-conventions"):
-        T.make_feedback_tasks(tmp_path / "x", seed=4, fixed_conventions=True, held_out_inputs=True)
+    (only,) = manifest["conventions"]
+    for p in load_problems("codecontests", str(tmp_path / "k1"), "train"):
+        meta = T.parse_problem_name(p.problem_id)
+        assert meta["format"] == only and len(p.incorrect_solutions) == 2
+        op = T.OPS_BY_NAME[meta["op"]]
+        assert not set(p.incorrect_solutions) & {T.program(op, T.FORMATS_BY_NAME[only])}

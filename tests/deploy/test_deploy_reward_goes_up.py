@@ -5,9 +5,9 @@ actor, broker, nsjail executor, 2-rank FSDP2 learner, weights over ZeroMQ), stop
 batches. The assertion compares the solve rate of the final third of the batches with the first third, from
 the learner's metrics log.
 
-The tasks are the feedback-task family with ``--fixed-conventions``: every operation always wants the same
-output convention, so the policy can raise its reward at the first turn, from the statement alone, within a
-few batches. That is what this test is for: a fast, sure signal that rollouts, rewards, advantages, updates
+The tasks are the feedback-task family with ``--conventions 1``: every problem wants the same output
+convention, so the policy raises its reward at the first turn by preferring it, within a few batches (hidden
+problems start at about 1 in 8). That is what this test is for: a fast, sure signal that rollouts, rewards, advantages, updates
 and weights go round the loop. Whether the model learns to READ the feedback (whose take-off comes after a
 plateau of 15-50 batches that varies by seed) is the learning proof's question, answered on held-out
 problems by ``scripts/learning-proof.sh`` (docs/results.md), not in a 5-minute test.
@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BATCHES = 18
-# Each batch has 64 rollouts; at solve rates of 0.5-0.9 a batch's rate has a standard error of at most 0.063,
-# the mean of a third (6 batches) 0.026, the difference of two thirds 0.036. 0.15 is four of those standard
-# errors; unbroken runs rose by 0.3 and more over this span (docs/results.md).
+BATCHES = 15
+# Each batch has 64 rollouts; at solve rates of 0.5-1.0 a batch's rate has a standard error of at most 0.063,
+# the mean of a third (5 batches) 0.028, the difference of two thirds 0.040. 0.15 is almost four of those
+# standard errors; unbroken runs rose by about 0.3 over this span (docs/results.md).
 MARGIN = 0.15
 
 
@@ -51,7 +51,7 @@ def test_reward_goes_up_on_the_main_job(tmp_path: Path) -> None:
         pytest.fail("no warm start in artifacts/warm-start: run scripts/setup.sh (it builds it)")
     tasks = tmp_path / "tasks"
     made = subprocess.run([sys.executable, "-m", "rlef.common.cli", "data", "make-feedback-tasks", str(tasks), "--seed", "0",
-                           "--fixed-conventions"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+                           "--held-out-inputs", "--conventions", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert made.returncode == 0, made.stdout + made.stderr
     cmd = [sys.executable, "-m", "rlef.common.cli", "launch", "--config", "configs/tiny-cpu.yaml", "--free-ports",
            "--progress", "log", f"run.output_dir={tmp_path}", "run.name=reward-goes-up", f"data.path={tasks}",
