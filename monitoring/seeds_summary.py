@@ -3,7 +3,8 @@
 Reads ``OUT/seed-S/eval/comparison.json`` (rlef evaluate --compare, run by rlef launch's final evaluation)
 and ``OUT/seed-S/timing.json``, prints a markdown table and writes it to ``OUT/summary.md``. Every number is
 of the FINAL checkpoint of each seed's run on that seed's held-out test split, in percentage points with the
-95% paired bootstrap CI over problems.
+95% paired bootstrap CI over problems. ``OUT/seeds-training.png`` puts the seeds' training batches side by
+side (solve rate, fix rate of turn-1 failures), from each run's learner metrics log: where each took off.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from rlef.monitoring.metrics_log import read_metrics_log
 
 
 def _pts(d: dict | None) -> str:
@@ -60,11 +63,51 @@ def summary(out: Path, seeds: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def batch_series(run_dir: Path, key: str) -> list[float]:
+    """One value per learner batch, in order, of ``key`` in rank 0's metrics log (empty if there is none)."""
+    path = run_dir / "metrics" / "learner-0.jsonl"
+    if not path.exists():
+        return []
+    return [r.values[key] for r in read_metrics_log(path) if r.values.get(key) is not None]
+
+
+def training_figure(out: Path, seeds: list[str]) -> Path | None:
+    """``OUT/seeds-training.png``: per seed, the batch solve rate and the fix rate of turn-1 failures against
+    the batch; None when no seed has a metrics log."""
+    series = {seed: (batch_series(out / f"seed-{seed}", "solve_rate/final"),
+                     batch_series(out / f"seed-{seed}", "fix_rate/turn_1_failures")) for seed in seeds}
+    if not any(solve for solve, _ in series.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for seed, (solve, fix) in series.items():
+        axes[0].plot(range(1, len(solve) + 1), solve, label=f"seed {seed}")
+        axes[1].plot(range(1, len(fix) + 1), fix, label=f"seed {seed}")
+    for ax, title in zip(axes, ("solve rate of the batch (final program)", "turn-1 failures fixed by turns 2-3")):
+        ax.set_title(title)
+        ax.set_xlabel("learner batch (64 rollouts, temperature 1)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = out / "seeds-training.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str]) -> int:
     out, seeds = Path(argv[0]), argv[1:]
     text = summary(out, seeds)
     (out / "summary.md").write_text(text)
     print(text)
+    figure = training_figure(out, seeds)
+    if figure is not None:
+        print(f"training batches of every seed: {figure}")
     return 0
 
 

@@ -29,3 +29,20 @@ def test_table_has_a_row_per_seed_and_says_when_one_is_missing(tmp_path: Path) -
     assert "| 50.0 [" in row0 and "| 100.0 [" in row0 and "+50.0 [" in row0 and "+0.0 [" in row0
     assert row0.rstrip(" |").endswith("15.0")
     assert "| 1 | no evaluation" in text
+
+
+def test_training_figure_reads_each_seeds_learner_log_in_batch_order(tmp_path: Path) -> None:
+    from rlef.monitoring.metrics_log import MetricsLog
+    from rlef.monitoring.seeds_summary import batch_series, training_figure
+
+    log = MetricsLog(tmp_path / "seed-0" / "metrics" / "learner-0.jsonl", role="learner", process_id=0)
+    for batch, solve in enumerate([0.5, 0.25, 0.75]):
+        log.write(batch, {"solve_rate/final": solve, "fix_rate/turn_1_failures": solve / 2})
+        log.write(batch, {"weights/sync_seconds": 0.1})  # records without the key are skipped, not zeros
+    log.close()
+    assert batch_series(tmp_path / "seed-0", "solve_rate/final") == [0.5, 0.25, 0.75]
+    assert batch_series(tmp_path / "seed-0", "fix_rate/turn_1_failures") == [0.25, 0.125, 0.375]
+    assert batch_series(tmp_path / "seed-1", "solve_rate/final") == []
+    figure = training_figure(tmp_path, ["0", "1"])
+    assert figure == tmp_path / "seeds-training.png" and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert training_figure(tmp_path, ["1"]) is None
