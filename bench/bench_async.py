@@ -14,7 +14,7 @@ for rollouts / wall; actor: 1 - engine busy / wall; executors: 1 - busy sandbox-
     .venv/bin/python bench/bench_async.py --minutes 4 --tasks one-convention
 
 The held-out 1@3 half of the comparison needs runs that learn within the budget. The learning proof's tasks
-take off after a plateau of 15-50 batches that varies by seed, so a few minutes of either mode usually
+take off after a plateau of 20-55 batches that varies by seed and run, so a few minutes of either mode usually
 compare two warm starts; ``--tasks one-convention`` generates ``rlef data make-feedback-tasks --held-out-inputs
 --conventions 1`` tasks (every problem wants one convention: the reward rises within about 5 batches, the task
 of CI's reward test) so that the 1@3 at equal wall clock measures how much each mode learned, not whether a

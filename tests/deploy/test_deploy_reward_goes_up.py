@@ -9,7 +9,7 @@ The tasks are the feedback-task family with ``--conventions 1``: every problem w
 convention, so the policy raises its reward at the first turn by preferring it, within a few batches (hidden
 problems start at about 1 in 8). That is what this test is for: a fast, sure signal that rollouts, rewards, advantages, updates
 and weights go round the loop. Whether the model learns to READ the feedback (whose take-off comes after a
-plateau of 15-50 batches that varies by seed) is the learning proof's question, answered on held-out
+plateau of 20-55 batches that varies by seed and run) is the learning proof's question, answered on held-out
 problems by ``scripts/learning-proof.sh`` (docs/results.md), not in a 5-minute test.
 
 The margin is several standard errors of the difference of the two thirds (see ``MARGIN``), so a broken loop
