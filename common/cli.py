@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from rlef.common.errors import RlefError
+from rlef.common.models.warm_start import RETRIES
 
 log = logging.getLogger("rlef")
 
@@ -141,7 +142,7 @@ def _register_builtins(sub: argparse._SubParsersAction) -> None:
     warm.add_argument("--batch-size", type=int, default=None)
     warm.add_argument("--lr", type=float, default=None)
     warm.add_argument("--threads", type=int, default=None, help="torch threads during the build (default: all cores)")
-    warm.add_argument("--retry", choices=("uniform", "untried"), default="uniform",
+    warm.add_argument("--retry", choices=RETRIES, default="uniform",
                       help="how a hidden trace's later turns guess: any convention, or one the trace has not tried yet "
                       "(neither reads the feedback's expected output)")
     warm.add_argument("--if-stale", action="store_true", help="do nothing when DIR already holds what this would build")

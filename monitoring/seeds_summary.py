@@ -63,19 +63,18 @@ def summary(out: Path, seeds: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def batch_series(run_dir: Path, key: str) -> list[float]:
-    """One value per learner batch, in order, of ``key`` in rank 0's metrics log (empty if there is none)."""
+def batch_series(run_dir: Path, *keys: str) -> list[list[float]]:
+    """Per key, one value per learner batch in order, from rank 0's metrics log read once (empty lists if
+    there is none)."""
     path = run_dir / "metrics" / "learner-0.jsonl"
-    if not path.exists():
-        return []
-    return [r.values[key] for r in read_metrics_log(path) if r.values.get(key) is not None]
+    records = list(read_metrics_log(path)) if path.exists() else []
+    return [[r.values[key] for r in records if r.values.get(key) is not None] for key in keys]
 
 
 def training_figure(out: Path, seeds: list[str]) -> Path | None:
     """``OUT/seeds-training.png``: per seed, the batch solve rate and the fix rate of turn-1 failures against
     the batch; None when no seed has a metrics log."""
-    series = {seed: (batch_series(out / f"seed-{seed}", "solve_rate/final"),
-                     batch_series(out / f"seed-{seed}", "fix_rate/turn_1_failures")) for seed in seeds}
+    series = {seed: batch_series(out / f"seed-{seed}", "solve_rate/final", "fix_rate/turn_1_failures") for seed in seeds}
     if not any(solve for solve, _ in series.values()):
         return None
     import matplotlib

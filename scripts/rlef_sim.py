@@ -189,14 +189,12 @@ async def main_async(args, overrides: list[str]) -> dict:
 
 async def evaluate(config, backend, tokenizer, executor, args) -> dict:
     """The final policy on the held-out test split at 1@3 sampling (temperature 0.2, top-p 0.95)."""
-    from rlef.common.config import load_config as _load
-
     out = {}
     test = load_problems("codecontests", config.data.path, "test")[: args.eval]
     for random_fb in (False, True):
-        cfg = _load("configs/tiny-cpu.yaml", [f"model.path={args.model}", f"data.path={args.tasks}",
-                                               "actor.sampling.temperature=0.2", "actor.sampling.top_p=0.95",
-                                               f"actor.random_feedback={str(random_fb).lower()}"])
+        cfg = load_config("configs/tiny-cpu.yaml", [f"model.path={args.model}", f"data.path={args.tasks}",
+                                                    "actor.sampling.temperature=0.2", "actor.sampling.top_p=0.95",
+                                                    f"actor.random_feedback={str(random_fb).lower()}"])
         player = EpisodePlayer(cfg, backend=backend, executor=executor, tokenizer=tokenizer, actor_id="sim-eval",
                                seed=args.seed, feedback_problems=test)
         records = await play(player, [p for p in test for _ in range(3)], "eval", args.concurrency)

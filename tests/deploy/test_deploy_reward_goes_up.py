@@ -19,12 +19,13 @@ reward.kl_beta=100 (docs/results.md, "CI's reward-goes-up test"). No timing thre
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from rlef.monitoring.seeds_summary import batch_series
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCHES = 12
@@ -35,16 +36,6 @@ BATCHES = 12
 # by batch 15). Our reading, not yet tested: with every reward +1 the batch-normalised advantage is mostly
 # the KL penalty and the value's error, scaled to unit variance.
 MARGIN = 0.15
-
-
-def solve_rates(run_dir: Path) -> list[float]:
-    """Per learner batch, in order: the final solve rate of its rollouts (learner rank 0's metrics log)."""
-    rates = []
-    for line in (run_dir / "metrics" / "learner-0.jsonl").read_text().splitlines():
-        values = json.loads(line)["values"]
-        if values.get("solve_rate/final") is not None:
-            rates.append(values["solve_rate/final"])
-    return rates
 
 
 @pytest.mark.slow
@@ -62,7 +53,7 @@ def test_reward_goes_up_on_the_main_job(tmp_path: Path) -> None:
            "monitoring.episode_samples.rate=0.0"]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1100, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rates = solve_rates(tmp_path / "reward-goes-up")
+    (rates,) = batch_series(tmp_path / "reward-goes-up", "solve_rate/final")  # learner rank 0's log, per batch
     assert len(rates) == BATCHES, rates
     third = BATCHES // 3
     first, last = sum(rates[:third]) / third, sum(rates[-third:]) / third

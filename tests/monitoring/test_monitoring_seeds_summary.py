@@ -40,9 +40,9 @@ def test_training_figure_reads_each_seeds_learner_log_in_batch_order(tmp_path: P
         log.write(batch, {"solve_rate/final": solve, "fix_rate/turn_1_failures": solve / 2})
         log.write(batch, {"weights/sync_seconds": 0.1})  # records without the key are skipped, not zeros
     log.close()
-    assert batch_series(tmp_path / "seed-0", "solve_rate/final") == [0.5, 0.25, 0.75]
-    assert batch_series(tmp_path / "seed-0", "fix_rate/turn_1_failures") == [0.25, 0.125, 0.375]
-    assert batch_series(tmp_path / "seed-1", "solve_rate/final") == []
+    assert batch_series(tmp_path / "seed-0", "solve_rate/final", "fix_rate/turn_1_failures") == [
+        [0.5, 0.25, 0.75], [0.25, 0.125, 0.375]]
+    assert batch_series(tmp_path / "seed-1", "solve_rate/final") == [[]]
     figure = training_figure(tmp_path, ["0", "1"])
     assert figure == tmp_path / "seeds-training.png" and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert training_figure(tmp_path, ["1"]) is None
